@@ -1,0 +1,53 @@
+/**
+ * The admin key: created on first start, printed once, kept in
+ * `<data-dir>/admin.key` (mode 0600) and as a hash in the catalog. Later
+ * starts read the file and make sure the catalog still knows its hash.
+ */
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Catalog } from '../catalog/catalog.ts';
+import { generateKey, hashKey, newKeyId } from './keys.ts';
+
+export interface AdminKey {
+  key: string;
+  /** True when this start created it: the caller prints it once. */
+  created: boolean;
+  path: string;
+}
+
+export function ensureAdminKey(catalog: Catalog, dataDir: string): AdminKey {
+  const path = join(dataDir, 'admin.key');
+  if (existsSync(path)) {
+    const key = readFileSync(path, 'utf8').trim();
+    if (key === '') throw new Error(`${path} is empty; delete it to create a new admin key`);
+    if ((statSync(path).mode & 0o077) !== 0) chmodSync(path, 0o600);
+    const hash = hashKey(key);
+    const known = catalog.keyByHash(hash);
+    if (!known) {
+      catalog.insertKey({
+        keyId: newKeyId(),
+        tenantId: null,
+        role: 'ADMIN',
+        displayName: 'admin.key',
+        hash,
+        createTime: Date.now(),
+        revokeTime: null,
+      });
+    } else if (known.role !== 'ADMIN' || known.revokeTime !== null) {
+      throw new Error(`${path} holds a key that is not an active admin key`);
+    }
+    return { key, created: false, path };
+  }
+  const created = generateKey('admin');
+  catalog.insertKey({
+    keyId: created.keyId,
+    tenantId: null,
+    role: 'ADMIN',
+    displayName: 'admin.key',
+    hash: created.hash,
+    createTime: Date.now(),
+    revokeTime: null,
+  });
+  writeFileSync(path, `${created.key}\n`, { mode: 0o600, flag: 'wx' });
+  return { key: created.key, created: true, path };
+}

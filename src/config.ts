@@ -1,0 +1,280 @@
+/**
+ * The server's options: one validated, fully defaulted type. Flags win over
+ * the environment (`TENANTD_*`), the environment over the YAML file.
+ */
+import { availableParallelism } from 'node:os';
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+
+export type SyncMode = 'full' | 'normal';
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+
+/** Quota values as stored and enforced: -1 is unlimited, never 0 once resolved. */
+export interface QuotaValues {
+  requestsPerSecond: number;
+  writeBytesPerSecond: number;
+  concurrentRequests: number;
+  storageBytes: number;
+  queryTimeoutMs: number;
+  eventRetentionHours: number;
+}
+
+export const QUOTA_FIELDS = [
+  'requestsPerSecond',
+  'writeBytesPerSecond',
+  'concurrentRequests',
+  'storageBytes',
+  'queryTimeoutMs',
+  'eventRetentionHours',
+] as const satisfies readonly (keyof QuotaValues)[];
+
+export type QuotaField = (typeof QUOTA_FIELDS)[number];
+
+/** `requestsPerSecond` -> `requests_per_second`, the name used on the wire and in YAML. */
+export function snakeCase(field: string): string {
+  return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
+export interface Config {
+  listen: string;
+  dataDir: string;
+  shards: number;
+  sync: SyncMode;
+  maxOpenDbs: number;
+  /** null when metrics and the HTTP health endpoints are disabled (`--metrics-listen off`). */
+  metricsListen: string | null;
+  logLevel: LogLevel;
+  /** Tenants and keys to create at start, if they do not exist yet. */
+  tenantsFile: string | null;
+  plans: Record<string, QuotaValues>;
+  defaultPlan: string;
+  /** How long shutdown waits for calls in flight before cancelling them. */
+  drainTimeoutMs: number;
+}
+
+const MIB = 1024 * 1024;
+
+export const DEFAULT_PLANS: Record<string, QuotaValues> = {
+  free: {
+    requestsPerSecond: 100,
+    writeBytesPerSecond: MIB,
+    concurrentRequests: 16,
+    storageBytes: 100 * MIB,
+    queryTimeoutMs: 5_000,
+    eventRetentionHours: 24 * 7,
+  },
+  pro: {
+    requestsPerSecond: 2_000,
+    writeBytesPerSecond: 16 * MIB,
+    concurrentRequests: 128,
+    storageBytes: 10 * 1024 * MIB,
+    queryTimeoutMs: 10_000,
+    eventRetentionHours: 24 * 30,
+  },
+  enterprise: {
+    requestsPerSecond: -1,
+    writeBytesPerSecond: -1,
+    concurrentRequests: 1_024,
+    storageBytes: -1,
+    queryTimeoutMs: 30_000,
+    eventRetentionHours: -1,
+  },
+};
+
+export function defaultConfig(): Config {
+  return {
+    listen: '127.0.0.1:7070',
+    dataDir: './data',
+    shards: Math.max(1, availableParallelism()),
+    sync: 'full',
+    maxOpenDbs: 1_000,
+    metricsListen: '127.0.0.1:9464',
+    logLevel: 'info',
+    tenantsFile: null,
+    plans: structuredClone(DEFAULT_PLANS),
+    defaultPlan: 'free',
+    drainTimeoutMs: 10_000,
+  };
+}
+
+/** A bad option: the message names the option and the value it got. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Source = 'flag' | 'environment' | 'config file';
+
+interface ScalarOption {
+  flag: string;
+  env: string;
+  yaml: string;
+  apply(config: Config, raw: unknown, where: string): void;
+}
+
+function describe(where: string, raw: unknown): string {
+  return `${where}: expected ${JSON.stringify(raw)} to be`;
+}
+
+function asInteger(raw: unknown, where: string, min: number, max: number): number {
+  const value = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${describe(where, raw)} an integer from ${min} to ${max}`);
+  }
+  return value;
+}
+
+function asString(raw: unknown, where: string): string {
+  if (typeof raw !== 'string' || raw === '') throw new ConfigError(`${describe(where, raw)} a non-empty string`);
+  return raw;
+}
+
+function asListenAddress(raw: unknown, where: string): string {
+  const value = asString(raw, where);
+  const match = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(value);
+  if (!match || Number(match[2]) > 65535) {
+    throw new ConfigError(`${describe(where, raw)} host:port, e.g. 127.0.0.1:7070 (port 0 picks a free one)`);
+  }
+  return value;
+}
+
+function asEnum<T extends string>(raw: unknown, where: string, allowed: readonly T[]): T {
+  if (typeof raw !== 'string' || !(allowed as readonly string[]).includes(raw)) {
+    throw new ConfigError(`${describe(where, raw)} one of ${allowed.join(', ')}`);
+  }
+  return raw as T;
+}
+
+const OPTIONS: ScalarOption[] = [
+  { flag: 'listen', env: 'TENANTD_LISTEN', yaml: 'listen', apply: (c, r, w) => (c.listen = asListenAddress(r, w)) },
+  { flag: 'data-dir', env: 'TENANTD_DATA_DIR', yaml: 'data_dir', apply: (c, r, w) => (c.dataDir = asString(r, w)) },
+  { flag: 'shards', env: 'TENANTD_SHARDS', yaml: 'shards', apply: (c, r, w) => (c.shards = asInteger(r, w, 1, 256)) },
+  { flag: 'sync', env: 'TENANTD_SYNC', yaml: 'sync', apply: (c, r, w) => (c.sync = asEnum(r, w, ['full', 'normal'])) },
+  {
+    flag: 'max-open-dbs',
+    env: 'TENANTD_MAX_OPEN_DBS',
+    yaml: 'max_open_dbs',
+    apply: (c, r, w) => (c.maxOpenDbs = asInteger(r, w, 1, 1_000_000)),
+  },
+  {
+    flag: 'metrics-listen',
+    env: 'TENANTD_METRICS_LISTEN',
+    yaml: 'metrics_listen',
+    apply: (c, r, w) => (c.metricsListen = r === 'off' || r === false ? null : asListenAddress(r, w)),
+  },
+  {
+    flag: 'log-level',
+    env: 'TENANTD_LOG_LEVEL',
+    yaml: 'log_level',
+    apply: (c, r, w) => (c.logLevel = asEnum(r, w, ['debug', 'info', 'warn', 'error', 'silent'])),
+  },
+  {
+    flag: 'tenants-file',
+    env: 'TENANTD_TENANTS_FILE',
+    yaml: 'tenants_file',
+    apply: (c, r, w) => (c.tenantsFile = asString(r, w)),
+  },
+  {
+    flag: 'default-plan',
+    env: 'TENANTD_DEFAULT_PLAN',
+    yaml: 'default_plan',
+    apply: (c, r, w) => (c.defaultPlan = asString(r, w)),
+  },
+  {
+    flag: 'drain-timeout-ms',
+    env: 'TENANTD_DRAIN_TIMEOUT_MS',
+    yaml: 'drain_timeout_ms',
+    apply: (c, r, w) => (c.drainTimeoutMs = asInteger(r, w, 0, 600_000)),
+  },
+];
+
+export const CONFIG_FLAGS = ['config', ...OPTIONS.map((o) => o.flag)];
+
+function where(source: Source, name: string): string {
+  return source === 'flag' ? `--${name}` : source === 'environment' ? name : `config file key "${name}"`;
+}
+
+/** Splits `--name value` and `--name=value` flags; rejects unknown ones by name. */
+export function parseFlags(argv: readonly string[]): Map<string, string> {
+  const flags = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}; flags look like --name value`);
+    const eq = arg.indexOf('=');
+    const name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
+    if (!CONFIG_FLAGS.includes(name)) {
+      throw new ConfigError(`unknown flag --${name}; known flags: ${CONFIG_FLAGS.map((f) => `--${f}`).join(', ')}`);
+    }
+    let value: string | undefined = eq === -1 ? argv[++i] : arg.slice(eq + 1);
+    if (value === undefined) throw new ConfigError(`--${name} needs a value`);
+    flags.set(name, value);
+  }
+  return flags;
+}
+
+function parsePlans(raw: unknown, into: Config): void {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new ConfigError(`config file key "plans": expected a map of plan name to quotas`);
+  }
+  for (const [plan, quotas] of Object.entries(raw)) {
+    if (typeof quotas !== 'object' || quotas === null) {
+      throw new ConfigError(`config file key "plans.${plan}": expected a map of quota name to integer`);
+    }
+    const base = into.plans[plan] ?? structuredClone(DEFAULT_PLANS.free!);
+    for (const [key, value] of Object.entries(quotas)) {
+      const field = QUOTA_FIELDS.find((f) => snakeCase(f) === key);
+      if (!field) {
+        throw new ConfigError(
+          `config file key "plans.${plan}.${key}": unknown quota; known: ${QUOTA_FIELDS.map(snakeCase).join(', ')}`,
+        );
+      }
+      base[field] = asInteger(value, `config file key "plans.${plan}.${key}"`, -1, Number.MAX_SAFE_INTEGER);
+      if (base[field] === 0) throw new ConfigError(`config file key "plans.${plan}.${key}": 0 is not a limit; use -1 for unlimited`);
+    }
+    into.plans[plan] = base;
+  }
+}
+
+/**
+ * Builds the config from argv (without `serve`), an environment and the YAML
+ * file that `--config`/`TENANTD_CONFIG` names.
+ */
+export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Config {
+  const flags = parseFlags(argv);
+  const config = defaultConfig();
+
+  const configPath = flags.get('config') ?? env.TENANTD_CONFIG;
+  if (configPath) {
+    let doc: unknown;
+    try {
+      doc = parseYaml(readFileSync(configPath, 'utf8'));
+    } catch (error) {
+      throw new ConfigError(`--config ${configPath}: ${(error as Error).message}`);
+    }
+    if (doc !== null && (typeof doc !== 'object' || Array.isArray(doc))) {
+      throw new ConfigError(`--config ${configPath}: expected a YAML map at the top level`);
+    }
+    const map = (doc ?? {}) as Record<string, unknown>;
+    const known = new Set([...OPTIONS.map((o) => o.yaml), 'plans']);
+    for (const key of Object.keys(map)) {
+      if (!known.has(key)) throw new ConfigError(`config file key "${key}": unknown; known keys: ${[...known].join(', ')}`);
+    }
+    if (map.plans !== undefined) parsePlans(map.plans, config);
+    for (const option of OPTIONS) {
+      if (map[option.yaml] !== undefined) option.apply(config, map[option.yaml], where('config file', option.yaml));
+    }
+  }
+  for (const option of OPTIONS) {
+    const value = env[option.env];
+    if (value !== undefined && value !== '') option.apply(config, value, where('environment', option.env));
+  }
+  for (const option of OPTIONS) {
+    const value = flags.get(option.flag);
+    if (value !== undefined) option.apply(config, value, where('flag', option.flag));
+  }
+  if (!config.plans[config.defaultPlan]) {
+    throw new ConfigError(
+      `default plan ${JSON.stringify(config.defaultPlan)} is not among the plans: ${Object.keys(config.plans).join(', ')}`,
+    );
+  }
+  return config;
+}

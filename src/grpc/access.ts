@@ -1,0 +1,61 @@
+/**
+ * Who may call what: admin calls need an admin key; tenant calls run for the
+ * key's own tenant, which must exist and be active. `x-tenant-id`, when sent,
+ * must name that tenant: it is a routing hint, never a way to pick a tenant.
+ * An admin key may act on any tenant, and then names it with `x-tenant-id`.
+ */
+import { status as Status, type Metadata } from '@grpc/grpc-js';
+import { TenantdError, invalidArgument, notFound } from '../errors.ts';
+import type { Authenticator } from '../auth/authenticator.ts';
+import type { Principal } from '../auth/principal.ts';
+import type { LiveTenant, TenantRegistry } from '../tenants/registry.ts';
+
+export interface TenantCall {
+  principal: Principal;
+  tenant: LiveTenant;
+  readOnly: boolean;
+}
+
+export class Access {
+  constructor(
+    private readonly auth: Authenticator,
+    private readonly registry: TenantRegistry,
+  ) {}
+
+  admin(metadata: Metadata): Principal {
+    const principal = this.auth.authenticate(metadata);
+    if (principal.role !== 'ADMIN') {
+      throw new TenantdError(Status.PERMISSION_DENIED, 'ADMIN_KEY_REQUIRED', 'this method needs an admin key');
+    }
+    return principal;
+  }
+
+  tenant(metadata: Metadata): TenantCall {
+    const principal = this.auth.authenticate(metadata);
+    const header = metadata.get('x-tenant-id');
+    const named = header.length > 0 ? String(header[0]) : null;
+    let tenantId: string;
+    if (principal.tenantId !== null) {
+      if (named !== null && named !== principal.tenantId) {
+        throw new TenantdError(
+          Status.PERMISSION_DENIED,
+          'TENANT_MISMATCH',
+          'x-tenant-id does not name the tenant of this API key',
+          { metadata: { x_tenant_id: named.slice(0, 64) } },
+        );
+      }
+      tenantId = principal.tenantId;
+    } else {
+      if (named === null) throw invalidArgument('x-tenant-id', 'an admin key must name the tenant in x-tenant-id', 'TENANT_REQUIRED');
+      tenantId = named;
+    }
+    const tenant = this.registry.get(tenantId);
+    if (!tenant || tenant.deleting) throw notFound(`tenants/${tenantId.slice(0, 64)}`, 'TENANT_NOT_FOUND');
+    if (tenant.record.state !== 'ACTIVE') {
+      throw new TenantdError(Status.FAILED_PRECONDITION, 'TENANT_SUSPENDED', `tenants/${tenantId} is suspended`, {
+        metadata: { tenant: tenantId },
+      });
+    }
+    return { principal, tenant, readOnly: principal.role === 'READ_ONLY' };
+  }
+}

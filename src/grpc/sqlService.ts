@@ -1,0 +1,123 @@
+/**
+ * tenantd.v1.SqlService: admit the call, hand it to the tenant's shard, and
+ * turn the shard's result into protobuf.
+ */
+import { status as Status, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
+import { TenantdError, invalidArgument } from '../errors.ts';
+import type { CallLimits, ColumnInfo, ExecuteResult, SqlValue } from '../protocol.ts';
+import type { ShardRouter } from '../routing/shardRouter.ts';
+import type { TenantRegistry } from '../tenants/registry.ts';
+import type { Access, TenantCall } from './access.ts';
+import { remainingMs, serverStream, unary, type Handlers } from './handlers.ts';
+import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
+
+const MAX_BATCH_STATEMENTS = 1_000;
+const DEFAULT_ROWS_PER_CHUNK = 500;
+const MAX_ROWS_PER_CHUNK = 10_000;
+/** Without a query_timeout_ms quota, a statement still may not run forever. */
+const UNLIMITED_QUERY_MS = 3_600_000;
+
+interface ProtoColumn {
+  name: string;
+  decl_type: string;
+}
+
+interface ProtoExecuteResponse {
+  columns: ProtoColumn[];
+  rows: { values: ProtoValue[] }[];
+  rows_affected: string;
+  last_insert_rowid: string;
+}
+
+function toColumns(columns: ColumnInfo[]): ProtoColumn[] {
+  return columns.map((c) => ({ name: c.name, decl_type: c.declType }));
+}
+
+function toRows(rows: SqlValue[][]): { values: ProtoValue[] }[] {
+  return rows.map((row) => ({ values: row.map(toProtoValue) }));
+}
+
+function toResponse(result: ExecuteResult): ProtoExecuteResponse {
+  return {
+    columns: toColumns(result.columns),
+    rows: toRows(result.rows),
+    rows_affected: String(result.rowsAffected),
+    last_insert_rowid: result.lastInsertRowid.toString(),
+  };
+}
+
+export function sqlService(access: Access, registry: TenantRegistry, router: ShardRouter): Handlers {
+  /** The statement's time limit: the tenant's quota, capped by the client's deadline. */
+  function limitsFor(call: TenantCall, grpcCall: { getDeadline(): Date | number }): CallLimits {
+    const quota = call.tenant.quotas.queryTimeoutMs;
+    const left = remainingMs(grpcCall);
+    if (left <= 0) {
+      throw new TenantdError(Status.DEADLINE_EXCEEDED, 'DEADLINE_EXCEEDED', 'the call reached its deadline before it ran');
+    }
+    return {
+      readOnly: call.readOnly,
+      timeoutMs: Math.max(1, Math.floor(Math.min(quota < 0 ? UNLIMITED_QUERY_MS : quota, left))),
+      storageLimitBytes: call.tenant.quotas.storageBytes,
+    };
+  }
+
+  /** Runs `fn` counted as one of the tenant's calls in flight, whatever way it ends. */
+  async function counted<T>(call: TenantCall, fn: () => Promise<T>): Promise<T> {
+    registry.begin(call.tenant);
+    try {
+      return await fn();
+    } finally {
+      registry.end(call.tenant);
+    }
+  }
+
+  return {
+    Execute: unary('Execute', (call: ServerUnaryCall<ProtoStatement, ProtoExecuteResponse>) => {
+      const tenantCall = access.tenant(call.metadata);
+      const statement = toStatement(call.request, '');
+      const limits = limitsFor(tenantCall, call);
+      const tenantId = tenantCall.tenant.record.tenantId;
+      return counted(tenantCall, () => router.forTenant(tenantId).call({ op: 'execute', tenantId, limits, statement })).then(
+        toResponse,
+      );
+    }),
+
+    Batch: unary('Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>) => {
+      const tenantCall = access.tenant(call.metadata);
+      const { statements } = call.request;
+      if (statements.length === 0) throw invalidArgument('statements', 'at least one statement', 'INVALID_SQL');
+      if (statements.length > MAX_BATCH_STATEMENTS) {
+        throw invalidArgument('statements', `at most ${MAX_BATCH_STATEMENTS} statements`, 'INVALID_SQL');
+      }
+      const inputs = statements.map((s, i) => toStatement(s, `statements[${i}]`));
+      const limits = limitsFor(tenantCall, call);
+      const tenantId = tenantCall.tenant.record.tenantId;
+      return counted(tenantCall, () =>
+        router.forTenant(tenantId).call({ op: 'batch', tenantId, limits, statements: inputs }),
+      ).then((results) => ({ results: results.map(toResponse) }));
+    }),
+
+    Query: serverStream(
+      'Query',
+      async (call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, { columns: ProtoColumn[]; rows: { values: ProtoValue[] }[] }>) => {
+        const tenantCall = access.tenant(call.metadata);
+        const statement = toStatement(call.request, '');
+        const requested = call.request.rows_per_chunk;
+        if (requested < 0 || requested > MAX_ROWS_PER_CHUNK) {
+          throw invalidArgument('rows_per_chunk', `from 1 to ${MAX_ROWS_PER_CHUNK}, or 0 for ${DEFAULT_ROWS_PER_CHUNK}`);
+        }
+        const limits = limitsFor(tenantCall, call);
+        const tenantId = tenantCall.tenant.record.tenantId;
+        await counted(tenantCall, () =>
+          router.forTenant(tenantId).call(
+            { op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK },
+            (chunk) => {
+              if (call.cancelled) return;
+              call.write({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) });
+            },
+          ),
+        );
+      },
+    ),
+  };
+}

@@ -1,0 +1,29 @@
+/**
+ * `/healthz` (the process is up) and `/readyz` (it accepts calls; 503 while
+ * draining) over plain HTTP for compose and orchestrators, on the metrics
+ * address. They agree with grpc.health.v1 because both read HealthState.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { HealthState } from './grpc/healthService.ts';
+
+export async function startHttpHealth(listen: string, health: HealthState): Promise<{ server: Server; port: number }> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    } else if (path === '/readyz') {
+      const ready = health.isServing;
+      res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' }).end(ready ? 'ready\n' : 'draining\n');
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+    }
+  });
+  const colon = listen.lastIndexOf(':');
+  const host = listen.slice(0, colon).replace(/^\[|\]$/g, '');
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(Number(listen.slice(colon + 1)), host, () => resolve());
+  });
+  return { server, port: (server.address() as AddressInfo).port };
+}

@@ -1,0 +1,130 @@
+/**
+ * The front end's handle on one shard worker. Calls are posted to the worker
+ * in order and answered by id. If the worker dies, every call it had is
+ * failed UNAVAILABLE and a new worker is started; other shards never notice.
+ */
+import { Worker } from 'node:worker_threads';
+import { status as Status } from '@grpc/grpc-js';
+import { TenantdError, unavailable } from '../errors.ts';
+import type { QueryChunk, ShardRequest, ShardResponse, ShardResults, ShardWorkerData } from '../protocol.ts';
+
+/** A request as callers write it: the handle assigns the id. */
+export type RequestWithoutId = ShardRequest extends infer R ? (R extends ShardRequest ? Omit<R, 'id'> : never) : never;
+
+interface Pending {
+  resolve(result: unknown): void;
+  reject(error: TenantdError): void;
+  onChunk: ((chunk: QueryChunk) => void) | undefined;
+}
+
+const BOOTSTRAP = new URL('../../workers/bootstrap.mjs', import.meta.url);
+const SHARD_ENTRY = new URL(`../../workers/shard.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
+const RESTART_DELAY_MS = [0, 100, 500, 2_000];
+
+export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry'> {
+  onLog(level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown>): void;
+}
+
+export class ShardHandle {
+  private worker!: Worker;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private stopping = false;
+  /** False between a worker's death and its replacement's start. */
+  private alive = false;
+  private restarts = 0;
+  private lastStart = 0;
+
+  constructor(private readonly options: ShardHandleOptions) {
+    this.spawn();
+  }
+
+  get index(): number {
+    return this.options.shardIndex;
+  }
+
+  /** Calls posted and not yet answered. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  get restartCount(): number {
+    return this.restarts;
+  }
+
+  /** The live worker thread, for tests that need to kill one. */
+  get thread(): Worker {
+    return this.worker;
+  }
+
+  call<R extends RequestWithoutId>(request: R, onChunk?: (chunk: QueryChunk) => void): Promise<ShardResults[R['op']]> {
+    if (this.stopping) return Promise.reject(unavailable('SHUTTING_DOWN', 'the server is shutting down'));
+    if (!this.alive) {
+      return Promise.reject(unavailable('SHARD_RESTARTING', 'the shard serving this tenant is restarting; retry the call'));
+    }
+    const id = this.nextId++;
+    return new Promise<ShardResults[R['op']]>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk });
+      this.worker.postMessage({ ...request, id });
+    });
+  }
+
+  /** Closes every database in the shard cleanly, then ends the thread. */
+  async stop(): Promise<void> {
+    try {
+      await this.call({ op: 'shutdown', tenantId: '' });
+    } catch {
+      // A worker that is already gone has nothing left to close.
+    }
+    this.stopping = true;
+    await this.worker.terminate();
+  }
+
+  private spawn(): void {
+    this.lastStart = Date.now();
+    const { onLog: _onLog, ...data } = this.options;
+    const workerData: ShardWorkerData = { ...data, entry: SHARD_ENTRY.href };
+    const worker = new Worker(BOOTSTRAP, { workerData, name: `shard-${data.shardIndex}` });
+    worker.on('message', (message: ShardResponse) => this.onMessage(message));
+    worker.on('error', (error) => {
+      this.options.onLog('error', 'shard worker failed', { shard: this.index, error: error.stack ?? String(error) });
+    });
+    worker.on('exit', (code) => this.onExit(worker, code));
+    this.worker = worker;
+    this.alive = true;
+  }
+
+  private onMessage(message: ShardResponse): void {
+    const pending = this.pending.get(message.id);
+    if (!pending) return;
+    if (message.kind === 'chunk') {
+      pending.onChunk?.(message.chunk);
+      return;
+    }
+    this.pending.delete(message.id);
+    if (message.kind === 'ok') pending.resolve(message.result);
+    else pending.reject(TenantdError.fromWire(message.error));
+  }
+
+  private onExit(worker: Worker, code: number): void {
+    if (worker !== this.worker) return;
+    this.alive = false;
+    for (const [id, pending] of this.pending) {
+      this.pending.delete(id);
+      pending.reject(
+        new TenantdError(Status.UNAVAILABLE, 'SHARD_RESTARTING', 'the shard serving this tenant restarted; retry the call', {
+          metadata: { shard: String(this.index) },
+        }),
+      );
+    }
+    if (this.stopping) return;
+    // Restart at once after a long healthy run, with growing delays if it keeps dying.
+    if (Date.now() - this.lastStart > 60_000) this.restarts = 0;
+    const delay = RESTART_DELAY_MS[Math.min(this.restarts, RESTART_DELAY_MS.length - 1)]!;
+    this.restarts++;
+    this.options.onLog('warn', 'shard worker exited; restarting', { shard: this.index, code, delayMs: delay });
+    setTimeout(() => {
+      if (!this.stopping) this.spawn();
+    }, delay).unref();
+  }
+}

@@ -1,0 +1,137 @@
+/**
+ * tenantd serve: the catalog, the shard workers and the gRPC front end,
+ * started in that order and stopped in the reverse one.
+ */
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Server as HttpServer } from 'node:http';
+import * as grpc from '@grpc/grpc-js';
+import { ReflectionService } from '@grpc/reflection';
+import type { Config } from './config.ts';
+import { setUnexpectedErrorLogger } from './errors.ts';
+import { createLogger, type Logger } from './log.ts';
+import { packageDefinition } from './protos.ts';
+import { Catalog } from './catalog/catalog.ts';
+import { Authenticator } from './auth/authenticator.ts';
+import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
+import { ShardHandle } from './routing/shardHandle.ts';
+import { ShardRouter } from './routing/shardRouter.ts';
+import { TenantRegistry } from './tenants/registry.ts';
+import { TenantManager } from './tenants/manager.ts';
+import { bootstrapTenants } from './tenants/bootstrap.ts';
+import { Access } from './grpc/access.ts';
+import { HealthState } from './grpc/healthService.ts';
+import { sqlService } from './grpc/sqlService.ts';
+import { tenantService } from './grpc/tenantService.ts';
+import { startHttpHealth } from './httpHealth.ts';
+
+const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService'];
+
+/** Messages up to 16 MiB in: large Batch calls and blobs; SQLite's own limit is 16 MiB per value. */
+const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+export interface StartedServer {
+  /** The port gRPC listens on (useful with `--listen 127.0.0.1:0`). */
+  port: number;
+  /** The HTTP health port, or null when disabled. */
+  httpPort: number | null;
+  adminKey: AdminKey;
+  router: ShardRouter;
+  registry: TenantRegistry;
+  health: HealthState;
+  shutdown(): Promise<void>;
+}
+
+export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<StartedServer> {
+  const dataDir = resolve(config.dataDir);
+  mkdirSync(join(dataDir, 'tenants'), { recursive: true });
+  setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
+
+  const catalog = new Catalog(join(dataDir, 'catalog.db'));
+  const adminKey = ensureAdminKey(catalog, dataDir);
+  const registry = new TenantRegistry(config);
+  registry.load(catalog);
+  const auth = new Authenticator(catalog);
+
+  const shards: ShardHandle[] = [];
+  for (let i = 0; i < config.shards; i++) {
+    shards.push(
+      new ShardHandle({
+        shardIndex: i,
+        dataDir,
+        sync: config.sync,
+        maxOpenDbs: Math.max(1, Math.ceil(config.maxOpenDbs / config.shards)),
+        onLog: (level, msg, fields) => logger[level](msg, fields),
+      }),
+    );
+  }
+  const router = new ShardRouter(shards);
+  const manager = new TenantManager(catalog, registry, router, auth, dataDir);
+  if (config.tenantsFile) await bootstrapTenants(config.tenantsFile, manager, catalog, logger);
+
+  const health = new HealthState(SERVICES);
+  const access = new Access(auth, registry);
+  const definition = packageDefinition();
+  const loaded = grpc.loadPackageDefinition(definition) as unknown as {
+    tenantd: { v1: Record<string, { service: grpc.ServiceDefinition }> };
+    grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } };
+  };
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+  });
+  server.addService(loaded.tenantd.v1.TenantService!.service, tenantService(access, manager, catalog));
+  server.addService(loaded.tenantd.v1.SqlService!.service, sqlService(access, registry, router));
+  server.addService(loaded.grpc.health.v1.Health.service, health.handlers());
+  new ReflectionService(definition).addToServer(server);
+
+  const port = await new Promise<number>((resolvePort, reject) => {
+    server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
+      error ? reject(new Error(`cannot listen on ${config.listen}: ${error.message}`)) : resolvePort(boundPort),
+    );
+  });
+
+  let http: HttpServer | null = null;
+  let httpPort: number | null = null;
+  if (config.metricsListen) {
+    const started = await startHttpHealth(config.metricsListen, health);
+    http = started.server;
+    httpPort = started.port;
+  }
+  logger.info('tenantd serving', {
+    listen: config.listen,
+    port,
+    dataDir,
+    shards: config.shards,
+    sync: config.sync,
+    tenants: registry.size,
+    httpPort,
+  });
+
+  let stopping: Promise<void> | null = null;
+  const shutdown = (): Promise<void> => {
+    stopping ??= (async () => {
+      logger.info('draining', { drainTimeoutMs: config.drainTimeoutMs });
+      health.setServing(false);
+      health.endWatches();
+      await new Promise<void>((done) => {
+        const timer = setTimeout(() => {
+          logger.warn('drain timed out; cancelling calls in flight');
+          server.forceShutdown();
+          done();
+        }, config.drainTimeoutMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          done();
+        });
+      });
+      await router.stop();
+      catalog.close();
+      if (http) await new Promise((done) => http!.close(done));
+      logger.info('stopped');
+    })();
+    return stopping;
+  };
+
+  return { port, httpPort, adminKey, router, registry, health, shutdown };
+}

@@ -1,0 +1,291 @@
+/**
+ * Tenant lifecycle and keys: the one place that changes the catalog, the
+ * in-memory registry, the shards' files and the key cache together, in an
+ * order that leaves no half-created or half-deleted tenant behind.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { status as Status } from '@grpc/grpc-js';
+import { QUOTA_FIELDS, snakeCase } from '../config.ts';
+import { TenantdError, invalidArgument, notFound } from '../errors.ts';
+import { tenantDbPath } from '../protocol.ts';
+import type { Catalog, KeyRecord, KeyRole, QuotaOverrides, TenantRecord, TenantState } from '../catalog/catalog.ts';
+import type { Authenticator } from '../auth/authenticator.ts';
+import { generateKey } from '../auth/keys.ts';
+import type { ShardRouter } from '../routing/shardRouter.ts';
+import type { LiveTenant, TenantRegistry } from './registry.ts';
+
+export const TENANT_ID_PATTERN = /^[a-z][a-z0-9_-]{0,62}$/;
+
+/** How long DeleteTenant waits for the tenant's calls in flight. */
+const DELETE_WAIT_MS = 30_000;
+
+export interface TenantFields {
+  displayName: string;
+  labels: Record<string, string>;
+  plan: string;
+  quotas: QuotaOverrides;
+}
+
+export type TenantField = 'display_name' | 'labels' | 'plan' | `quotas.${string}` | 'quotas';
+
+/** A key whose secret the operator chose; only its hash is kept. */
+export interface ProvidedKey {
+  keyId: string;
+  hash: Buffer;
+  role: KeyRole;
+}
+
+export function emptyOverrides(): QuotaOverrides {
+  return {
+    requestsPerSecond: 0,
+    writeBytesPerSecond: 0,
+    concurrentRequests: 0,
+    storageBytes: 0,
+    queryTimeoutMs: 0,
+    eventRetentionHours: 0,
+  };
+}
+
+export function checkTenantId(tenantId: string, field: string): void {
+  if (!TENANT_ID_PATTERN.test(tenantId)) {
+    throw invalidArgument(
+      field,
+      `${JSON.stringify(tenantId.slice(0, 80))} is not a tenant id: 1-63 characters, a lowercase letter then lowercase letters, digits, "_" or "-"`,
+      'INVALID_TENANT_ID',
+    );
+  }
+}
+
+function newEtag(): string {
+  return randomBytes(8).toString('hex');
+}
+
+export class TenantManager {
+  /** Ids being created right now, so two concurrent creates cannot both win. */
+  private readonly creating = new Set<string>();
+
+  constructor(
+    private readonly catalog: Catalog,
+    private readonly registry: TenantRegistry,
+    private readonly router: ShardRouter,
+    private readonly auth: Authenticator,
+    private readonly dataDir: string,
+  ) {}
+
+  get(tenantId: string): LiveTenant {
+    const live = this.registry.get(tenantId);
+    if (!live || live.deleting) throw notFound(`tenants/${tenantId}`, 'TENANT_NOT_FOUND');
+    return live;
+  }
+
+  validateFields(fields: TenantFields, prefix: string): void {
+    if (!this.registry.planExists(fields.plan)) {
+      throw invalidArgument(`${prefix}.plan`, `unknown plan ${JSON.stringify(fields.plan)}`, 'UNKNOWN_PLAN');
+    }
+    for (const field of QUOTA_FIELDS) {
+      const value = fields.quotas[field];
+      if (!Number.isSafeInteger(value) || value < -1) {
+        throw invalidArgument(
+          `${prefix}.quotas.${snakeCase(field)}`,
+          `expected -1 (unlimited), 0 (the plan's value) or a positive integer, got ${value}`,
+          'INVALID_QUOTA',
+        );
+      }
+    }
+    if (fields.displayName.length > 200) {
+      throw invalidArgument(`${prefix}.display_name`, 'at most 200 characters');
+    }
+    const labels = Object.entries(fields.labels);
+    if (labels.length > 64) throw invalidArgument(`${prefix}.labels`, 'at most 64 labels');
+    for (const [key, value] of labels) {
+      if (!/^[a-z][a-z0-9_.-]{0,62}$/.test(key) || value.length > 256) {
+        throw invalidArgument(
+          `${prefix}.labels`,
+          `label ${JSON.stringify(key.slice(0, 80))}: keys are 1-63 lowercase characters, values at most 256`,
+        );
+      }
+    }
+  }
+
+  async create(
+    tenantId: string,
+    fields: TenantFields,
+    sourceTenantId: string | null,
+    providedKeys: readonly ProvidedKey[] = [],
+  ): Promise<{ tenant: LiveTenant; key: KeyRecord; secret: string }> {
+    checkTenantId(tenantId, 'tenant_id');
+    this.validateFields(fields, 'tenant');
+    if (this.registry.get(tenantId) || this.creating.has(tenantId)) {
+      throw new TenantdError(Status.ALREADY_EXISTS, 'TENANT_EXISTS', `tenants/${tenantId} already exists`, {
+        metadata: { tenant: tenantId },
+      });
+    }
+    const source = sourceTenantId === null ? null : this.get(sourceTenantId);
+    this.creating.add(tenantId);
+    const path = tenantDbPath(this.dataDir, tenantId);
+    const shard = this.router.forTenant(tenantId);
+    try {
+      if (source) {
+        rmSync(dirname(path), { recursive: true, force: true });
+        mkdirSync(dirname(path), { recursive: true });
+        // The source's own shard writes the copy: only it may read that file.
+        await this.router.forTenant(source.record.tenantId).call({ op: 'snapshot', tenantId: source.record.tenantId, file: path });
+      }
+      const { schemaVersion } = await shard.call({
+        op: 'create',
+        tenantId,
+        adoptExisting: source !== null,
+        migrations: this.catalog.migrations().map((m) => ({ version: m.version, migrationId: m.migrationId, sql: m.sql })),
+      });
+      const now = Date.now();
+      const record: TenantRecord = {
+        tenantId,
+        ...fields,
+        state: 'ACTIVE',
+        createTime: now,
+        updateTime: now,
+        etag: newEtag(),
+        schemaVersion,
+      };
+      // An operator's tenants.yaml brings its own keys; otherwise one is made.
+      const newKey = providedKeys.length === 0 ? generateKey('tenant') : null;
+      const keys: KeyRecord[] = (newKey ? [{ hash: newKey.hash, role: 'READ_WRITE' as KeyRole, keyId: newKey.keyId }] : providedKeys).map(
+        (k) => ({
+          keyId: k.keyId,
+          tenantId,
+          role: k.role,
+          displayName: newKey ? 'first key' : 'tenants file',
+          hash: k.hash,
+          createTime: now,
+          revokeTime: null,
+        }),
+      );
+      const key = keys[0]!;
+      try {
+        this.catalog.transaction(() => {
+          this.catalog.insertTenant(record);
+          for (const k of keys) this.catalog.insertKey(k);
+        });
+      } catch (error) {
+        await shard.call({ op: 'drop', tenantId }).catch(() => undefined);
+        throw error;
+      }
+      return { tenant: this.registry.put(record), key, secret: newKey?.key ?? '' };
+    } catch (error) {
+      if (source) rmSync(dirname(path), { recursive: true, force: true });
+      throw error;
+    } finally {
+      this.creating.delete(tenantId);
+    }
+  }
+
+  update(tenantId: string, etag: string, paths: readonly string[], fields: TenantFields): LiveTenant {
+    const live = this.get(tenantId);
+    this.checkEtag(live, etag);
+    const next: TenantRecord = { ...live.record, quotas: { ...live.record.quotas } };
+    for (const path of paths) {
+      if (path === 'display_name') next.displayName = fields.displayName;
+      else if (path === 'labels') next.labels = fields.labels;
+      else if (path === 'plan') next.plan = fields.plan;
+      else if (path === 'quotas') next.quotas = { ...fields.quotas };
+      else if (path.startsWith('quotas.')) {
+        const field = QUOTA_FIELDS.find((f) => snakeCase(f) === path.slice('quotas.'.length));
+        if (!field) throw invalidArgument('update_mask', `unknown quota in path ${JSON.stringify(path)}`, 'INVALID_UPDATE_MASK');
+        next.quotas[field] = fields.quotas[field];
+      } else {
+        throw invalidArgument(
+          'update_mask',
+          `path ${JSON.stringify(path)} cannot be updated; updatable: display_name, labels, plan, quotas, quotas.<quota>`,
+          'INVALID_UPDATE_MASK',
+        );
+      }
+    }
+    this.validateFields(next, 'tenant');
+    next.updateTime = Date.now();
+    next.etag = newEtag();
+    this.catalog.updateTenant(next);
+    return this.registry.put(next);
+  }
+
+  setState(tenantId: string, state: TenantState): LiveTenant {
+    const live = this.get(tenantId);
+    if (live.record.state === state) return live;
+    const next: TenantRecord = { ...live.record, state, updateTime: Date.now(), etag: newEtag() };
+    this.catalog.updateTenant(next);
+    return this.registry.put(next);
+  }
+
+  async delete(tenantId: string, force: boolean, etag: string): Promise<void> {
+    const live = this.get(tenantId);
+    this.checkEtag(live, etag);
+    if (live.record.state === 'ACTIVE' && !force) {
+      throw new TenantdError(
+        Status.FAILED_PRECONDITION,
+        'TENANT_ACTIVE',
+        `tenants/${tenantId} is active; suspend it first or set force`,
+        { metadata: { tenant: tenantId } },
+      );
+    }
+    // From here on new calls are refused. Calls already sent to the shard are
+    // ahead of the drop in its queue, so they finish first; waiting for the
+    // counter also covers calls still between admission and dispatch.
+    live.deleting = true;
+    this.auth.evictTenant(tenantId);
+    await this.registry.waitIdle(live, DELETE_WAIT_MS);
+    try {
+      await this.router.forTenant(tenantId).call({ op: 'drop', tenantId });
+    } catch (error) {
+      live.deleting = false;
+      throw error;
+    }
+    this.catalog.deleteTenant(tenantId);
+    this.registry.remove(tenantId);
+  }
+
+  createKey(tenantId: string, role: KeyRole, displayName: string): { key: KeyRecord; secret: string } {
+    this.get(tenantId);
+    if (displayName.length > 200) throw invalidArgument('api_key.display_name', 'at most 200 characters');
+    const newKey = generateKey('tenant');
+    const key: KeyRecord = {
+      keyId: newKey.keyId,
+      tenantId,
+      role,
+      displayName,
+      hash: newKey.hash,
+      createTime: Date.now(),
+      revokeTime: null,
+    };
+    this.catalog.insertKey(key);
+    return { key, secret: newKey.key };
+  }
+
+  listKeys(tenantId: string, afterKeyId: string, limit: number, showRevoked: boolean): KeyRecord[] {
+    this.get(tenantId);
+    return this.catalog.listKeys(tenantId, afterKeyId, limit, showRevoked);
+  }
+
+  revokeKey(tenantId: string, keyId: string): KeyRecord {
+    this.get(tenantId);
+    const key = this.catalog.keyById(keyId);
+    if (!key || key.tenantId !== tenantId) throw notFound(`tenants/${tenantId}/apiKeys/${keyId}`, 'API_KEY_NOT_FOUND');
+    if (key.revokeTime === null) {
+      key.revokeTime = Date.now();
+      this.catalog.revokeKey(keyId, key.revokeTime);
+    }
+    this.auth.evict(keyId);
+    return key;
+  }
+
+  private checkEtag(live: LiveTenant, etag: string): void {
+    if (etag !== '' && etag !== live.record.etag) {
+      throw new TenantdError(
+        Status.ABORTED,
+        'ETAG_MISMATCH',
+        `tenants/${live.record.tenantId} changed since it was read (etag ${etag}, now ${live.record.etag}); read it again`,
+        { metadata: { current_etag: live.record.etag } },
+      );
+    }
+  }
+}

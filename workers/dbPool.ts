@@ -1,0 +1,82 @@
+/**
+ * The open databases of one shard: at most `maxOpen` connections, the least
+ * recently used closed first. Only this shard's thread ever opens these
+ * files, so closing one never races with another thread.
+ */
+import { existsSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { status as Status } from '@grpc/grpc-js';
+import type { SyncMode } from '../src/config.ts';
+import { tenantDbPath } from '../src/protocol.ts';
+import { ShardError, TenantDb } from './tenantDb.ts';
+
+export class DbPool {
+  private readonly open = new Map<string, TenantDb>();
+
+  constructor(
+    private readonly dataDir: string,
+    private readonly sync: SyncMode,
+    private readonly maxOpen: number,
+  ) {}
+
+  get size(): number {
+    return this.open.size;
+  }
+
+  /** The tenant's connection, opened if needed. The database must exist. */
+  get(tenantId: string): TenantDb {
+    const cached = this.open.get(tenantId);
+    if (cached) {
+      // Re-inserting moves it to the young end of the Map's order.
+      this.open.delete(tenantId);
+      this.open.set(tenantId, cached);
+      return cached;
+    }
+    const path = tenantDbPath(this.dataDir, tenantId);
+    if (!existsSync(path)) {
+      throw new ShardError({
+        code: Status.NOT_FOUND,
+        reason: 'TENANT_DATABASE_MISSING',
+        message: `the database of tenant ${tenantId} does not exist`,
+      });
+    }
+    return this.add(TenantDb.open({ path, tenantId, sync: this.sync, create: false }));
+  }
+
+  /** Creates the tenant's database (or opens the copy already at its path). */
+  create(tenantId: string, adoptExisting: boolean): TenantDb {
+    const path = tenantDbPath(this.dataDir, tenantId);
+    if (existsSync(path) && !adoptExisting) {
+      // Left over from a crash between creating the files and the catalog row.
+      this.remove(tenantId);
+    }
+    return this.add(TenantDb.open({ path, tenantId, sync: this.sync, create: true }));
+  }
+
+  /** Closes the tenant's connection and deletes its directory. */
+  remove(tenantId: string): boolean {
+    this.open.get(tenantId)?.close();
+    this.open.delete(tenantId);
+    const dir = dirname(tenantDbPath(this.dataDir, tenantId));
+    const existed = existsSync(dir);
+    rmSync(dir, { recursive: true, force: true });
+    return existed;
+  }
+
+  closeAll(): number {
+    const count = this.open.size;
+    for (const db of this.open.values()) db.close();
+    this.open.clear();
+    return count;
+  }
+
+  private add(db: TenantDb): TenantDb {
+    this.open.set(db.tenantId, db);
+    while (this.open.size > this.maxOpen) {
+      const [oldest, victim] = this.open.entries().next().value!;
+      victim.close();
+      this.open.delete(oldest);
+    }
+    return db;
+  }
+}

@@ -1,0 +1,156 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type Database from 'better-sqlite3';
+
+/**
+ * Walks up from this module to the package root so the path is the same
+ * whether this file runs from `workers/` (tsx, vitest) or from a compiled
+ * copy such as `dist/workers/`.
+ */
+function packageRoot(): string {
+  const start = dirname(fileURLToPath(import.meta.url));
+  for (let dir = start; ; ) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) return dirname(start);
+    dir = parent;
+  }
+}
+
+/**
+ * Absolute path of the compiled guard extension (`build/tenantd_guard.so`),
+ * produced by `scripts/build-guard.mjs` during `npm install`.
+ */
+export const GUARD_LIBRARY_PATH: string = join(packageRoot(), 'build', 'tenantd_guard.so');
+
+const ENTRY_POINT = 'sqlite3_tenantdguard_init';
+
+type LoadExtension = (this: Database.Database, path: string, entryPoint?: string) => Database.Database;
+
+/** Longest deadline the extension accepts; larger values are clamped there too. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * How often a control statement is retried after SQLITE_INTERRUPT. An
+ * overdue connection is re-interrupted by the watchdog (every 10 ms) until
+ * it is disarmed, and an interrupt landing between the start of the control
+ * statement and its function call aborts it before it did anything; the
+ * next attempt starts with the flag cleared again.
+ */
+const INTERRUPT_RETRIES = 5;
+
+/**
+ * Per-connection guard around tenant SQL, backed by the `tenantd_guard`
+ * SQLite extension.
+ *
+ * Loading the extension permanently tightens the connection (limits,
+ * DEFENSIVE, no further extension loading, ATTACH limited to the one that
+ * VACUUM needs). While armed, an authorizer refuses what tenant SQL must not
+ * do (ATTACH, transactions, most PRAGMAs, `_tenantd*` objects, temporary
+ * objects, ...) and an optional deadline interrupts the running statement.
+ *
+ * The guard can only be driven with a random 128-bit token that never
+ * leaves this object, so tenant SQL calling the control functions directly
+ * gets "tenantd: not permitted".
+ */
+export class Guard {
+  private readonly armStmt: Database.Statement<[Buffer, number], number>;
+  private readonly disarmStmt: Database.Statement<[Buffer], number>;
+  private readonly lastDenialStmt: Database.Statement<[Buffer], string | null>;
+
+  private constructor(
+    db: Database.Database,
+    private readonly token: Buffer,
+  ) {
+    // safeIntegers(false): the caller may turn on db.defaultSafeIntegers(),
+    // which would otherwise make these return BigInt.
+    this.armStmt = db.prepare<[Buffer, number], number>('SELECT tenantd_arm(?, ?)').pluck().safeIntegers(false);
+    this.disarmStmt = db.prepare<[Buffer], number>('SELECT tenantd_disarm(?)').pluck().safeIntegers(false);
+    this.lastDenialStmt = db
+      .prepare<[Buffer], string | null>('SELECT tenantd_last_denial(?)')
+      .pluck()
+      .safeIntegers(false);
+  }
+
+  /**
+   * Loads the extension into `db`, gives it a fresh random token and
+   * prepares the control statements. Call it once per connection, right
+   * after opening it and before any tenant SQL: the first token set wins,
+   * and the extension disables further extension loading on the connection.
+   *
+   * @throws Error when the library has not been built (run `npm install`),
+   *   or when the extension cannot be loaded or initialised.
+   */
+  static attach(db: Database.Database): Guard {
+    if (!existsSync(GUARD_LIBRARY_PATH)) {
+      throw new Error(
+        `tenantd guard extension not found at ${GUARD_LIBRARY_PATH}; run \`npm install\` ` +
+          '(or `node scripts/build-guard.mjs`) to build it',
+      );
+    }
+    try {
+      // better-sqlite3 accepts an entry point; @types/better-sqlite3 omits it.
+      (db.loadExtension as LoadExtension).call(db, GUARD_LIBRARY_PATH, ENTRY_POINT);
+    } catch (err) {
+      throw new Error(`cannot load tenantd guard extension ${GUARD_LIBRARY_PATH}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    const token = randomBytes(16);
+    db.prepare('SELECT tenantd_guard_init(?)').pluck().safeIntegers(false).get(token);
+    return new Guard(db, token);
+  }
+
+  /**
+   * Turns the guard on for the tenant SQL that follows and, when
+   * `timeoutMs > 0`, schedules an interrupt of whatever statement is running
+   * on this connection once `timeoutMs` have passed. The deadline keeps
+   * being enforced until {@link Guard.disarm}, across statements.
+   * Clears the state reported by {@link Guard.disarm} and {@link Guard.lastDenial}.
+   */
+  arm(timeoutMs: number): void {
+    // JS numbers are bound as REAL; round up so a fractional timeout never
+    // becomes "no deadline".
+    const ms = timeoutMs > 0 ? Math.min(Math.ceil(timeoutMs), MAX_TIMEOUT_MS) : 0;
+    this.control(this.armStmt, ms);
+  }
+
+  /**
+   * Turns the guard off and cancels the deadline. Safe after a failed
+   * statement, including one that failed with SQLITE_INTERRUPT, provided no
+   * other statement of this connection is still mid-iteration (SQLite only
+   * clears a pending interrupt when no statement is active).
+   *
+   * @returns true when the deadline passed (and the connection was
+   *   interrupted) since {@link Guard.arm}.
+   */
+  disarm(): boolean {
+    return this.control(this.disarmStmt) === 1;
+  }
+
+  /**
+   * Why the guard last refused something since {@link Guard.arm}, e.g.
+   * `"ATTACH is not permitted"`, or null. Still available after
+   * {@link Guard.disarm}, which is the better moment to ask once a deadline
+   * may have passed.
+   */
+  lastDenial(): string | null {
+    return this.control(this.lastDenialStmt) ?? null;
+  }
+
+  private control<R>(stmt: Database.Statement<[Buffer], R>): R | undefined;
+  private control<R>(stmt: Database.Statement<[Buffer, number], R>, ms: number): R | undefined;
+  private control<R>(stmt: Database.Statement<[Buffer] | [Buffer, number], R>, ms?: number): R | undefined {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return ms === undefined
+          ? (stmt as Database.Statement<[Buffer], R>).get(this.token)
+          : (stmt as Database.Statement<[Buffer, number], R>).get(this.token, ms);
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'SQLITE_INTERRUPT' || attempt >= INTERRUPT_RETRIES) throw err;
+      }
+    }
+  }
+}

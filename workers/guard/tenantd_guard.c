@@ -1,0 +1,710 @@
+/*
+** tenantd_guard: a SQLite loadable extension that puts a guard around the
+** SQL a tenant sends to its own database.
+**
+** better-sqlite3 exposes no authorizer, progress handler, interrupt or limits
+** API, so everything the service needs to contain tenant SQL lives here and
+** is driven from JavaScript through four token-protected SQL functions:
+**
+**   tenantd_guard_init(token)       set the 128-bit token (once)
+**   tenantd_arm(token, timeout_ms)  guard ON, optional deadline
+**   tenantd_disarm(token)           guard OFF, 1 if the deadline fired
+**   tenantd_last_denial(token)      why the authorizer last said no, or NULL
+**
+** Loading the extension (entry point sqlite3_tenantdguard_init) also tightens
+** the connection's limits and db_config flags for its whole lifetime, guard
+** on or off.
+**
+** Build: scripts/build-guard.mjs. It links with -Wl,-z,nodelete because the
+** watchdog thread below runs code of this library for the rest of the
+** process, while SQLite dlclose()s an extension whenever the connection that
+** loaded it closes.
+*/
+#include "sqlite3ext.h"
+SQLITE_EXTENSION_INIT1
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define TOKEN_BYTES 16
+#define DENIAL_BYTES 256
+
+/* Once a deadline has passed, the watchdog interrupts the connection again
+** every REFIRE_NS until it is disarmed. A single sqlite3_interrupt() can be
+** lost: SQLite clears the flag whenever a statement starts while no other
+** statement is active, so an interrupt that lands between two statements of
+** one tenant call (or between arm and the first statement) would otherwise
+** let the next statement run without any bound. */
+#define REFIRE_NS (10ull * 1000ull * 1000ull)
+
+/* Upper bound for timeout_ms (about 24.8 days); keeps the deadline
+** arithmetic far from overflow whatever JavaScript passes in. */
+#define MAX_TIMEOUT_MS ((sqlite3_int64)INT32_MAX)
+
+typedef struct GuardCtx GuardCtx;
+struct GuardCtx {
+  sqlite3 *db;
+  int nRef;                 /* SQL functions still holding this context */
+  int hasToken;
+  unsigned char token[TOKEN_BYTES];
+  int guardOn;              /* authorizer enforces the tenant policy */
+  int watched;              /* on the watchdog list; written only by the
+                            ** connection's own thread, under wdMutex */
+  /* The fields below are shared with the watchdog; guarded by wdMutex. */
+  uint64_t deadline;        /* CLOCK_MONOTONIC, ns */
+  int fired;                /* the deadline passed since arm */
+  GuardCtx *pPrev, *pNext;  /* watchdog list, sorted by deadline */
+  /* Owned by the connection's thread. */
+  char denial[DENIAL_BYTES];/* last denial since arm; "" when none */
+};
+
+/* ---------------------------------------------------------------------------
+** Watchdog: one thread per process, shared by every connection of every
+** worker thread (they all dlopen() the same library, so they share these
+** globals).
+*/
+static pthread_mutex_t wdMutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wdCond;
+static pthread_once_t wdOnce = PTHREAD_ONCE_INIT;
+static int wdStarted = 0;         /* set once by wdStart(), read after once */
+static GuardCtx *wdHead = 0;      /* earliest deadline first */
+static GuardCtx *wdTail = 0;
+
+static uint64_t monoNow(void){
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Caller holds wdMutex. */
+static void wdUnlink(GuardCtx *p){
+  if( p->pPrev ) p->pPrev->pNext = p->pNext; else wdHead = p->pNext;
+  if( p->pNext ) p->pNext->pPrev = p->pPrev; else wdTail = p->pPrev;
+  p->pPrev = p->pNext = 0;
+}
+
+/* Caller holds wdMutex. Scans from the tail because deadlines of successive
+** arms mostly grow, which makes the usual insertion O(1). Returns true when
+** p became the new earliest deadline. */
+static int wdInsert(GuardCtx *p){
+  GuardCtx *q = wdTail;
+  while( q && q->deadline > p->deadline ) q = q->pPrev;
+  p->pPrev = q;
+  if( q ){
+    p->pNext = q->pNext;
+    q->pNext = p;
+  }else{
+    p->pNext = wdHead;
+    wdHead = p;
+  }
+  if( p->pNext ) p->pNext->pPrev = p; else wdTail = p;
+  return wdHead==p;
+}
+
+static void *wdMain(void *pArg){
+  (void)pArg;
+  pthread_mutex_lock(&wdMutex);
+  for(;;){
+    GuardCtx *p = wdHead;
+    uint64_t now;
+    if( p==0 ){
+      pthread_cond_wait(&wdCond, &wdMutex);
+      continue;
+    }
+    now = monoNow();
+    if( p->deadline > now ){
+      struct timespec ts;
+      ts.tv_sec = (time_t)(p->deadline / 1000000000ull);
+      ts.tv_nsec = (long)(p->deadline % 1000000000ull);
+      pthread_cond_timedwait(&wdCond, &wdMutex, &ts);
+      continue;
+    }
+    /* Safe because a context is only freed after its destructor has taken
+    ** wdMutex and unlinked it, and SQLite frees the connection only after
+    ** running that destructor. */
+    sqlite3_interrupt(p->db);
+    p->fired = 1;
+    wdUnlink(p);
+    p->deadline = now + REFIRE_NS;
+    wdInsert(p);
+  }
+  return 0;
+}
+
+static void wdStart(void){
+  pthread_condattr_t ca;
+  pthread_attr_t ta;
+  pthread_t tid;
+  sigset_t all, old;
+  size_t stack = 64 * 1024;
+
+  if( pthread_condattr_init(&ca) ) return;
+  if( pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)
+   || pthread_cond_init(&wdCond, &ca) ){
+    pthread_condattr_destroy(&ca);
+    return;
+  }
+  pthread_condattr_destroy(&ca);
+
+  if( pthread_attr_init(&ta) ) return;
+  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+#ifdef PTHREAD_STACK_MIN
+  if( stack < (size_t)PTHREAD_STACK_MIN ) stack = (size_t)PTHREAD_STACK_MIN;
+#endif
+  pthread_attr_setstacksize(&ta, stack);
+
+  /* The thread inherits the creator's signal mask; block everything so that
+  ** process signals (SIGINT, SIGCHLD, ...) keep going to Node's threads. */
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  if( pthread_create(&tid, &ta, wdMain, 0)==0 ) wdStarted = 1;
+  pthread_sigmask(SIG_SETMASK, &old, 0);
+  pthread_attr_destroy(&ta);
+}
+
+/* ---------------------------------------------------------------------------
+** Context lifetime.
+**
+** INVARIANT: a GuardCtx is freed only by ctxRelease(), which runs from the
+** xDestroy of the SQL functions, i.e. while SQLite closes the connection (or
+** replaces the functions). Before freeing, it takes wdMutex and unlinks the
+** context, and the watchdog only dereferences contexts (and calls
+** sqlite3_interrupt on their db) while holding wdMutex. So the watchdog never
+** touches a freed context or a closed connection: the connection object
+** itself outlives the function destructors inside sqlite3_close().
+**
+** Every one of the four functions holds a reference, so that redefining one
+** of them (e.g. db.function('tenantd_arm', ...)) cannot free the context
+** while the others still use it.
+*/
+static void ctxRelease(void *pArg){
+  GuardCtx *p = (GuardCtx*)pArg;
+  if( --p->nRef > 0 ) return;
+  pthread_mutex_lock(&wdMutex);
+  if( p->watched ){
+    wdUnlink(p);
+    p->watched = 0;
+  }
+  pthread_mutex_unlock(&wdMutex);
+  sqlite3_free(p);
+}
+
+/* ---------------------------------------------------------------------------
+** Token-protected SQL functions.
+*/
+static const char zNotPermitted[] = "tenantd: not permitted";
+
+/* Constant-time compare: the token is the only thing that separates tenant
+** SQL (which can call these functions) from the service. */
+static int tokenMatches(GuardCtx *p, sqlite3_value *v){
+  const unsigned char *z;
+  unsigned diff = 0;
+  int i;
+  if( !p->hasToken || sqlite3_value_type(v)!=SQLITE_BLOB ) return 0;
+  z = (const unsigned char*)sqlite3_value_blob(v);
+  if( z==0 || sqlite3_value_bytes(v)!=TOKEN_BYTES ) return 0;
+  for(i=0; i<TOKEN_BYTES; i++) diff |= (unsigned)(z[i] ^ p->token[i]);
+  return diff==0;
+}
+
+static void fnGuardInit(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  const void *z;
+  (void)argc;
+  if( p->hasToken ){
+    sqlite3_result_error(ctx, "tenantd: guard token already set", -1);
+    return;
+  }
+  z = sqlite3_value_blob(argv[0]);
+  if( sqlite3_value_type(argv[0])!=SQLITE_BLOB || z==0
+   || sqlite3_value_bytes(argv[0])!=TOKEN_BYTES ){
+    sqlite3_result_error(ctx, "tenantd: token must be a 16-byte blob", -1);
+    return;
+  }
+  memcpy(p->token, z, TOKEN_BYTES);
+  p->hasToken = 1;
+  sqlite3_result_int(ctx, 1);
+}
+
+/* Accepts INTEGER or REAL (better-sqlite3 binds JS numbers as REAL and
+** BigInts as INTEGER); anything else, NaN or <=0 means "no deadline". */
+static sqlite3_int64 timeoutArg(sqlite3_value *v){
+  switch( sqlite3_value_numeric_type(v) ){
+    case SQLITE_INTEGER: {
+      sqlite3_int64 ms = sqlite3_value_int64(v);
+      if( ms<=0 ) return 0;
+      return ms>MAX_TIMEOUT_MS ? MAX_TIMEOUT_MS : ms;
+    }
+    case SQLITE_FLOAT: {
+      double d = sqlite3_value_double(v);
+      if( !(d>0.0) ) return 0;                 /* also NaN */
+      if( d>=(double)MAX_TIMEOUT_MS ) return MAX_TIMEOUT_MS;
+      return d<1.0 ? 1 : (sqlite3_int64)d;
+    }
+    default:
+      return 0;
+  }
+}
+
+static void fnArm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  sqlite3_int64 ms;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  ms = timeoutArg(argv[1]);
+  if( ms>0 ){
+    pthread_once(&wdOnce, wdStart);
+    if( !wdStarted ){
+      sqlite3_result_error(ctx, "tenantd: watchdog thread unavailable", -1);
+      return;
+    }
+  }
+  p->guardOn = 1;
+  p->denial[0] = 0;
+  if( ms>0 ){
+    int signal;
+    uint64_t deadline = monoNow() + (uint64_t)ms * 1000000ull;
+    pthread_mutex_lock(&wdMutex);
+    if( p->watched ) wdUnlink(p);            /* re-arm without disarm */
+    p->watched = 1;
+    p->fired = 0;
+    p->deadline = deadline;
+    /* The watchdog only needs waking when it would otherwise sleep past
+    ** this deadline. */
+    signal = wdInsert(p);
+    if( signal ) pthread_cond_signal(&wdCond);
+    pthread_mutex_unlock(&wdMutex);
+  }else if( p->watched ){
+    pthread_mutex_lock(&wdMutex);
+    wdUnlink(p);
+    p->watched = 0;
+    p->fired = 0;
+    pthread_mutex_unlock(&wdMutex);
+  }else{
+    p->fired = 0;                             /* not shared while unwatched */
+  }
+  sqlite3_result_int(ctx, 1);
+}
+
+static void fnDisarm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  int fired;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  p->guardOn = 0;
+  if( p->watched ){
+    pthread_mutex_lock(&wdMutex);
+    wdUnlink(p);
+    p->watched = 0;
+    fired = p->fired;
+    pthread_mutex_unlock(&wdMutex);
+  }else{
+    fired = p->fired;
+  }
+  sqlite3_result_int(ctx, fired);
+}
+
+static void fnLastDenial(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  if( p->denial[0] ){
+    sqlite3_result_text(ctx, p->denial, -1, SQLITE_TRANSIENT);
+  }else{
+    sqlite3_result_null(ctx);
+  }
+}
+
+/* ---------------------------------------------------------------------------
+** Authorizer policy (only while the guard is ON).
+*/
+static int lowerAscii(int c){
+  return (c>='A' && c<='Z') ? c + ('a' - 'A') : c;
+}
+
+static int hasPrefixNoCase(const char *z, const char *zPrefix){
+  if( z==0 ) return 0;
+  while( *zPrefix ){
+    if( lowerAscii((unsigned char)*z)!=(unsigned char)*zPrefix ) return 0;
+    z++; zPrefix++;
+  }
+  return 1;
+}
+
+static int equalsNoCase(const char *z, const char *zLower){
+  if( z==0 ) return 0;
+  while( *z && *zLower ){
+    if( lowerAscii((unsigned char)*z)!=(unsigned char)*zLower ) return 0;
+    z++; zLower++;
+  }
+  return *z==0 && *zLower==0;
+}
+
+static int inListNoCase(const char *z, const char *const *azList){
+  for(; *azList; azList++){
+    if( equalsNoCase(z, *azList) ) return 1;
+  }
+  return 0;
+}
+
+static int isServiceObject(const char *z){
+  return hasPrefixNoCase(z, "_tenantd");
+}
+
+/* Pragmas that only read, and whose argument (if any) names a schema object
+** or a row limit rather than a new setting. */
+static const char *const azPragmaIntrospect[] = {
+  "table_info", "table_xinfo", "table_list", "index_list", "index_info",
+  "index_xinfo", "foreign_key_list", "foreign_key_check", "integrity_check",
+  "quick_check", 0
+};
+/* Pragmas that may be read but not set: no argument allowed. */
+static const char *const azPragmaReadOnly[] = {
+  "page_count", "page_size", "freelist_count", "schema_version",
+  "data_version", "compile_options", "function_list", "module_list",
+  "pragma_list", "collation_list", "encoding", "journal_mode", "synchronous",
+  "max_page_count", 0
+};
+/* Pragmas a tenant may both read and set. */
+static const char *const azPragmaSettable[] = {
+  "foreign_keys", "recursive_triggers", "defer_foreign_keys",
+  "case_sensitive_like", "user_version", "application_id", "optimize",
+  "analysis_limit", 0
+};
+static const char *const azVtabModules[] = {
+  "fts3", "fts4", "fts5", "rtree", "rtree_i32", 0
+};
+/* sqlite_* tables a tenant may read. The schema tables are also writable as
+** far as the authorizer is concerned, because every CREATE/DROP/ALTER
+** writes them through nested SQL that reaches the authorizer; SQLite itself
+** refuses direct writes (writable_schema is denied and DEFENSIVE is on). */
+static const char *const azSchemaTables[] = {
+  "sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema",
+  0
+};
+
+static const char *pragmaDecision(const char *zName, const char *zArg){
+  if( inListNoCase(zName, azPragmaIntrospect) ){
+    /* Not secret, but keep service tables out of tenant introspection, the
+    ** same way reading them is refused. */
+    return isServiceObject(zArg) ? "object" : 0;
+  }
+  if( inListNoCase(zName, azPragmaSettable) ) return 0;
+  if( zArg==0 && inListNoCase(zName, azPragmaReadOnly) ) return 0;
+  return "pragma";
+}
+
+/* Table-level access (READ/INSERT/UPDATE/DELETE) to sqlite_* tables. */
+static int internalTableAllowed(int op, const char *zTab){
+  if( inListNoCase(zTab, azSchemaTables) ) return 1;
+  /* DROP TABLE and ALTER TABLE ... RENAME maintain sqlite_sequence with
+  ** nested SQL that reaches the authorizer, and direct writes only affect the
+  ** tenant's own AUTOINCREMENT counters. */
+  if( equalsNoCase(zTab, "sqlite_sequence") ) return 1;
+  if( hasPrefixNoCase(zTab, "sqlite_stat") ){
+    /* ANALYZE reads them back; DROP TABLE/INDEX deletes their rows through
+    ** nested SQL. Hand-written statistics (INSERT/UPDATE) are refused. */
+    return op==SQLITE_READ || op==SQLITE_DELETE;
+  }
+  return 0;   /* sqlite_dbpage, sqlite_stmt, ... */
+}
+
+/* True when a VACUUM statement of this connection is running, i.e. the
+** authorizer is being asked about the SQL that VACUUM itself prepares
+** (ATTACH of the transient database, copying every table including the
+** service's own). Nothing a tenant controls can be prepared in that window:
+** OP_Vacuum runs to completion inside one sqlite3_step(). */
+static int sqlIsVacuum(const char *z){
+  if( z==0 ) return 0;
+  for(;;){
+    while( *z==' ' || *z=='\t' || *z=='\n' || *z=='\r' || *z=='\f' ) z++;
+    if( z[0]=='-' && z[1]=='-' ){
+      while( *z && *z!='\n' ) z++;
+    }else if( z[0]=='/' && z[1]=='*' ){
+      z += 2;
+      while( *z && !(z[0]=='*' && z[1]=='/') ) z++;
+      if( *z ) z += 2;
+    }else{
+      break;
+    }
+  }
+  if( !hasPrefixNoCase(z, "vacuum") ) return 0;
+  z += 6;
+  return !((*z>='a' && *z<='z') || (*z>='A' && *z<='Z')
+           || (*z>='0' && *z<='9') || *z=='_' || *z=='$'
+           || (unsigned char)*z>=0x80);
+}
+
+static int vacuumRunning(sqlite3 *db){
+  sqlite3_stmt *s;
+  for(s=sqlite3_next_stmt(db, 0); s; s=sqlite3_next_stmt(db, s)){
+    if( sqlite3_stmt_busy(s) && sqlIsVacuum(sqlite3_sql(s)) ) return 1;
+  }
+  return 0;
+}
+
+static const char *nz(const char *z){ return z ? z : "?"; }
+
+/* Returns SQLITE_OK, or SQLITE_DENY with the reason written to zOut. */
+static int policy(
+  int op, const char *a1, const char *a2, const char *a3,
+  char *zOut, int nOut
+){
+  const char *zWhat = 0;   /* "<action> <object>" for object denials */
+  const char *zObj = 0;
+
+  switch( op ){
+    case SQLITE_SELECT:
+    case SQLITE_RECURSIVE:
+    case SQLITE_ANALYZE:    /* statistics only; runs over every table */
+    case SQLITE_REINDEX:
+      return SQLITE_OK;
+
+    case SQLITE_FUNCTION:
+      /* tenantd_* functions are NOT denied here: the service's own control
+      ** statements get re-prepared under the guard after a schema change.
+      ** They protect themselves with the token. */
+      if( equalsNoCase(a2, "load_extension") ){
+        sqlite3_snprintf(nOut, zOut, "function load_extension() is not permitted");
+        return SQLITE_DENY;
+      }
+      return SQLITE_OK;
+
+    case SQLITE_ATTACH:
+      /* An empty file name is also what plain VACUUM attaches; the caller
+      ** lets that through while a VACUUM is running. */
+      sqlite3_snprintf(nOut, zOut, "ATTACH is not permitted");
+      return SQLITE_DENY;
+    case SQLITE_DETACH:
+      sqlite3_snprintf(nOut, zOut, "DETACH is not permitted");
+      return SQLITE_DENY;
+
+    case SQLITE_TRANSACTION:
+      sqlite3_snprintf(nOut, zOut,
+          "transaction control (%.20s) is not permitted: tenantd manages "
+          "transactions", nz(a1));
+      return SQLITE_DENY;
+    case SQLITE_SAVEPOINT: {
+      const char *zVerb = "SAVEPOINT";
+      if( equalsNoCase(a1, "release") ) zVerb = "RELEASE";
+      else if( equalsNoCase(a1, "rollback") ) zVerb = "ROLLBACK TO";
+      sqlite3_snprintf(nOut, zOut,
+          "%s %.64s is not permitted: tenantd manages transactions",
+          zVerb, nz(a2));
+      return SQLITE_DENY;
+    }
+
+    case SQLITE_PRAGMA: {
+      const char *zWhy = pragmaDecision(a1, a2);
+      if( zWhy==0 ) return SQLITE_OK;
+      if( zWhy[0]=='o' ){
+        sqlite3_snprintf(nOut, zOut,
+            "PRAGMA %.64s on %.64s is not permitted", nz(a1), a2);
+      }else if( a2 ){
+        sqlite3_snprintf(nOut, zOut,
+            "PRAGMA %.64s=%.64s is not permitted", nz(a1), a2);
+      }else{
+        sqlite3_snprintf(nOut, zOut, "PRAGMA %.64s is not permitted", nz(a1));
+      }
+      return SQLITE_DENY;
+    }
+
+    case SQLITE_CREATE_TEMP_TABLE:   zWhat = "CREATE TEMP TABLE";   break;
+    case SQLITE_CREATE_TEMP_INDEX:   zWhat = "CREATE TEMP INDEX";   break;
+    case SQLITE_CREATE_TEMP_TRIGGER: zWhat = "CREATE TEMP TRIGGER"; break;
+    case SQLITE_CREATE_TEMP_VIEW:    zWhat = "CREATE TEMP VIEW";    break;
+    case SQLITE_DROP_TEMP_TABLE:     zWhat = "DROP TEMP TABLE";     break;
+    case SQLITE_DROP_TEMP_INDEX:     zWhat = "DROP TEMP INDEX";     break;
+    case SQLITE_DROP_TEMP_TRIGGER:   zWhat = "DROP TEMP TRIGGER";   break;
+    case SQLITE_DROP_TEMP_VIEW:      zWhat = "DROP TEMP VIEW";      break;
+
+    case SQLITE_READ:
+    case SQLITE_INSERT:
+    case SQLITE_UPDATE:
+    case SQLITE_DELETE: {
+      const char *zVerb = op==SQLITE_READ ? "reading" :
+                          op==SQLITE_INSERT ? "inserting into" :
+                          op==SQLITE_UPDATE ? "updating" : "deleting from";
+      if( isServiceObject(a1)
+       || (hasPrefixNoCase(a1, "sqlite_") && !internalTableAllowed(op, a1)) ){
+        sqlite3_snprintf(nOut, zOut, "%s %.64s is not permitted", zVerb, a1);
+        return SQLITE_DENY;
+      }
+      return SQLITE_OK;
+    }
+
+    /* a1 = object name, a2 = table name (index/trigger) or NULL. */
+    case SQLITE_CREATE_TABLE:   zObj = "CREATE TABLE";   goto object_check;
+    case SQLITE_CREATE_INDEX:   zObj = "CREATE INDEX";   goto object_check;
+    case SQLITE_CREATE_TRIGGER: zObj = "CREATE TRIGGER"; goto object_check;
+    case SQLITE_CREATE_VIEW:    zObj = "CREATE VIEW";    goto object_check;
+    case SQLITE_DROP_TABLE:     zObj = "DROP TABLE";     goto object_check;
+    case SQLITE_DROP_INDEX:     zObj = "DROP INDEX";     goto object_check;
+    case SQLITE_DROP_TRIGGER:   zObj = "DROP TRIGGER";   goto object_check;
+    case SQLITE_DROP_VIEW:      zObj = "DROP VIEW";      goto object_check;
+    case SQLITE_DROP_VTABLE:    zObj = "DROP VIRTUAL TABLE"; a2 = 0;
+    object_check:
+      if( isServiceObject(a1) || isServiceObject(a2) ){
+        sqlite3_snprintf(nOut, zOut, "%s %.64s%s%.64s is not permitted", zObj,
+            isServiceObject(a1) ? a1 : nz(a1),
+            isServiceObject(a1) ? "" : " on ",
+            isServiceObject(a1) ? "" : a2);
+        return SQLITE_DENY;
+      }
+      return SQLITE_OK;
+
+    case SQLITE_ALTER_TABLE:    /* a1 = schema, a2 = table */
+      if( isServiceObject(a2) ){
+        sqlite3_snprintf(nOut, zOut, "ALTER TABLE %.64s is not permitted", a2);
+        return SQLITE_DENY;
+      }
+      return SQLITE_OK;
+
+    case SQLITE_CREATE_VTABLE:  /* a1 = table, a2 = module, a3 = schema */
+      if( isServiceObject(a1) ){
+        sqlite3_snprintf(nOut, zOut,
+            "CREATE VIRTUAL TABLE %.64s is not permitted", a1);
+        return SQLITE_DENY;
+      }
+      if( equalsNoCase(a3, "temp") ){
+        zWhat = "CREATE VIRTUAL TABLE temp.";
+        break;
+      }
+      if( !inListNoCase(a2, azVtabModules) ){
+        sqlite3_snprintf(nOut, zOut,
+            "virtual table module %.64s is not permitted", nz(a2));
+        return SQLITE_DENY;
+      }
+      return SQLITE_OK;
+
+    default:
+      sqlite3_snprintf(nOut, zOut,
+          "operation %d is not permitted by tenantd_guard", op);
+      return SQLITE_DENY;
+  }
+
+  /* Temporary objects: they live outside the tenant's database file and so
+  ** outside its storage quota. */
+  sqlite3_snprintf(nOut, zOut,
+      "%s%s%.64s is not permitted: temporary objects are not allowed",
+      zWhat, zWhat[strlen(zWhat)-1]=='.' ? "" : " ", nz(a1));
+  return SQLITE_DENY;
+}
+
+static int authorizer(
+  void *pArg, int op,
+  const char *a1, const char *a2, const char *a3, const char *a4
+){
+  GuardCtx *p = (GuardCtx*)pArg;
+  char zReason[DENIAL_BYTES];
+  (void)a4;
+  if( !p->guardOn ) return SQLITE_OK;
+  if( policy(op, a1, a2, a3, zReason, (int)sizeof(zReason))==SQLITE_OK ){
+    return SQLITE_OK;
+  }
+  /* Only reached for would-be denials, so the statement scan costs nothing
+  ** on the common path. */
+  if( vacuumRunning(p->db) ){
+    /* VACUUM INTO 'file' shows up as the ATTACH of a non-empty file name. */
+    if( op!=SQLITE_ATTACH || a1==0 || a1[0]==0 ) return SQLITE_OK;
+    sqlite3_snprintf((int)sizeof(zReason), zReason,
+        "VACUUM INTO is not permitted");
+  }
+  memcpy(p->denial, zReason, sizeof(p->denial));
+  return SQLITE_DENY;
+}
+
+/* ---------------------------------------------------------------------------
+** Entry point.
+*/
+#ifdef _WIN32
+__declspec(dllexport)
+#endif
+int sqlite3_tenantdguard_init(
+  sqlite3 *db, char **pzErrMsg, const sqlite3_api_routines *pApi
+){
+  static const struct {
+    const char *zName;
+    int nArg;
+    void (*xFunc)(sqlite3_context*, int, sqlite3_value**);
+  } aFunc[] = {
+    { "tenantd_guard_init",  1, fnGuardInit  },
+    { "tenantd_arm",         2, fnArm        },
+    { "tenantd_disarm",      1, fnDisarm     },
+    { "tenantd_last_denial", 1, fnLastDenial },
+  };
+  const int nFunc = (int)(sizeof(aFunc)/sizeof(aFunc[0]));
+  GuardCtx *p;
+  int i, rc;
+  SQLITE_EXTENSION_INIT2(pApi);
+
+  p = (GuardCtx*)sqlite3_malloc((int)sizeof(*p));
+  if( p==0 ) return SQLITE_NOMEM;
+  memset(p, 0, sizeof(*p));
+  p->db = db;
+  p->nRef = nFunc;
+
+  for(i=0; i<nFunc; i++){
+    /* On failure SQLite has already called xDestroy for this function;
+    ** release the references the unregistered ones would have held. */
+    rc = sqlite3_create_function_v2(db, aFunc[i].zName, aFunc[i].nArg,
+        SQLITE_UTF8 | SQLITE_DIRECTONLY, p, aFunc[i].xFunc, 0, 0, ctxRelease);
+    if( rc!=SQLITE_OK ){
+      int j;
+      for(j=i+1; j<nFunc; j++) ctxRelease(p);
+      if( pzErrMsg ){
+        *pzErrMsg = sqlite3_mprintf("tenantd_guard: cannot register %s: %s",
+                                    aFunc[i].zName, sqlite3_errstr(rc));
+      }
+      return rc;
+    }
+  }
+
+  sqlite3_limit(db, SQLITE_LIMIT_LENGTH, 16 * 1024 * 1024);
+  sqlite3_limit(db, SQLITE_LIMIT_SQL_LENGTH, 1024 * 1024);
+  sqlite3_limit(db, SQLITE_LIMIT_COLUMN, 2000);
+  sqlite3_limit(db, SQLITE_LIMIT_EXPR_DEPTH, 200);
+  sqlite3_limit(db, SQLITE_LIMIT_COMPOUND_SELECT, 100);
+  sqlite3_limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, 32766);
+  sqlite3_limit(db, SQLITE_LIMIT_TRIGGER_DEPTH, 50);
+  sqlite3_limit(db, SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 50000);
+  sqlite3_limit(db, SQLITE_LIMIT_FUNCTION_ARG, 127);
+  /* ATTACHED is 1, not 0: VACUUM and VACUUM INTO both work by ATTACHing a
+  ** transient/target database and check this limit even for that internal
+  ** ATTACH ("too many attached databases - max 0"). With 0 neither the
+  ** tenant's plain VACUUM nor the service's own guard-off VACUUM INTO copy
+  ** could run. Tenant ATTACH is refused by the authorizer instead. */
+  sqlite3_limit(db, SQLITE_LIMIT_ATTACHED, 1);
+
+  sqlite3_db_config(db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int*)0);
+  sqlite3_db_config(db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int*)0);
+#ifdef SQLITE_DBCONFIG_ENABLE_ATTACH_CREATE
+  sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_ATTACH_CREATE, 0, (int*)0);
+#endif
+#ifdef SQLITE_DBCONFIG_ENABLE_ATTACH_WRITE
+  sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_ATTACH_WRITE, 0, (int*)0);
+#endif
+  /* Nothing else gets loaded into this connection: this clears the flag
+  ** that sqlite3_load_extension() checks, which is also the path taken by the
+  ** load_extension() SQL function (itself already off unless someone called
+  ** sqlite3_enable_load_extension, which sqlite3ext.h does not even offer to
+  ** extensions). The load in progress is not affected. */
+  sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, (int*)0);
+
+  sqlite3_set_authorizer(db, authorizer, p);
+  return SQLITE_OK;
+}

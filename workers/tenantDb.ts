@@ -1,0 +1,317 @@
+/**
+ * One tenant's database connection inside its shard: the guard, the
+ * statement cache, and running tenant SQL under the guard.
+ *
+ * Invariant: tenant SQL is only ever prepared or stepped between
+ * `guard.arm()` and `guard.disarm()`, so the authorizer sees every tenant
+ * statement (also when SQLite re-prepares one after a schema change), and
+ * our own statements (transactions, pragmas, `_tenantd_meta`) run with the
+ * guard off.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { status as Status } from '@grpc/grpc-js';
+import Database from 'better-sqlite3';
+import type { SyncMode } from '../src/config.ts';
+import type { WireError } from '../src/errors.ts';
+import type {
+  CallLimits,
+  ColumnInfo,
+  ExecuteResult,
+  MigrationStep,
+  QueryChunk,
+  SqlValue,
+  StatementInput,
+} from '../src/protocol.ts';
+import { Guard } from './guard.ts';
+import { toWireError } from './sqlErrors.ts';
+
+/** A failure already expressed as a status, thrown through the shard's handlers. */
+export class ShardError extends Error {
+  constructor(readonly wire: WireError) {
+    super(wire.message);
+  }
+}
+
+const STATEMENT_CACHE_SIZE = 128;
+/** Execute answers in one message; past this the client must use Query. */
+const MAX_EXECUTE_RESULT_BYTES = 3 * 1024 * 1024;
+const MAX_CHUNK_BYTES = 1024 * 1024;
+/** SQLite's own ceiling for max_page_count. */
+const UNLIMITED_PAGES = 4_294_967_294;
+
+/** A rough wire size of a value, to keep messages under gRPC's 4 MiB default. */
+function valueSize(value: SqlValue): number {
+  if (value === null) return 2;
+  if (typeof value === 'string') return value.length * 3 + 4;
+  if (typeof value === 'object') return value.byteLength + 4;
+  return 11;
+}
+
+function rowSize(row: SqlValue[]): number {
+  let size = 4;
+  for (const value of row) size += valueSize(value);
+  return size;
+}
+
+function bindable(value: SqlValue): unknown {
+  // Structured clone turns Buffers into plain Uint8Arrays, which
+  // better-sqlite3 does not bind as blobs.
+  if (value instanceof Uint8Array && !Buffer.isBuffer(value)) {
+    return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+  }
+  return value;
+}
+
+function bindArgs(input: StatementInput): unknown[] {
+  const args: unknown[] = input.params.map(bindable);
+  if (input.named) {
+    const named: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(input.named)) named[key] = bindable(value);
+    args.push(named);
+  }
+  return args;
+}
+
+export interface OpenOptions {
+  path: string;
+  tenantId: string;
+  sync: SyncMode;
+  create: boolean;
+}
+
+export class TenantDb {
+  readonly tenantId: string;
+  private readonly db: Database.Database;
+  private readonly guard: Guard;
+  private readonly cache = new Map<string, Database.Statement>();
+  private readonly begin: Database.Statement;
+  private readonly commit: Database.Statement;
+  private readonly rollback: Database.Statement;
+  private readonly changes: Database.Statement;
+  private readonly pageSize: number;
+  private storageLimit = Number.NaN;
+  /** The request field of the statement running now, for error details. */
+  private currentField: string | null = null;
+
+  private constructor(db: Database.Database, tenantId: string) {
+    this.db = db;
+    this.tenantId = tenantId;
+    this.guard = Guard.attach(db);
+    this.begin = db.prepare('BEGIN IMMEDIATE');
+    this.commit = db.prepare('COMMIT');
+    this.rollback = db.prepare('ROLLBACK');
+    this.changes = db.prepare('SELECT changes(), last_insert_rowid()').raw(true);
+    this.pageSize = Number(db.pragma('page_size', { simple: true }));
+  }
+
+  static open(options: OpenOptions): TenantDb {
+    if (options.create) mkdirSync(dirname(options.path), { recursive: true });
+    const db = new Database(options.path, { fileMustExist: !options.create });
+    try {
+      db.defaultSafeIntegers(true);
+      db.pragma('journal_mode = WAL');
+      // WAL + FULL syncs the log on every commit: an acknowledged write
+      // survives power loss. NORMAL syncs only at checkpoints: it survives
+      // the process dying, not the machine.
+      db.pragma(`synchronous = ${options.sync === 'full' ? 'FULL' : 'NORMAL'}`);
+      db.pragma('foreign_keys = ON');
+      // One connection per tenant per process: nobody else can hold the lock.
+      db.pragma('busy_timeout = 0');
+      db.exec('CREATE TABLE IF NOT EXISTS _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT');
+      return new TenantDb(db, options.tenantId);
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  get schemaVersion(): number {
+    const row = this.db.prepare("SELECT value FROM _tenantd_meta WHERE key = 'schema_version'").pluck().get();
+    return row === undefined ? 0 : Number(row);
+  }
+
+  /** Applies the steps above the database's version, each in its own transaction. */
+  migrate(steps: readonly MigrationStep[]): number {
+    let version = this.schemaVersion;
+    for (const step of steps) {
+      if (step.version <= version) continue;
+      this.db.transaction(() => {
+        this.db.exec(step.sql);
+        this.db
+          .prepare("INSERT INTO _tenantd_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+          .run(BigInt(step.version));
+      })();
+      version = step.version;
+    }
+    return version;
+  }
+
+  /** Writes a consistent copy of the database to `file` (VACUUM INTO reads one snapshot). */
+  snapshot(file: string): void {
+    this.db.prepare('VACUUM INTO ?').run(file);
+  }
+
+  execute(input: StatementInput, limits: CallLimits): ExecuteResult {
+    return this.guarded(limits, 'sql', () => this.runOne(input, limits, 'sql'));
+  }
+
+  /** All statements in one transaction: either every one applies or none. */
+  batch(inputs: readonly StatementInput[], limits: CallLimits): ExecuteResult[] {
+    this.applyStorageLimit(limits.storageLimitBytes);
+    this.begin.run();
+    let committed = false;
+    try {
+      const results = this.guarded(limits, 'statements', () =>
+        inputs.map((input, i) => this.runOne(input, limits, `statements[${i}].sql`)),
+      );
+      try {
+        this.commit.run();
+      } catch (error) {
+        throw new ShardError(toWireError(error, this.failure('statements', limits, null, false)));
+      }
+      committed = true;
+      return results;
+    } finally {
+      if (!committed && this.db.inTransaction) this.rollback.run();
+    }
+  }
+
+  /** Runs a query and hands its rows over in chunks; returns the row count. */
+  query(input: StatementInput, limits: CallLimits, rowsPerChunk: number, emit: (chunk: QueryChunk) => void): number {
+    return this.guarded(limits, 'sql', () => {
+      const statement = this.prepare(input.sql, limits, 'sql');
+      if (!statement.reader) {
+        throw new ShardError({
+          code: Status.INVALID_ARGUMENT,
+          reason: 'NOT_A_QUERY',
+          message: 'Query runs statements that return rows; use Execute for this one',
+          fieldViolations: [{ field: 'sql', description: 'statement returns no rows' }],
+        });
+      }
+      let columns: ColumnInfo[] | null = describeColumns(statement);
+      let rows: SqlValue[][] = [];
+      let bytes = 0;
+      let count = 0;
+      for (const row of statement.iterate(...bindArgs(input)) as IterableIterator<SqlValue[]>) {
+        rows.push(row);
+        bytes += rowSize(row);
+        count++;
+        if (rows.length >= rowsPerChunk || bytes >= MAX_CHUNK_BYTES) {
+          emit({ columns, rows });
+          columns = null;
+          rows = [];
+          bytes = 0;
+        }
+      }
+      if (rows.length > 0 || columns !== null) emit({ columns, rows });
+      return count;
+    });
+  }
+
+  private runOne(input: StatementInput, limits: CallLimits, field: string): ExecuteResult {
+    this.currentField = field;
+    const statement = this.prepare(input.sql, limits, field);
+    const args = bindArgs(input);
+    if (!statement.reader) {
+      const info = statement.run(...args);
+      return {
+        columns: [],
+        rows: [],
+        rowsAffected: info.changes,
+        lastInsertRowid: BigInt(info.lastInsertRowid),
+      };
+    }
+    const columns = describeColumns(statement);
+    const rows: SqlValue[][] = [];
+    let bytes = 0;
+    for (const row of statement.iterate(...args) as IterableIterator<SqlValue[]>) {
+      bytes += rowSize(row);
+      if (bytes > MAX_EXECUTE_RESULT_BYTES) {
+        // Leaving the loop early closes the iterator (its return() resets the statement).
+        throw new ShardError({
+          code: Status.RESOURCE_EXHAUSTED,
+          reason: 'RESULT_TOO_LARGE',
+          message: `the result is larger than ${MAX_EXECUTE_RESULT_BYTES} bytes; use Query to stream it`,
+          metadata: { rows_so_far: String(rows.length) },
+        });
+      }
+      rows.push(row);
+    }
+    if (statement.readonly) return { columns, rows, rowsAffected: 0, lastInsertRowid: 0n };
+    // INSERT ... RETURNING and friends: rows and a change count.
+    const [changes, rowid] = this.changes.get() as [bigint, bigint];
+    return { columns, rows, rowsAffected: Number(changes), lastInsertRowid: rowid };
+  }
+
+  private prepare(sql: string, limits: CallLimits, field: string): Database.Statement {
+    let statement = this.cache.get(sql);
+    if (statement) {
+      this.cache.delete(sql);
+    } else {
+      statement = this.db.prepare(sql);
+      if (statement.reader) statement.raw(true);
+    }
+    this.cache.set(sql, statement);
+    if (this.cache.size > STATEMENT_CACHE_SIZE) this.cache.delete(this.cache.keys().next().value!);
+    if (limits.readOnly && !statement.readonly) {
+      throw new ShardError({
+        code: Status.PERMISSION_DENIED,
+        reason: 'READ_ONLY_KEY',
+        message: 'this API key is READ_ONLY and the statement writes',
+        fieldViolations: [{ field, description: 'statement writes' }],
+      });
+    }
+    return statement;
+  }
+
+  /**
+   * Runs `body` with the guard armed for the call's time limit, and turns a
+   * SQLite failure into the status the contract names.
+   */
+  private guarded<T>(limits: CallLimits, field: string, body: () => T): T {
+    this.applyStorageLimit(limits.storageLimitBytes);
+    this.guard.arm(limits.timeoutMs);
+    let denial: string | null = null;
+    let timedOut = false;
+    try {
+      return body();
+    } catch (error) {
+      if (error instanceof ShardError) throw error;
+      denial = this.guard.lastDenial();
+      timedOut = this.guard.disarm();
+      // Inside a Batch the failure names the statement that failed.
+      const failure = this.failure(this.currentField ?? field, limits, denial, timedOut);
+      throw new ShardError(toWireError(error, failure));
+    } finally {
+      this.currentField = null;
+      this.guard.disarm();
+    }
+  }
+
+  private failure(field: string, limits: CallLimits, denial: string | null, timedOut: boolean) {
+    return {
+      field,
+      tenantId: this.tenantId,
+      denial,
+      timedOut,
+      timeoutMs: limits.timeoutMs,
+      storageLimitBytes: limits.storageLimitBytes,
+    };
+  }
+
+  private applyStorageLimit(limitBytes: number): void {
+    if (limitBytes === this.storageLimit) return;
+    const pages = limitBytes < 0 ? UNLIMITED_PAGES : Math.max(1, Math.floor(limitBytes / this.pageSize));
+    this.db.pragma(`max_page_count = ${pages}`);
+    this.storageLimit = limitBytes;
+  }
+}
+
+function describeColumns(statement: Database.Statement): ColumnInfo[] {
+  return statement.columns().map((c) => ({ name: c.name, declType: c.type ?? '' }));
+}
