@@ -1,0 +1,147 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { status } from '@grpc/grpc-js';
+import { shardOf } from '../src/routing/shardRouter.ts';
+import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
+
+let t: TestServer;
+
+beforeAll(async () => {
+  t = await startTestServer({ shards: 2 });
+});
+afterAll(() => t.stop());
+
+const RUNAWAY = 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c';
+
+/** Two tenant ids that hash to the same shard. */
+function sameShardPair(prefix: string): [string, string] {
+  const first = `${prefix}-0`;
+  for (let i = 1; i < 100; i++) {
+    const candidate = `${prefix}-${i}`;
+    if (shardOf(candidate, 2) === shardOf(first, 2)) return [first, candidate];
+  }
+  throw new Error('no pair found');
+}
+
+describe('isolation between tenants', () => {
+  it('gives each tenant its own tables under the same names', async () => {
+    const a = await t.createTenant('iso-a');
+    const b = await t.createTenant('iso-b');
+    for (const [key, who] of [[a, 'a'], [b, 'b']] as const) {
+      await t.sql(key, 'CREATE TABLE secrets (owner TEXT, value TEXT)');
+      await t.sql(key, 'INSERT INTO secrets VALUES (?, ?)', [v.text(who), v.text(`secret of ${who}`)]);
+    }
+    expect(rowsOf(await t.sql(a, 'SELECT * FROM secrets'))).toEqual([['a', 'secret of a']]);
+    expect(rowsOf(await t.sql(b, 'SELECT * FROM secrets'))).toEqual([['b', 'secret of b']]);
+    await t.sql(a, 'DROP TABLE secrets');
+    expect(rowsOf(await t.sql(b, 'SELECT count(*) FROM secrets'))).toEqual([[1n]]);
+  });
+
+  it('never lets a header pick another tenant', async () => {
+    const a = await t.createTenant('hdr-x');
+    await t.createTenant('hdr-y');
+    const failure = await t.client.failure('SqlService', 'Execute', { sql: 'SELECT 1' }, { key: a, tenantId: 'hdr-y' });
+    expect(failure.code).toBe(status.PERMISSION_DENIED);
+  });
+});
+
+describe('the guard', () => {
+  let key: string;
+  beforeAll(async () => {
+    key = await t.createTenant('guarded');
+    await t.sql(key, 'CREATE TABLE t (x)');
+  });
+
+  const refused: [string, string][] = [
+    ["ATTACH DATABASE '/tmp/other.db' AS other", 'ATTACH'],
+    ['DETACH DATABASE main', 'DETACH'],
+    ["VACUUM INTO '/tmp/tenantd-stolen.db'", 'VACUUM INTO'],
+    ["SELECT load_extension('/tmp/evil.so')", 'load_extension'],
+    ['PRAGMA journal_mode = DELETE', 'journal_mode'],
+    ['PRAGMA synchronous = OFF', 'synchronous'],
+    ['PRAGMA max_page_count = 1000000000', 'max_page_count'],
+    ['PRAGMA writable_schema = ON', 'writable_schema'],
+    ['PRAGMA mmap_size = 1000000', 'mmap_size'],
+    ['PRAGMA database_list', 'database_list'],
+    ['SELECT * FROM _tenantd_meta', '_tenantd_meta'],
+    ["INSERT INTO _tenantd_meta VALUES ('schema_version', 99)", '_tenantd_meta'],
+    ['DROP TABLE _tenantd_meta', '_tenantd_meta'],
+    ['CREATE TABLE _tenantd_mine (x)', '_tenantd_mine'],
+    ['CREATE TEMP TABLE scratch (x)', 'TEMP'],
+    ['BEGIN', 'transaction'],
+    ['SAVEPOINT s1', 'SAVEPOINT'],
+  ];
+
+  for (const [sql, named] of refused) {
+    it(`refuses ${sql}`, async () => {
+      const failure = await t.client.failure('SqlService', 'Execute', { sql }, { key });
+      expect([status.PERMISSION_DENIED, status.INVALID_ARGUMENT]).toContain(failure.code);
+      expect(failure.reason).not.toBe('');
+      expect(`${failure.message} ${JSON.stringify(failure.errorMetadata)}`.toLowerCase()).toContain(named.toLowerCase());
+    });
+  }
+
+  it('allows ordinary schema work, read-only pragmas and FTS5', async () => {
+    await t.sql(key, 'CREATE INDEX t_x ON t (x)');
+    expect(rowsOf(await t.sql(key, 'PRAGMA table_info(t)')).map((r) => r[1])).toEqual(['x']);
+    await t.sql(key, 'PRAGMA foreign_keys = ON');
+    await t.sql(key, 'PRAGMA user_version');
+    await t.sql(key, 'CREATE VIRTUAL TABLE docs USING fts5(body)');
+    await t.sql(key, "INSERT INTO docs VALUES ('the quick brown fox')");
+    expect(rowsOf(await t.sql(key, "SELECT body FROM docs WHERE docs MATCH 'quick'"))).toEqual([['the quick brown fox']]);
+  });
+
+  it('cannot steer the guard through its own control functions', async () => {
+    const failure = await t.client.failure('SqlService', 'Execute', { sql: "SELECT tenantd_disarm(x'00000000000000000000000000000000')" }, { key });
+    expect(failure.code).not.toBe(status.OK);
+    expect(failure.message).toContain('not permitted');
+  });
+});
+
+describe('runaway statements', () => {
+  it('stops a runaway recursive CTE at query_timeout_ms while a tenant on the same shard keeps being served', async () => {
+    const [slowId, fastId] = sameShardPair('cte');
+    await t.createTenant(slowId, { quotas: { query_timeout_ms: '400' } });
+    const fast = await t.createTenant(fastId);
+    const { key: slowKey } = await t.client
+      .call('TenantService', 'CreateApiKey', { parent: `tenants/${slowId}` }, { key: t.adminKey });
+
+    const started = Date.now();
+    const runaway = t.client.failure('SqlService', 'Execute', { sql: RUNAWAY }, { key: slowKey });
+    // Sent while the runaway holds the shard: answered once it is stopped.
+    const neighbour = t.sql(fast, 'SELECT 1').then(() => Date.now() - started);
+    const failure = await runaway;
+    const elapsed = Date.now() - started;
+    expect(failure.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(failure.reason).toBe('QUERY_TIMEOUT');
+    expect(elapsed).toBeGreaterThanOrEqual(350);
+    expect(elapsed).toBeLessThan(5_000);
+    expect(await neighbour).toBeLessThan(5_000);
+    // The shard and the tenant are both fine afterwards.
+    expect(rowsOf(await t.sql(slowKey, 'SELECT 2'))).toEqual([[2n]]);
+  });
+
+  it('stops a statement at the client’s deadline when that comes first', async () => {
+    const key = await t.createTenant('deadline', { quotas: { query_timeout_ms: '60000' } });
+    const started = Date.now();
+    const failure = await t.client.failure('SqlService', 'Execute', { sql: RUNAWAY }, { key, deadlineMs: 300 });
+    expect(failure.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    // The statement itself was interrupted: the shard answers the next call promptly.
+    const next = Date.now();
+    await t.sql(key, 'SELECT 1');
+    expect(Date.now() - next).toBeLessThan(2_000);
+  });
+
+  it('rolls back a write interrupted by the timeout', async () => {
+    const key = await t.createTenant('rollback', { quotas: { query_timeout_ms: '300' } });
+    await t.sql(key, 'CREATE TABLE n (x)');
+    const failure = await t.client.failure(
+      'SqlService',
+      'Execute',
+      { sql: 'INSERT INTO n WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c' },
+      { key },
+    );
+    expect(failure.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(rowsOf(await t.sql(key, 'SELECT count(*) FROM n'))).toEqual([[0n]]);
+  });
+});
