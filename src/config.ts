@@ -50,6 +50,8 @@ export interface Config {
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
   drainTimeoutMs: number;
+  /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
+  faultInjection: boolean;
 }
 
 const MIB = 1024 * 1024;
@@ -94,6 +96,7 @@ export function defaultConfig(): Config {
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
+    faultInjection: false,
   };
 }
 

@@ -60,7 +60,9 @@ export type ShardRequest =
   | (RequestBase & { op: 'snapshot'; file: string })
   | (RequestBase & { op: 'drop' })
   /** Closes every database; the worker is terminated after it answers. */
-  | (RequestBase & { op: 'shutdown' });
+  | (RequestBase & { op: 'shutdown' })
+  /** Fault injection for tests: the worker dies of an uncaught exception. Refused unless enabled. */
+  | (RequestBase & { op: 'crash' });
 
 export interface QueryChunk {
   columns: ColumnInfo[] | null;
@@ -81,6 +83,7 @@ export interface ShardResults {
   snapshot: { bytes: number };
   drop: { removed: boolean };
   shutdown: { closed: number };
+  crash: never;
 }
 
 /** Given to each worker at start. */
@@ -90,6 +93,8 @@ export interface ShardWorkerData {
   dataDir: string;
   sync: SyncMode;
   maxOpenDbs: number;
+  /** Accept the `crash` op (tests only). */
+  faultInjection: boolean;
 }
 
 /** Where a tenant's database lives under the data directory. */

@@ -61,6 +61,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
         dataDir,
         sync: config.sync,
         maxOpenDbs: Math.max(1, Math.ceil(config.maxOpenDbs / config.shards)),
+        faultInjection: config.faultInjection,
         onLog: (level, msg, fields) => logger[level](msg, fields),
       }),
     );

@@ -41,6 +41,15 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
       return { removed: pool.remove(request.tenantId) };
     case 'shutdown':
       return { closed: pool.closeAll() };
+    case 'crash':
+      if (!data.faultInjection) {
+        throw new ShardError({ code: Status.PERMISSION_DENIED, reason: 'FAULT_INJECTION_DISABLED', message: 'crash is for tests' });
+      }
+      // Thrown outside the message handler's try, as a real bug would be.
+      setImmediate(() => {
+        throw new Error('injected shard crash');
+      });
+      return undefined as never;
   }
 }
 

@@ -130,8 +130,7 @@ static void *wdMain(void *pArg){
     sqlite3_interrupt(p->db);
     p->fired = 1;
     wdUnlink(p);
-    p->deadline = now + REFIRE_NS;
-    wdInsert(p);
+    (void)now;
   }
   return 0;
 }
@@ -539,6 +538,16 @@ static int policy(
       const char *zVerb = op==SQLITE_READ ? "reading" :
                           op==SQLITE_INSERT ? "inserting into" :
                           op==SQLITE_UPDATE ? "updating" : "deleting from";
+      if( op==SQLITE_INSERT && equalsNoCase(a3, "temp") ){
+        /* Every way of creating a temp object inserts into the temp schema
+        ** table, and some of them are not reported as CREATE_TEMP_*:
+        ** "CREATE TABLE temp.x" arrives as CREATE_TABLE (schema "temp") and
+        ** "CREATE TRIGGER temp.x ON main_table" as CREATE_TRIGGER (schema
+        ** "main"), both after this INSERT. */
+        sqlite3_snprintf(nOut, zOut, "creating objects in the temp schema is "
+            "not permitted: temporary objects are not allowed");
+        return SQLITE_DENY;
+      }
       if( isServiceObject(a1)
        || (hasPrefixNoCase(a1, "sqlite_") && !internalTableAllowed(op, a1)) ){
         sqlite3_snprintf(nOut, zOut, "%s %.64s is not permitted", zVerb, a1);
@@ -558,6 +567,11 @@ static int policy(
     case SQLITE_DROP_VIEW:      zObj = "DROP VIEW";      goto object_check;
     case SQLITE_DROP_VTABLE:    zObj = "DROP VIRTUAL TABLE"; a2 = 0;
     object_check:
+      if( op!=SQLITE_DROP_VTABLE && zObj[0]=='C' && equalsNoCase(a3, "temp") ){
+        sqlite3_snprintf(nOut, zOut, "%s temp.%.64s is not permitted: "
+            "temporary objects are not allowed", zObj, nz(a1));
+        return SQLITE_DENY;
+      }
       if( isServiceObject(a1) || isServiceObject(a2) ){
         sqlite3_snprintf(nOut, zOut, "%s %.64s%s%.64s is not permitted", zObj,
             isServiceObject(a1) ? a1 : nz(a1),

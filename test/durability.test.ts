@@ -1,0 +1,119 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import Database from 'better-sqlite3';
+import { freshDataDir, rowsOf, startTestServer, TestClient, v, RpcError } from './support/server.ts';
+
+const BIN = fileURLToPath(new URL('../bin/tenantd.js', import.meta.url));
+const dirs: string[] = [];
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+/** `tenantd serve` as a child process; resolves once it prints its port. */
+function serveChild(dataDir: string, sync: 'full' | 'normal'): Promise<{ child: ChildProcess; port: number; adminKey: string }> {
+  const child = spawn(process.execPath, [BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--metrics-listen', 'off', '--sync', sync, '--shards', '2', '--log-level', 'warn'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${out} ${err}`)), 20_000);
+    child.stdout!.on('data', (d) => {
+      out += d;
+      const port = /listening on port (\d+)/.exec(out);
+      if (port) {
+        clearTimeout(timer);
+        resolve({ child, port: Number(port[1]), adminKey: readFileSync(`${dataDir}/admin.key`, 'utf8').trim() });
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`server exited with ${code}: ${err}`)));
+  });
+}
+
+describe('durability', () => {
+  it('keeps tenants, keys and data across a clean restart', async () => {
+    const dataDir = freshDataDir();
+    dirs.push(dataDir);
+    const first = await startTestServer({ dataDir }, { keepDataDir: true });
+    const key = await first.createTenant('keeper', { display_name: 'Keeper' });
+    await first.sql(key, 'CREATE TABLE notes (body TEXT)');
+    await first.sql(key, 'INSERT INTO notes VALUES (?)', [v.text('remember me')]);
+    await first.client.call('TenantService', 'SuspendTenant', { name: 'tenants/keeper' }, { key: first.adminKey });
+    const adminKey = first.adminKey;
+    await first.stop();
+
+    const second = await startTestServer({ dataDir }, { keepDataDir: true });
+    try {
+      expect(second.adminKey).toBe(adminKey);
+      expect(second.server.adminKey.created).toBe(false);
+      const tenant = await second.client.call('TenantService', 'GetTenant', { name: 'tenants/keeper' }, { key: adminKey });
+      expect(tenant.display_name).toBe('Keeper');
+      expect(tenant.state).toBe('SUSPENDED');
+      await second.client.call('TenantService', 'ActivateTenant', { name: 'tenants/keeper' }, { key: adminKey });
+      expect(rowsOf(await second.sql(key, 'SELECT body FROM notes'))).toEqual([['remember me']]);
+    } finally {
+      await second.stop();
+    }
+  });
+
+  for (const sync of ['full', 'normal'] as const) {
+    it(`loses no acknowledged write when the process is killed with SIGKILL (--sync ${sync})`, async () => {
+      const dataDir = freshDataDir();
+      dirs.push(dataDir);
+      const { child, port, adminKey } = await serveChild(dataDir, sync);
+      const client = new TestClient(`127.0.0.1:${port}`);
+      const keys: string[] = [];
+      for (let i = 0; i < 4; i++) {
+        const created = await client.call('TenantService', 'CreateTenant', { tenant_id: `w${i}` }, { key: adminKey });
+        keys.push(created.api_key.key);
+        await client.call('SqlService', 'Execute', { sql: 'CREATE TABLE w (id INTEGER PRIMARY KEY, payload TEXT)' }, { key: created.api_key.key });
+      }
+      const acked: number[][] = keys.map(() => []);
+      let stop = false;
+      const writers = keys.map(async (key, i) => {
+        for (let n = 1; !stop && n < 100_000; n++) {
+          try {
+            await client.call('SqlService', 'Execute', { sql: 'INSERT INTO w (id, payload) VALUES (?, ?)', params: [v.int(n), v.text('x'.repeat(200))] }, { key });
+            acked[i]!.push(n);
+          } catch (error) {
+            if (error instanceof RpcError) return;
+            throw error;
+          }
+        }
+      });
+      await new Promise((r) => setTimeout(r, 700));
+      child.kill('SIGKILL');
+      stop = true;
+      await Promise.all(writers);
+      client.close();
+      await new Promise((r) => child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r));
+      expect(acked.every((list) => list.length > 0)).toBe(true);
+
+      // Every database is intact and holds every acknowledged row.
+      for (const tenant of readdirSync(`${dataDir}/tenants`)) {
+        const db = new Database(`${dataDir}/tenants/${tenant}/db.sqlite`);
+        expect(db.pragma('integrity_check', { simple: true })).toBe('ok');
+        const i = Number(tenant.slice(1));
+        const present = new Set(db.prepare('SELECT id FROM w').pluck().all() as number[]);
+        const missing = acked[i]!.filter((id) => !present.has(id));
+        expect(missing, `tenant ${tenant}`).toEqual([]);
+        db.close();
+      }
+      const catalog = new Database(`${dataDir}/catalog.db`);
+      expect(catalog.pragma('integrity_check', { simple: true })).toBe('ok');
+      catalog.close();
+
+      // And the service comes back with all of it.
+      const again = await serveChild(dataDir, sync);
+      const client2 = new TestClient(`127.0.0.1:${again.port}`);
+      const count = await client2.call('SqlService', 'Execute', { sql: 'SELECT count(*) FROM w' }, { key: keys[0]! });
+      expect(Number(rowsOf(count)[0]![0])).toBeGreaterThanOrEqual(acked[0]!.length);
+      client2.close();
+      again.child.kill('SIGTERM');
+      await new Promise((r) => again.child.once('exit', r));
+    });
+  }
+});
