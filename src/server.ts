@@ -68,7 +68,15 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   }
   const router = new ShardRouter(shards);
   const manager = new TenantManager(catalog, registry, router, auth, dataDir);
-  if (config.tenantsFile) await bootstrapTenants(config.tenantsFile, manager, catalog, logger);
+  if (config.tenantsFile) {
+    try {
+      await bootstrapTenants(config.tenantsFile, manager, catalog, logger);
+    } catch (error) {
+      await router.stop();
+      catalog.close();
+      throw error;
+    }
+  }
 
   const health = new HealthState(SERVICES);
   const access = new Access(auth, registry);
