@@ -1,0 +1,26 @@
+# tenantd on Node 22 (Node 24 works the same: --build-arg NODE_VERSION=24).
+ARG NODE_VERSION=22
+FROM node:${NODE_VERSION}-bookworm-slim AS build
+# better-sqlite3 and the guard extension compile from source.
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY package.json package-lock.json ./
+COPY scripts ./scripts
+COPY workers/guard ./workers/guard
+RUN npm ci --omit=dev
+COPY . .
+RUN node scripts/build-guard.mjs
+
+FROM node:${NODE_VERSION}-bookworm-slim
+WORKDIR /app
+COPY --from=build /app /app
+ENV TENANTD_LISTEN=0.0.0.0:7070 \
+    TENANTD_DATA_DIR=/data \
+    TENANTD_METRICS_LISTEN=0.0.0.0:9464
+VOLUME /data
+EXPOSE 7070 9464
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s \
+  CMD node -e "fetch('http://127.0.0.1:9464/readyz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["node", "bin/tenantd.js"]
+CMD ["serve"]
