@@ -7,6 +7,7 @@
  */
 import type { WireError } from './errors.ts';
 import type { SyncMode } from './config.ts';
+import type { QuotaPageBuffers } from './quota/layout.ts';
 
 export type SqlValue = null | bigint | number | string | Uint8Array;
 
@@ -36,6 +37,8 @@ export interface CallLimits {
   timeoutMs: number;
   /** The database may not grow past this many bytes; -1 is unlimited. */
   storageLimitBytes: number;
+  /** The tenant's slot in the shared quota pages, where the shard records rows and storage. */
+  slot: number;
 }
 
 export interface MigrationStep {
@@ -61,6 +64,8 @@ export type ShardRequest =
   | (RequestBase & { op: 'drop' })
   /** Closes every database; the worker is terminated after it answers. */
   | (RequestBase & { op: 'shutdown' })
+  /** A new page of shared quota state; no answer is sent. */
+  | (RequestBase & { op: 'quotaPage'; pageIndex: number; buffers: QuotaPageBuffers })
   /** Fault injection for tests: the worker dies of an uncaught exception. Refused unless enabled. */
   | (RequestBase & { op: 'crash' });
 
@@ -84,6 +89,7 @@ export interface ShardResults {
   drop: { removed: boolean };
   shutdown: { closed: number };
   crash: never;
+  quotaPage: never;
 }
 
 /** Given to each worker at start. */
@@ -93,6 +99,8 @@ export interface ShardWorkerData {
   dataDir: string;
   sync: SyncMode;
   maxOpenDbs: number;
+  /** The shared quota pages that exist when the worker starts. */
+  quotaPages: QuotaPageBuffers[];
   /** Accept the `crash` op (tests only). */
   faultInjection: boolean;
 }

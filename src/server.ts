@@ -17,6 +17,10 @@ import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
 import { ShardHandle } from './routing/shardHandle.ts';
 import { ShardRouter } from './routing/shardRouter.ts';
 import { TenantRegistry } from './tenants/registry.ts';
+import { QuotaTable } from './quota/quotaTable.ts';
+import { Admitter } from './quota/admission.ts';
+import { createAdmit } from './grpc/admit.ts';
+import { usageService } from './grpc/usageService.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
@@ -49,7 +53,12 @@ export async function startServer(config: Config, logger: Logger = createLogger(
 
   const catalog = new Catalog(join(dataDir, 'catalog.db'));
   const adminKey = ensureAdminKey(catalog, dataDir);
-  const registry = new TenantRegistry(config);
+  // Pages made before the shards exist reach them through quotaPages() at spawn.
+  let shardsForPages: ShardHandle[] = [];
+  const table = new QuotaTable((pageIndex, buffers) => {
+    for (const shard of shardsForPages) shard.addQuotaPage(pageIndex, buffers);
+  });
+  const registry = new TenantRegistry(config, table);
   registry.load(catalog);
   const auth = new Authenticator(catalog);
 
@@ -62,10 +71,12 @@ export async function startServer(config: Config, logger: Logger = createLogger(
         sync: config.sync,
         maxOpenDbs: Math.max(1, Math.ceil(config.maxOpenDbs / config.shards)),
         faultInjection: config.faultInjection,
+        quotaPages: () => table.allBuffers(),
         onLog: (level, msg, fields) => logger[level](msg, fields),
       }),
     );
   }
+  shardsForPages = shards;
   const router = new ShardRouter(shards);
   const manager = new TenantManager(catalog, registry, router, auth, dataDir);
   if (config.tenantsFile) {
@@ -89,8 +100,13 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
   });
-  server.addService(loaded.tenantd.v1.TenantService!.service, tenantService(access, manager, catalog));
-  server.addService(loaded.tenantd.v1.SqlService!.service, sqlService(access, registry, router));
+  const admitter = new Admitter(table);
+  server.addService(loaded.tenantd.v1.TenantService!.service, {
+    ...tenantService(access, manager, catalog),
+    ...usageService(access, manager, table, admitter, dataDir),
+  });
+  const admit = createAdmit(admitter, registry);
+  server.addService(loaded.tenantd.v1.SqlService!.service, sqlService(access, admit, router));
   server.addService(loaded.grpc.health.v1.Health.service, health.handlers());
   new ReflectionService(definition).addToServer(server);
 

@@ -67,7 +67,12 @@ describe('durability', () => {
       const client = new TestClient(`127.0.0.1:${port}`);
       const keys: string[] = [];
       for (let i = 0; i < 4; i++) {
-        const created = await client.call('TenantService', 'CreateTenant', { tenant_id: `w${i}` }, { key: adminKey });
+        const created = await client.call(
+          'TenantService',
+          'CreateTenant',
+          { tenant_id: `w${i}`, tenant: { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1' } } },
+          { key: adminKey },
+        );
         keys.push(created.api_key.key);
         await client.call('SqlService', 'Execute', { sql: 'CREATE TABLE w (id INTEGER PRIMARY KEY, payload TEXT)' }, { key: created.api_key.key });
       }

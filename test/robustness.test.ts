@@ -11,7 +11,7 @@ let key: string;
 
 beforeAll(async () => {
   t = await startTestServer({ shards: 2 });
-  key = await t.createTenant('robust');
+  key = await t.createTenant('robust', { quotas: { write_bytes_per_second: '-1', requests_per_second: '-1' } });
   await t.sql(key, 'CREATE TABLE t (x)');
 });
 afterAll(() => t.stop());
@@ -140,7 +140,7 @@ describe('shard workers', () => {
     expect(failure.code).toBe(status.UNAVAILABLE);
     expect(failure.reason).toBe('SHARD_RESTARTING');
     await exited;
-    await crash;
+    expect(await crash).toMatchObject({ reason: 'SHARD_RESTARTING' });
     expect(rowsOf(await t.sql(keys.get(elsewhere)!, 'SELECT 1'))).toEqual([[1n]]);
 
     // The replacement serves the victim's tenants again.

@@ -106,8 +106,10 @@ export class Guard {
   /**
    * Turns the guard on for the tenant SQL that follows and, when
    * `timeoutMs > 0`, schedules an interrupt of whatever statement is running
-   * on this connection once `timeoutMs` have passed. The deadline keeps
-   * being enforced until {@link Guard.disarm}, across statements.
+   * on this connection once `timeoutMs` have passed (`<= 0` or NaN: no
+   * deadline; at most 2^31-1 ms). Once passed, the deadline keeps
+   * interrupting every statement until {@link Guard.disarm}, so it bounds a
+   * whole multi-statement call, not just the statement running at the time.
    * Clears the state reported by {@link Guard.disarm} and {@link Guard.lastDenial}.
    */
   arm(timeoutMs: number): void {

@@ -7,26 +7,52 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
 import type { WireError } from '../src/errors.ts';
 import type { ShardRequest, ShardResponse, ShardResults, ShardWorkerData } from '../src/protocol.ts';
+import { addRows, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes, type QuotaPage } from '../src/quota/layout.ts';
 import { DbPool } from './dbPool.ts';
-import { ShardError } from './tenantDb.ts';
+import { ShardError, type TenantDb } from './tenantDb.ts';
 
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
 const pool = new DbPool(data.dataDir, data.sync, data.maxOpenDbs);
+const quotaPages: QuotaPage[] = data.quotaPages.map(viewPage);
+
+/** Records what the call did in the tenant's shared usage slot. */
+function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: number): void {
+  const page = quotaPages[Math.floor(slot / kSlotsPerPage)];
+  if (!page) return;
+  const index = slot % kSlotsPerPage;
+  addRows(page, index, rowsRead, rowsWritten);
+  // The size changes only when something was written (or on first open).
+  if (db.takeSizeChanged()) storeStoragePages(page, index, Math.ceil(db.sizeBytes() / kStoragePageBytes));
+}
 
 function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
   switch (request.op) {
-    case 'execute':
-      return pool.get(request.tenantId).execute(request.statement, request.limits);
-    case 'batch':
-      return pool.get(request.tenantId).batch(request.statements, request.limits);
+    case 'execute': {
+      const db = pool.get(request.tenantId);
+      const result = db.execute(request.statement, request.limits);
+      record(db, request.limits.slot, result.rows.length, result.rowsAffected);
+      return result;
+    }
+    case 'batch': {
+      const db = pool.get(request.tenantId);
+      const results = db.batch(request.statements, request.limits);
+      let read = 0;
+      let written = 0;
+      for (const result of results) {
+        read += result.rows.length;
+        written += result.rowsAffected;
+      }
+      record(db, request.limits.slot, read, written);
+      return results;
+    }
     case 'query': {
       const id = request.id;
-      const rowCount = pool
-        .get(request.tenantId)
-        .query(request.statement, request.limits, request.rowsPerChunk, (chunk) => {
-          port.postMessage({ id, kind: 'chunk', chunk } satisfies ShardResponse);
-        });
+      const db = pool.get(request.tenantId);
+      const rowCount = db.query(request.statement, request.limits, request.rowsPerChunk, (chunk) => {
+        port.postMessage({ id, kind: 'chunk', chunk } satisfies ShardResponse);
+      });
+      record(db, request.limits.slot, rowCount, 0);
       return { rowCount };
     }
     case 'create': {
@@ -45,15 +71,21 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
       if (!data.faultInjection) {
         throw new ShardError({ code: Status.PERMISSION_DENIED, reason: 'FAULT_INJECTION_DISABLED', message: 'crash is for tests' });
       }
-      // Thrown outside the message handler's try, as a real bug would be.
-      setImmediate(() => {
-        throw new Error('injected shard crash');
-      });
+      return undefined as never;
+    case 'quotaPage':
       return undefined as never;
   }
 }
 
 port.on('message', (request: ShardRequest) => {
+  if (request.op === 'quotaPage') {
+    quotaPages[request.pageIndex] = viewPage(request.buffers);
+    return;
+  }
+  if (request.op === 'crash' && data.faultInjection) {
+    // Uncaught, as a real bug would be: the worker dies before it reads another message.
+    throw new Error('injected shard crash');
+  }
   let response: ShardResponse;
   try {
     response = { id: request.id, kind: 'ok', result: handle(request) };

@@ -91,6 +91,9 @@ export class TenantDb {
   private readonly changes: Database.Statement;
   private readonly pageSize: number;
   private storageLimit = Number.NaN;
+  /** Set when the file may have grown or shrunk since the size was last read. */
+  private sizeChanged = true;
+  private readonly pageCount: Database.Statement;
   /** The request field of the statement running now, for error details. */
   private currentField: string | null = null;
 
@@ -103,6 +106,7 @@ export class TenantDb {
     this.rollback = db.prepare('ROLLBACK');
     this.changes = db.prepare('SELECT changes(), last_insert_rowid()').raw(true);
     this.pageSize = Number(db.pragma('page_size', { simple: true }));
+    this.pageCount = db.prepare('PRAGMA page_count').pluck();
   }
 
   static open(options: OpenOptions): TenantDb {
@@ -128,6 +132,17 @@ export class TenantDb {
 
   close(): void {
     if (this.db.open) this.db.close();
+  }
+
+  /** True once after anything that may have changed the database's size. */
+  takeSizeChanged(): boolean {
+    const changed = this.sizeChanged;
+    this.sizeChanged = false;
+    return changed;
+  }
+
+  sizeBytes(): number {
+    return Number(this.pageCount.get()) * this.pageSize;
   }
 
   get schemaVersion(): number {
@@ -217,6 +232,7 @@ export class TenantDb {
     this.currentField = field;
     const statement = this.prepare(input.sql, limits, field);
     const args = bindArgs(input);
+    if (!statement.readonly) this.sizeChanged = true;
     if (!statement.reader) {
       const info = statement.run(...args);
       return {

@@ -2,35 +2,39 @@
  * Adapters from async functions to grpc-js handlers. Every failure goes
  * through `toServiceError`, the one place errors become statuses.
  */
-import type {
-  ServerUnaryCall,
-  ServerWritableStream,
-  ServerReadableStream,
-  sendUnaryData,
-  UntypedHandleCall,
+import {
+  Metadata,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServerReadableStream,
+  type sendUnaryData,
+  type UntypedHandleCall,
 } from '@grpc/grpc-js';
 import { toServiceError } from '../errors.ts';
 
-export function unary<Req, Res>(method: string, fn: (call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res) {
+/** `trailer` is sent as trailing metadata with a successful response. */
+export function unary<Req, Res>(method: string, fn: (call: ServerUnaryCall<Req, Res>, trailer: Metadata) => Promise<Res> | Res) {
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
     let result: Promise<Res> | Res;
+    const trailer = new Metadata();
     try {
-      result = fn(call);
+      result = fn(call, trailer);
     } catch (error) {
       callback(toServiceError(error, { method }));
       return;
     }
     Promise.resolve(result).then(
-      (response) => callback(null, response),
+      (response) => callback(null, response, trailer),
       (error: unknown) => callback(toServiceError(error, { method })),
     );
   };
 }
 
-export function serverStream<Req, Res>(method: string, fn: (call: ServerWritableStream<Req, Res>) => Promise<void>) {
+export function serverStream<Req, Res>(method: string, fn: (call: ServerWritableStream<Req, Res>, trailer: Metadata) => Promise<void>) {
   return (call: ServerWritableStream<Req, Res>): void => {
-    fn(call).then(
-      () => call.end(),
+    const trailer = new Metadata();
+    fn(call, trailer).then(
+      () => call.end(trailer),
       (error: unknown) => {
         if (!call.cancelled) call.emit('error', toServiceError(error, { method }));
       },

@@ -6,8 +6,8 @@ import { status as Status, type ServerUnaryCall, type ServerWritableStream } fro
 import { TenantdError, invalidArgument } from '../errors.ts';
 import type { CallLimits, ColumnInfo, ExecuteResult, SqlValue } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
-import type { TenantRegistry } from '../tenants/registry.ts';
 import type { Access, TenantCall } from './access.ts';
+import { writeBytesOf, type Admit } from './admit.ts';
 import { remainingMs, serverStream, unary, type Handlers } from './handlers.ts';
 import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
 
@@ -46,7 +46,7 @@ function toResponse(result: ExecuteResult): ProtoExecuteResponse {
   };
 }
 
-export function sqlService(access: Access, registry: TenantRegistry, router: ShardRouter): Handlers {
+export function sqlService(access: Access, admit: Admit, router: ShardRouter): Handlers {
   /** The statement's time limit: the tenant's quota, capped by the client's deadline. */
   function limitsFor(call: TenantCall, grpcCall: { getDeadline(): Date | number }): CallLimits {
     const quota = call.tenant.quotas.queryTimeoutMs;
@@ -58,31 +58,23 @@ export function sqlService(access: Access, registry: TenantRegistry, router: Sha
       readOnly: call.readOnly,
       timeoutMs: Math.max(1, Math.floor(Math.min(quota < 0 ? UNLIMITED_QUERY_MS : quota, left))),
       storageLimitBytes: call.tenant.quotas.storageBytes,
+      slot: call.tenant.slot.slot,
     };
   }
 
-  /** Runs `fn` counted as one of the tenant's calls in flight, whatever way it ends. */
-  async function counted<T>(call: TenantCall, fn: () => Promise<T>): Promise<T> {
-    registry.begin(call.tenant);
-    try {
-      return await fn();
-    } finally {
-      registry.end(call.tenant);
-    }
-  }
-
   return {
-    Execute: unary('Execute', (call: ServerUnaryCall<ProtoStatement, ProtoExecuteResponse>) => {
+    Execute: unary('Execute', (call: ServerUnaryCall<ProtoStatement, ProtoExecuteResponse>, trailer) => {
       const tenantCall = access.tenant(call.metadata);
       const statement = toStatement(call.request, '');
       const limits = limitsFor(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
-      return counted(tenantCall, () => router.forTenant(tenantId).call({ op: 'execute', tenantId, limits, statement })).then(
+      const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
+      return admit(tenantCall, bytes, trailer, () => router.forTenant(tenantId).call({ op: 'execute', tenantId, limits, statement })).then(
         toResponse,
       );
     }),
 
-    Batch: unary('Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>) => {
+    Batch: unary('Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>, trailer) => {
       const tenantCall = access.tenant(call.metadata);
       const { statements } = call.request;
       if (statements.length === 0) throw invalidArgument('statements', 'at least one statement', 'INVALID_SQL');
@@ -92,14 +84,15 @@ export function sqlService(access: Access, registry: TenantRegistry, router: Sha
       const inputs = statements.map((s, i) => toStatement(s, `statements[${i}]`));
       const limits = limitsFor(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
-      return counted(tenantCall, () =>
+      const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);
+      return admit(tenantCall, bytes, trailer, () =>
         router.forTenant(tenantId).call({ op: 'batch', tenantId, limits, statements: inputs }),
       ).then((results) => ({ results: results.map(toResponse) }));
     }),
 
     Query: serverStream(
       'Query',
-      async (call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, { columns: ProtoColumn[]; rows: { values: ProtoValue[] }[] }>) => {
+      async (call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, { columns: ProtoColumn[]; rows: { values: ProtoValue[] }[] }>, trailer) => {
         const tenantCall = access.tenant(call.metadata);
         const statement = toStatement(call.request, '');
         const requested = call.request.rows_per_chunk;
@@ -108,7 +101,8 @@ export function sqlService(access: Access, registry: TenantRegistry, router: Sha
         }
         const limits = limitsFor(tenantCall, call);
         const tenantId = tenantCall.tenant.record.tenantId;
-        await counted(tenantCall, () =>
+        const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
+        await admit(tenantCall, bytes, trailer, () =>
           router.forTenant(tenantId).call(
             { op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK },
             (chunk) => {

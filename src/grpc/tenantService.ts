@@ -78,14 +78,14 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
       },
     ),
 
-    SuspendTenant: unary('SuspendTenant', (call: Call<{ name: string }>) => {
+    SuspendTenant: unary('SuspendTenant', async (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
-      return tenantToProto(manager.setState(parseTenantName(call.request.name), 'SUSPENDED'));
+      return tenantToProto(await manager.setState(parseTenantName(call.request.name), 'SUSPENDED'));
     }),
 
-    ActivateTenant: unary('ActivateTenant', (call: Call<{ name: string }>) => {
+    ActivateTenant: unary('ActivateTenant', async (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
-      return tenantToProto(manager.setState(parseTenantName(call.request.name), 'ACTIVE'));
+      return tenantToProto(await manager.setState(parseTenantName(call.request.name), 'ACTIVE'));
     }),
 
     DeleteTenant: unary('DeleteTenant', async (call: Call<{ name: string; force: boolean; etag: string }>) => {

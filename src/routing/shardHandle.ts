@@ -7,6 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
 import { TenantdError, unavailable } from '../errors.ts';
 import type { QueryChunk, ShardRequest, ShardResponse, ShardResults, ShardWorkerData } from '../protocol.ts';
+import type { QuotaPageBuffers } from '../quota/layout.ts';
 
 /** A request as callers write it: the handle assigns the id. */
 export type RequestWithoutId = ShardRequest extends infer R ? (R extends ShardRequest ? Omit<R, 'id'> : never) : never;
@@ -21,7 +22,9 @@ const BOOTSTRAP = new URL('../../workers/bootstrap.mjs', import.meta.url);
 const SHARD_ENTRY = new URL(`../../workers/shard.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
 const RESTART_DELAY_MS = [0, 100, 500, 2_000];
 
-export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry'> {
+export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry' | 'quotaPages'> {
+  /** Every page of shared quota state so far, handed to each worker it starts. */
+  quotaPages(): QuotaPageBuffers[];
   onLog(level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown>): void;
 }
 
@@ -69,6 +72,14 @@ export class ShardHandle {
     });
   }
 
+  /**
+   * Hands the worker a new page of quota state. Posted on the same port as
+   * calls, so it arrives before any call for a tenant in that page.
+   */
+  addQuotaPage(pageIndex: number, buffers: QuotaPageBuffers): void {
+    if (this.alive) this.worker.postMessage({ op: 'quotaPage', id: 0, tenantId: '', pageIndex, buffers } satisfies ShardRequest);
+  }
+
   /** Closes every database in the shard cleanly, then ends the thread. */
   async stop(): Promise<void> {
     try {
@@ -82,8 +93,8 @@ export class ShardHandle {
 
   private spawn(): void {
     this.lastStart = Date.now();
-    const { onLog: _onLog, ...data } = this.options;
-    const workerData: ShardWorkerData = { ...data, entry: SHARD_ENTRY.href };
+    const { onLog: _onLog, quotaPages, ...data } = this.options;
+    const workerData: ShardWorkerData = { ...data, quotaPages: quotaPages(), entry: SHARD_ENTRY.href };
     const worker = new Worker(BOOTSTRAP, { workerData, name: `shard-${data.shardIndex}` });
     worker.on('message', (message: ShardResponse) => this.onMessage(message));
     worker.on('error', (error) => {

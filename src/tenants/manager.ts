@@ -20,6 +20,8 @@ export const TENANT_ID_PATTERN = /^[a-z][a-z0-9_-]{0,62}$/;
 
 /** How long DeleteTenant waits for the tenant's calls in flight. */
 const DELETE_WAIT_MS = 30_000;
+/** How long SuspendTenant waits for them before answering anyway. */
+const SUSPEND_WAIT_MS = 10_000;
 
 export interface TenantFields {
   displayName: string;
@@ -209,12 +211,20 @@ export class TenantManager {
     return this.registry.put(next);
   }
 
-  setState(tenantId: string, state: TenantState): LiveTenant {
+  /**
+   * Suspending refuses new calls at once and then waits (up to
+   * SUSPEND_WAIT_MS) for the calls in flight, so that when it returns the
+   * tenant is quiet, e.g. for a backup or restore.
+   */
+  async setState(tenantId: string, state: TenantState): Promise<LiveTenant> {
     const live = this.get(tenantId);
-    if (live.record.state === state) return live;
-    const next: TenantRecord = { ...live.record, state, updateTime: Date.now(), etag: newEtag() };
-    this.catalog.updateTenant(next);
-    return this.registry.put(next);
+    if (live.record.state !== state) {
+      const next: TenantRecord = { ...live.record, state, updateTime: Date.now(), etag: newEtag() };
+      this.catalog.updateTenant(next);
+      this.registry.put(next);
+    }
+    if (state === 'SUSPENDED') await this.registry.waitIdle(live, SUSPEND_WAIT_MS);
+    return live;
   }
 
   async delete(tenantId: string, force: boolean, etag: string): Promise<void> {

@@ -1,27 +1,35 @@
 /**
  * The front end's in-memory view of every tenant: its catalog record, the
- * quotas in force, and its calls in flight. Admission reads only this (never
- * the catalog), so a data call costs a Map lookup here.
+ * quotas in force, and its slot of shared quota state. Admission reads only
+ * this and the slot (never the catalog), so a data call costs a Map lookup
+ * here plus a few Atomics.
  */
 import { QUOTA_FIELDS, type Config, type QuotaValues } from '../config.ts';
 import type { Catalog, TenantRecord } from '../catalog/catalog.ts';
+import { LatencyWindow } from '../quota/latency.ts';
+import type { QuotaTable, SlotRef } from '../quota/quotaTable.ts';
 
 export interface LiveTenant {
   record: TenantRecord;
   /** The plan's values with the tenant's overrides applied. */
   quotas: QuotaValues;
-  /** Calls admitted and not yet answered. */
-  inFlight: number;
+  slot: SlotRef;
   /** Set while DeleteTenant runs: new calls are refused. */
   deleting: boolean;
-  /** Resolved whenever inFlight drops to zero. */
+  /** Woken whenever the calls in flight drop to zero. */
   idleWaiters: (() => void)[];
+  /** Created on the tenant's first call. */
+  latency: LatencyWindow | null;
+  errorsByCode: Map<string, number> | null;
 }
 
 export class TenantRegistry {
   private readonly tenants = new Map<string, LiveTenant>();
 
-  constructor(private readonly config: Config) {}
+  constructor(
+    private readonly config: Config,
+    readonly table: QuotaTable,
+  ) {}
 
   load(catalog: Catalog): void {
     for (const record of catalog.allTenants()) this.put(record);
@@ -35,21 +43,27 @@ export class TenantRegistry {
     return this.tenants.get(tenantId);
   }
 
-  /** Adds or replaces a tenant's record; calls in flight are kept. */
+  /** Adds or replaces a tenant's record; its counters and calls in flight are kept. */
   put(record: TenantRecord): LiveTenant {
-    const existing = this.tenants.get(record.tenantId);
-    if (existing) {
-      existing.record = record;
-      existing.quotas = this.effectiveQuotas(record);
-      return existing;
+    const quotas = this.effectiveQuotas(record);
+    let live = this.tenants.get(record.tenantId);
+    if (live) {
+      live.record = record;
+      live.quotas = quotas;
+    } else {
+      live = { record, quotas, slot: this.table.allocate(), deleting: false, idleWaiters: [], latency: null, errorsByCode: null };
+      this.tenants.set(record.tenantId, live);
     }
-    const live: LiveTenant = { record, quotas: this.effectiveQuotas(record), inFlight: 0, deleting: false, idleWaiters: [] };
-    this.tenants.set(record.tenantId, live);
+    // Takes effect on the next admission: there is no other copy of the limits.
+    this.table.setLimits(live.slot, quotas);
     return live;
   }
 
   remove(tenantId: string): void {
+    const live = this.tenants.get(tenantId);
+    if (!live) return;
     this.tenants.delete(tenantId);
+    this.table.release(live.slot);
   }
 
   planExists(plan: string): boolean {
@@ -66,21 +80,29 @@ export class TenantRegistry {
     return quotas;
   }
 
-  begin(live: LiveTenant): void {
-    live.inFlight++;
+  /** Ends an admitted call: the one place the in-flight count goes down. */
+  finish(live: LiveTenant, code: string, durationMs: number): void {
+    this.table.countRequest(live.slot, code !== 'OK');
+    if (code !== 'OK') {
+      live.errorsByCode ??= new Map();
+      live.errorsByCode.set(code, (live.errorsByCode.get(code) ?? 0) + 1);
+    }
+    (live.latency ??= new LatencyWindow()).record(durationMs);
+    if (this.table.leave(live.slot) === 0 && live.idleWaiters.length > 0) {
+      for (const wake of live.idleWaiters.splice(0)) wake();
+    }
   }
 
-  end(live: LiveTenant): void {
-    live.inFlight--;
-    if (live.inFlight === 0 && live.idleWaiters.length > 0) {
-      const waiters = live.idleWaiters.splice(0);
-      for (const wake of waiters) wake();
-    }
+  /** A call refused before admission still counts as a request and an error. */
+  refused(live: LiveTenant, code: string): void {
+    this.table.countRequest(live.slot, true);
+    live.errorsByCode ??= new Map();
+    live.errorsByCode.set(code, (live.errorsByCode.get(code) ?? 0) + 1);
   }
 
   /** Resolves true once the tenant has no calls in flight, false after `timeoutMs`. */
   waitIdle(live: LiveTenant, timeoutMs: number): Promise<boolean> {
-    if (live.inFlight === 0) return Promise.resolve(true);
+    if (this.table.inFlight(live.slot) === 0) return Promise.resolve(true);
     return new Promise((resolve) => {
       const timer = setTimeout(() => resolve(false), timeoutMs);
       live.idleWaiters.push(() => {

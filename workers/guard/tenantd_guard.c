@@ -23,7 +23,6 @@
 #include "sqlite3ext.h"
 SQLITE_EXTENSION_INIT1
 
-#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -74,6 +73,12 @@ static pthread_once_t wdOnce = PTHREAD_ONCE_INIT;
 static int wdStarted = 0;         /* set once by wdStart(), read after once */
 static GuardCtx *wdHead = 0;      /* earliest deadline first */
 static GuardCtx *wdTail = 0;
+/* While the watchdog waits: when it will wake up by itself (UINT64_MAX when
+** it waits for a signal). 0 while it is awake or already signalled, since it
+** re-reads the list before waiting again. Disarm leaves this alone, so with
+** a steady stream of arm/disarm the watchdog wakes at most once per timeout
+** period instead of being signalled by every arm. */
+static uint64_t wdWakeAt = 0;
 
 static uint64_t monoNow(void){
   struct timespec ts;
@@ -113,7 +118,9 @@ static void *wdMain(void *pArg){
     GuardCtx *p = wdHead;
     uint64_t now;
     if( p==0 ){
+      wdWakeAt = UINT64_MAX;
       pthread_cond_wait(&wdCond, &wdMutex);
+      wdWakeAt = 0;
       continue;
     }
     now = monoNow();
@@ -121,7 +128,9 @@ static void *wdMain(void *pArg){
       struct timespec ts;
       ts.tv_sec = (time_t)(p->deadline / 1000000000ull);
       ts.tv_nsec = (long)(p->deadline % 1000000000ull);
+      wdWakeAt = p->deadline;
       pthread_cond_timedwait(&wdCond, &wdMutex, &ts);
+      wdWakeAt = 0;
       continue;
     }
     /* Safe because a context is only freed after its destructor has taken
@@ -130,7 +139,8 @@ static void *wdMain(void *pArg){
     sqlite3_interrupt(p->db);
     p->fired = 1;
     wdUnlink(p);
-    (void)now;
+    p->deadline = now + REFIRE_NS;
+    wdInsert(p);
   }
   return 0;
 }
@@ -269,17 +279,19 @@ static void fnArm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   p->guardOn = 1;
   p->denial[0] = 0;
   if( ms>0 ){
-    int signal;
     uint64_t deadline = monoNow() + (uint64_t)ms * 1000000ull;
     pthread_mutex_lock(&wdMutex);
     if( p->watched ) wdUnlink(p);            /* re-arm without disarm */
     p->watched = 1;
     p->fired = 0;
     p->deadline = deadline;
-    /* The watchdog only needs waking when it would otherwise sleep past
-    ** this deadline. */
-    signal = wdInsert(p);
-    if( signal ) pthread_cond_signal(&wdCond);
+    wdInsert(p);
+    /* Only wake the watchdog when it would otherwise sleep past this
+    ** deadline. */
+    if( deadline < wdWakeAt ){
+      wdWakeAt = 0;
+      pthread_cond_signal(&wdCond);
+    }
     pthread_mutex_unlock(&wdMutex);
   }else if( p->watched ){
     pthread_mutex_lock(&wdMutex);
@@ -540,10 +552,10 @@ static int policy(
                           op==SQLITE_UPDATE ? "updating" : "deleting from";
       if( op==SQLITE_INSERT && equalsNoCase(a3, "temp") ){
         /* Every way of creating a temp object inserts into the temp schema
-        ** table, and some of them are not reported as CREATE_TEMP_*:
-        ** "CREATE TABLE temp.x" arrives as CREATE_TABLE (schema "temp") and
+        ** table, and not all of them are reported as CREATE_TEMP_*:
+        ** "CREATE TABLE temp.x" comes as CREATE_TABLE (schema "temp") and
         ** "CREATE TRIGGER temp.x ON main_table" as CREATE_TRIGGER (schema
-        ** "main"), both after this INSERT. */
+        ** "main"); only this INSERT tells where the latter goes. */
         sqlite3_snprintf(nOut, zOut, "creating objects in the temp schema is "
             "not permitted: temporary objects are not allowed");
         return SQLITE_DENY;

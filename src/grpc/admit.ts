@@ -1,0 +1,55 @@
+/**
+ * Runs a tenant's data call inside its quotas: admitted (or refused with
+ * RESOURCE_EXHAUSTED) before it reaches a worker, counted in flight until it
+ * ends whichever way it ends, and recorded in the tenant's usage.
+ */
+import { performance } from 'node:perf_hooks';
+import { status as Status, type Metadata } from '@grpc/grpc-js';
+import { TenantdError } from '../errors.ts';
+import type { SqlValue } from '../protocol.ts';
+import { isRefusal, type Admitter } from '../quota/admission.ts';
+import { quotaExceeded } from '../quota/refusal.ts';
+import type { TenantRegistry } from '../tenants/registry.ts';
+import type { TenantCall } from './access.ts';
+
+export type Admit = <T>(call: TenantCall, writeBytes: number, trailer: Metadata | null, fn: () => Promise<T>) => Promise<T>;
+
+export function createAdmit(admitter: Admitter, registry: TenantRegistry): Admit {
+  return async (call, writeBytes, trailer, fn) => {
+    const live = call.tenant;
+    const admission = admitter.admit(live.slot, writeBytes);
+    if (isRefusal(admission)) {
+      registry.refused(live, 'RESOURCE_EXHAUSTED');
+      throw quotaExceeded(live.record.tenantId, admission);
+    }
+    if (trailer && admission.remaining >= 0) {
+      trailer.set('x-ratelimit-limit', String(live.quotas.requestsPerSecond));
+      trailer.set('x-ratelimit-remaining', String(admission.remaining));
+      trailer.set('x-ratelimit-reset', String(Math.ceil(admission.resetMs / 1000)));
+      trailer.set('x-ratelimit-reset-ms', String(admission.resetMs));
+    }
+    const started = performance.now();
+    let code = 'OK';
+    try {
+      return await fn();
+    } catch (error) {
+      code = Status[error instanceof TenantdError ? error.code : Status.INTERNAL];
+      throw error;
+    } finally {
+      registry.finish(live, code, performance.now() - started);
+    }
+  };
+}
+
+/** What a call writes, for write_bytes_per_second: SQL text and parameter bytes. */
+export function writeBytesOf(sql: string, params: readonly SqlValue[], named: Record<string, SqlValue> | null): number {
+  let bytes = Buffer.byteLength(sql);
+  const add = (value: SqlValue) => {
+    if (typeof value === 'string') bytes += Buffer.byteLength(value);
+    else if (value instanceof Uint8Array) bytes += value.byteLength;
+    else if (value !== null) bytes += 8;
+  };
+  for (const value of params) add(value);
+  if (named) for (const value of Object.values(named)) add(value);
+  return bytes;
+}
