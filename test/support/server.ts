@@ -106,6 +106,24 @@ export class TestClient {
     });
   }
 
+  /** A unary call that also returns the trailing metadata of a success. */
+  callWithTrailers<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): Promise<{ response: T; trailers: Record<string, string> }> {
+    return new Promise((resolve, reject) => {
+      let response: T;
+      const call = this.client(service)[method]!(request, this.metadata(options), {}, (error, value) => {
+        if (error) reject(new RpcError(decodeStatus(error)));
+        else response = value as T;
+      });
+      call.on('status', (s: grpc.StatusObject) => {
+        if (s.code !== grpc.status.OK) return;
+        const trailers: Record<string, string> = {};
+        for (const [k, value] of Object.entries(s.metadata.getMap())) trailers[k] = String(value);
+        // The callback runs before 'status'; resolve on the next turn to be safe.
+        setImmediate(() => resolve({ response, trailers }));
+      });
+    });
+  }
+
   /** Collects a server stream's messages; rejects with the final error, if any. */
   stream<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): Promise<T[]> {
     const opts: grpc.CallOptions = options.deadlineMs ? { deadline: Date.now() + options.deadlineMs } : {};
@@ -160,6 +178,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, options: 
     metricsListen: null,
     logLevel: 'silent',
     drainTimeoutMs: 2_000,
+    faultInjection: true,
     ...overrides,
     dataDir,
   };
