@@ -55,6 +55,11 @@ describe('Execute', () => {
     expect(rowsOf(select)).toEqual([['ada', 37n, 74n], ['bob', 41n, 82n]]);
   });
 
+  it('binds numbered parameters ?NNN from the positional list', async () => {
+    const result = await t.sql(key, 'SELECT ?2, ?1, ?2', [v.text('a'), v.text('b')]);
+    expect(rowsOf(result)).toEqual([['b', 'a', 'b']]);
+  });
+
   it('binds named parameters with any prefix', async () => {
     const result = await t.sql(key, 'SELECT :a, @b, $c', [], {
       named_params: { a: v.int(1), b: v.text('two'), c: v.null() },

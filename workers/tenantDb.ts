@@ -63,11 +63,16 @@ function bindable(value: SqlValue): unknown {
   return value;
 }
 
+/** `?NNN` placeholders; better-sqlite3 binds them by name ("1", "2", ...), not by position. */
+const NUMBERED_PARAM = /\?[0-9]/;
+
 function bindArgs(input: StatementInput): unknown[] {
-  const args: unknown[] = input.params.map(bindable);
-  if (input.named) {
+  const numbered = input.params.length > 0 && NUMBERED_PARAM.test(input.sql);
+  const args: unknown[] = numbered ? [] : input.params.map(bindable);
+  if (input.named || numbered) {
     const named: Record<string, unknown> = {};
-    for (const [key, value] of Object.entries(input.named)) named[key] = bindable(value);
+    if (numbered) input.params.forEach((value, i) => (named[String(i + 1)] = bindable(value)));
+    for (const [key, value] of Object.entries(input.named ?? {})) named[key] = bindable(value);
     args.push(named);
   }
   return args;
