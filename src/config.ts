@@ -50,6 +50,8 @@ export interface Config {
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
   drainTimeoutMs: number;
+  /** Let queued writes of one tenant share a commit (each in its own savepoint). */
+  groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
   faultInjection: boolean;
 }
@@ -96,6 +98,7 @@ export function defaultConfig(): Config {
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
+    groupCommit: true,
     faultInjection: false,
   };
 }
@@ -181,6 +184,12 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_DEFAULT_PLAN',
     yaml: 'default_plan',
     apply: (c, r, w) => (c.defaultPlan = asString(r, w)),
+  },
+  {
+    flag: 'group-commit',
+    env: 'TENANTD_GROUP_COMMIT',
+    yaml: 'group_commit',
+    apply: (c, r, w) => (c.groupCommit = (r === true || r === false ? String(r) : asEnum(r, w, ['on', 'off', 'true', 'false'])).match(/^(on|true)$/) !== null),
   },
   {
     flag: 'drain-timeout-ms',

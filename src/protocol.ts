@@ -101,6 +101,8 @@ export interface ShardWorkerData {
   maxOpenDbs: number;
   /** The shared quota pages that exist when the worker starts. */
   quotaPages: QuotaPageBuffers[];
+  /** Let queued writes of one tenant share a commit. */
+  groupCommit: boolean;
   /** Accept the `crash` op (tests only). */
   faultInjection: boolean;
 }

@@ -71,6 +71,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
         sync: config.sync,
         maxOpenDbs: Math.max(1, Math.ceil(config.maxOpenDbs / config.shards)),
         faultInjection: config.faultInjection,
+        groupCommit: config.groupCommit,
         quotaPages: () => table.allBuffers(),
         onLog: (level, msg, fields) => logger[level](msg, fields),
       }),

@@ -2,13 +2,18 @@
  * The shard worker: owns its tenants' databases outright and runs their calls
  * one at a time, in the order the front end sent them. Every request gets
  * exactly one final answer (`ok` or `error`); a Query also sends chunks first.
+ *
+ * Writes for one tenant that are already queued behind each other are
+ * committed together (groupCommit.ts): the worker pulls the queue with
+ * receiveMessageOnPort, so the order of calls is never changed.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
 import type { WireError } from '../src/errors.ts';
-import type { ShardRequest, ShardResponse, ShardResults, ShardWorkerData } from '../src/protocol.ts';
+import type { ExecuteResult, ShardRequest, ShardResponse, ShardResults, ShardWorkerData } from '../src/protocol.ts';
 import { addRows, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes, type QuotaPage } from '../src/quota/layout.ts';
 import { DbPool } from './dbPool.ts';
+import { isWrite, runGroup, sameGroup, type Outcome } from './groupCommit.ts';
 import { ShardError, type TenantDb } from './tenantDb.ts';
 
 const data = workerData as ShardWorkerData;
@@ -16,7 +21,7 @@ const port = parentPort!;
 const pool = new DbPool(data.dataDir, data.sync, data.maxOpenDbs);
 const quotaPages: QuotaPage[] = data.quotaPages.map(viewPage);
 
-/** Records what the call did in the tenant's shared usage slot. */
+/** Records what a call did in the tenant's shared usage slot. */
 function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: number): void {
   const page = quotaPages[Math.floor(slot / kSlotsPerPage)];
   if (!page) return;
@@ -26,24 +31,28 @@ function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: numbe
   if (db.takeSizeChanged()) storeStoragePages(page, index, Math.ceil(db.sizeBytes() / kStoragePageBytes));
 }
 
+function recordResults(db: TenantDb, slot: number, result: ExecuteResult | ExecuteResult[]): void {
+  let read = 0;
+  let written = 0;
+  for (const r of Array.isArray(result) ? result : [result]) {
+    read += r.rows.length;
+    written += r.rowsAffected;
+  }
+  record(db, slot, read, written);
+}
+
 function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
   switch (request.op) {
     case 'execute': {
       const db = pool.get(request.tenantId);
       const result = db.execute(request.statement, request.limits);
-      record(db, request.limits.slot, result.rows.length, result.rowsAffected);
+      recordResults(db, request.limits.slot, result);
       return result;
     }
     case 'batch': {
       const db = pool.get(request.tenantId);
       const results = db.batch(request.statements, request.limits);
-      let read = 0;
-      let written = 0;
-      for (const result of results) {
-        read += result.rows.length;
-        written += result.rowsAffected;
-      }
-      record(db, request.limits.slot, read, written);
+      recordResults(db, request.limits.slot, results);
       return results;
     }
     case 'query': {
@@ -68,47 +77,106 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
     case 'shutdown':
       return { closed: pool.closeAll() };
     case 'crash':
-      if (!data.faultInjection) {
-        throw new ShardError({ code: Status.PERMISSION_DENIED, reason: 'FAULT_INJECTION_DISABLED', message: 'crash is for tests' });
-      }
-      return undefined as never;
     case 'quotaPage':
-      return undefined as never;
+      throw new ShardError({ code: Status.PERMISSION_DENIED, reason: 'FAULT_INJECTION_DISABLED', message: `${request.op} is not a call` });
   }
 }
 
-port.on('message', (request: ShardRequest) => {
+function toWire(request: ShardRequest, error: unknown): WireError {
+  if (error instanceof ShardError) return error.wire;
+  // A bug or an environment failure (disk, permissions): the front end
+  // answers INTERNAL; the details stay in the server log.
+  process.stderr.write(
+    `${JSON.stringify({
+      level: 'error',
+      msg: 'shard request failed',
+      shard: data.shardIndex,
+      op: request.op,
+      tenant: request.tenantId,
+      error: error instanceof Error ? error.stack : String(error),
+    })}\n`,
+  );
+  return { code: Status.INTERNAL, reason: 'INTERNAL', message: 'internal error in the shard; see the server log' };
+}
+
+function answer(request: ShardRequest): void {
+  let response: ShardResponse;
+  try {
+    response = { id: request.id, kind: 'ok', result: handle(request) };
+  } catch (error) {
+    response = { id: request.id, kind: 'error', error: toWire(request, error) };
+  }
+  port.postMessage(response);
+}
+
+function answerGroup(db: TenantDb, outcomes: Outcome[]): void {
+  for (const { request, result, error } of outcomes) {
+    if (error === undefined) {
+      recordResults(db, request.limits.slot, result!);
+      port.postMessage({ id: request.id, kind: 'ok', result } satisfies ShardResponse);
+    } else {
+      port.postMessage({ id: request.id, kind: 'error', error: toWire(request, error) } satisfies ShardResponse);
+    }
+  }
+}
+
+/** The next queued request, taken synchronously; control messages are applied on the way. */
+function takeQueued(): ShardRequest | undefined {
+  for (;;) {
+    const received = receiveMessageOnPort(port);
+    if (!received) return undefined;
+    const request = received.message as ShardRequest;
+    if (!control(request)) return request;
+  }
+}
+
+/** Applies a message that is not a call; false when it is a call. */
+function control(request: ShardRequest): boolean {
   if (request.op === 'quotaPage') {
     quotaPages[request.pageIndex] = viewPage(request.buffers);
-    return;
+    return true;
   }
   if (request.op === 'crash' && data.faultInjection) {
     // Uncaught, as a real bug would be: the worker dies before it reads another message.
     throw new Error('injected shard crash');
   }
-  let response: ShardResponse;
-  try {
-    response = { id: request.id, kind: 'ok', result: handle(request) };
-  } catch (error) {
-    let wire: WireError;
-    if (error instanceof ShardError) {
-      wire = error.wire;
-    } else {
-      // A bug or an environment failure (disk, permissions): the front end
-      // answers INTERNAL; the details stay in the server log.
-      process.stderr.write(
-        `${JSON.stringify({
-          level: 'error',
-          msg: 'shard request failed',
-          shard: data.shardIndex,
-          op: request.op,
-          tenant: request.tenantId,
-          error: error instanceof Error ? error.stack : String(error),
-        })}\n`,
-      );
-      wire = { code: Status.INTERNAL, reason: 'INTERNAL', message: 'internal error in the shard; see the server log' };
+  return false;
+}
+
+/**
+ * Answers `request` and, while it is a write with another write for the
+ * same tenant queued right behind it, everything that can share its commit.
+ */
+function drain(initial: ShardRequest): void {
+  let pending: ShardRequest | undefined = initial;
+  while (pending !== undefined) {
+    const request: ShardRequest = pending;
+    pending = undefined;
+    if (!data.groupCommit || !isWrite(request)) {
+      answer(request);
+      continue;
     }
-    response = { id: request.id, kind: 'error', error: wire };
+    const next = takeQueued();
+    if (next === undefined || !sameGroup(request, next)) {
+      answer(request);
+      pending = next;
+      continue;
+    }
+    let db: TenantDb;
+    try {
+      db = pool.get(request.tenantId);
+    } catch {
+      // The database cannot be opened: each call gets that answer on its own.
+      answer(request);
+      pending = next;
+      continue;
+    }
+    const { outcomes, leftover } = runGroup(db, request, next, takeQueued);
+    answerGroup(db, outcomes);
+    pending = leftover;
   }
-  port.postMessage(response);
+}
+
+port.on('message', (request: ShardRequest) => {
+  if (!control(request)) drain(request);
 });

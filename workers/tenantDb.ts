@@ -93,6 +93,9 @@ export class TenantDb {
   private readonly begin: Database.Statement;
   private readonly commit: Database.Statement;
   private readonly rollback: Database.Statement;
+  private readonly savepoint: Database.Statement;
+  private readonly release: Database.Statement;
+  private readonly rollbackTo: Database.Statement;
   private readonly changes: Database.Statement;
   private readonly pageSize: number;
   private storageLimit = Number.NaN;
@@ -109,6 +112,9 @@ export class TenantDb {
     this.begin = db.prepare('BEGIN IMMEDIATE');
     this.commit = db.prepare('COMMIT');
     this.rollback = db.prepare('ROLLBACK');
+    this.savepoint = db.prepare('SAVEPOINT tenantd_call');
+    this.release = db.prepare('RELEASE tenantd_call');
+    this.rollbackTo = db.prepare('ROLLBACK TO tenantd_call');
     this.changes = db.prepare('SELECT changes(), last_insert_rowid()').raw(true);
     this.pageSize = Number(db.pragma('page_size', { simple: true }));
     this.pageCount = db.prepare('PRAGMA page_count').pluck();
@@ -182,22 +188,63 @@ export class TenantDb {
 
   /** All statements in one transaction: either every one applies or none. */
   batch(inputs: readonly StatementInput[], limits: CallLimits): ExecuteResult[] {
-    this.applyStorageLimit(limits.storageLimitBytes);
-    this.begin.run();
+    this.beginGroup();
     let committed = false;
     try {
-      const results = this.guarded(limits, 'statements', () =>
-        inputs.map((input, i) => this.runOne(input, limits, `statements[${i}].sql`)),
-      );
-      try {
-        this.commit.run();
-      } catch (error) {
-        throw new ShardError(toWireError(error, this.failure('statements', limits, null, false)));
-      }
+      const results = this.batchStatements(inputs, limits);
+      this.commitGroup(limits);
       committed = true;
       return results;
     } finally {
-      if (!committed && this.db.inTransaction) this.rollback.run();
+      if (!committed) this.rollbackGroup();
+    }
+  }
+
+  /** A Batch's statements, inside a transaction the caller owns. */
+  batchStatements(inputs: readonly StatementInput[], limits: CallLimits): ExecuteResult[] {
+    return this.guarded(limits, 'statements', () => inputs.map((input, i) => this.runOne(input, limits, `statements[${i}].sql`)));
+  }
+
+  // ---- group commit: several calls, one transaction, one sync ----
+
+  get inTransaction(): boolean {
+    return this.db.inTransaction;
+  }
+
+  beginGroup(): void {
+    this.begin.run();
+  }
+
+  /** Commits the open transaction; a failure (disk full, I/O) is the status of every call in it. */
+  commitGroup(limits: CallLimits): void {
+    try {
+      this.commit.run();
+    } catch (error) {
+      throw new ShardError(toWireError(error, this.failure('statements', limits, null, false)));
+    }
+  }
+
+  rollbackGroup(): void {
+    if (this.db.inTransaction) this.rollback.run();
+  }
+
+  /**
+   * Runs one call of a group in its own savepoint, so that its failure undoes
+   * only its own changes. SQLite may still roll back the whole transaction
+   * (an interrupted write does): the caller checks `inTransaction`.
+   */
+  inSavepoint<T>(fn: () => T): T {
+    this.savepoint.run();
+    try {
+      const result = fn();
+      this.release.run();
+      return result;
+    } catch (error) {
+      if (this.db.inTransaction) {
+        this.rollbackTo.run();
+        this.release.run();
+      }
+      throw error;
     }
   }
 
