@@ -78,17 +78,20 @@ describe('durability', () => {
       }
       const acked: number[][] = keys.map(() => []);
       let stop = false;
-      const writers = keys.map(async (key, i) => {
+      // Several writers per tenant, so that writes share commits (group commit).
+      const WRITERS = 4;
+      const writers = keys.flatMap((key, i) => Array.from({ length: WRITERS }, async (_, j) => {
         for (let n = 1; !stop && n < 100_000; n++) {
+          const id = n * WRITERS + j;
           try {
-            await client.call('SqlService', 'Execute', { sql: 'INSERT INTO w (id, payload) VALUES (?, ?)', params: [v.int(n), v.text('x'.repeat(200))] }, { key });
-            acked[i]!.push(n);
+            await client.call('SqlService', 'Execute', { sql: 'INSERT INTO w (id, payload) VALUES (?, ?)', params: [v.int(id), v.text('x'.repeat(200))] }, { key });
+            acked[i]!.push(id);
           } catch (error) {
             if (error instanceof RpcError) return;
             throw error;
           }
         }
-      });
+      }));
       await new Promise((r) => setTimeout(r, 700));
       child.kill('SIGKILL');
       stop = true;
