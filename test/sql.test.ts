@@ -103,6 +103,13 @@ describe('Execute', () => {
     expect(noKind.fieldViolations[0]?.field).toBe('params[0]');
   });
 
+  it('counts a Batch’s results together against the size of one message', async () => {
+    const sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000) SELECT printf('%.60c', 'x') FROM c";
+    await t.client.call('SqlService', 'Batch', { statements: [{ sql }] }, { key });
+    const failure = await t.client.failure('SqlService', 'Batch', { statements: Array.from({ length: 4 }, () => ({ sql })) }, { key });
+    expect(failure.reason).toBe('RESULT_TOO_LARGE');
+  });
+
   it('refuses a result too large for one message and points to Query', async () => {
     const failure = await t.client.failure(
       'SqlService',

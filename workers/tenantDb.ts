@@ -37,6 +37,12 @@ const STATEMENT_CACHE_SIZE = 128;
 /** Execute answers in one message; past this the client must use Query. */
 const MAX_EXECUTE_RESULT_BYTES = 3 * 1024 * 1024;
 const MAX_CHUNK_BYTES = 1024 * 1024;
+/**
+ * A Query's whole result. The shard produces chunks faster than a slow
+ * client reads them and the front end buffers the difference, so one call
+ * must not be able to fill the process's memory.
+ */
+const MAX_QUERY_RESULT_BYTES = 256 * 1024 * 1024;
 /** SQLite's own ceiling for max_page_count. */
 const UNLIMITED_PAGES = 4_294_967_294;
 
@@ -102,6 +108,8 @@ export class TenantDb {
   /** Set when the file may have grown or shrunk since the size was last read. */
   private sizeChanged = true;
   private readonly pageCount: Database.Statement;
+  /** Bytes of rows the current call has produced so far. */
+  private resultBytes = 0;
   /** The request field of the statement running now, for error details. */
   private currentField: string | null = null;
 
@@ -263,11 +271,22 @@ export class TenantDb {
       let columns: ColumnInfo[] | null = describeColumns(statement);
       let rows: SqlValue[][] = [];
       let bytes = 0;
+      let total = 0;
       let count = 0;
       for (const row of statement.iterate(...bindArgs(input)) as IterableIterator<SqlValue[]>) {
         rows.push(row);
-        bytes += rowSize(row);
+        const size = rowSize(row);
+        bytes += size;
+        total += size;
         count++;
+        if (total > MAX_QUERY_RESULT_BYTES) {
+          throw new ShardError({
+            code: Status.RESOURCE_EXHAUSTED,
+            reason: 'RESULT_TOO_LARGE',
+            message: `the result is larger than ${MAX_QUERY_RESULT_BYTES} bytes; page through it with LIMIT and a key`,
+            metadata: { rows_so_far: String(count) },
+          });
+        }
         if (rows.length >= rowsPerChunk || bytes >= MAX_CHUNK_BYTES) {
           emit({ columns, rows });
           columns = null;
@@ -296,10 +315,10 @@ export class TenantDb {
     }
     const columns = describeColumns(statement);
     const rows: SqlValue[][] = [];
-    let bytes = 0;
     for (const row of statement.iterate(...args) as IterableIterator<SqlValue[]>) {
-      bytes += rowSize(row);
-      if (bytes > MAX_EXECUTE_RESULT_BYTES) {
+      // Counted over the whole call, so a Batch's results together fit one message too.
+      this.resultBytes += rowSize(row);
+      if (this.resultBytes > MAX_EXECUTE_RESULT_BYTES) {
         // Leaving the loop early closes the iterator (its return() resets the statement).
         throw new ShardError({
           code: Status.RESOURCE_EXHAUSTED,
@@ -343,6 +362,7 @@ export class TenantDb {
    */
   private guarded<T>(limits: CallLimits, field: string, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);
+    this.resultBytes = 0;
     this.guard.arm(limits.timeoutMs);
     let denial: string | null = null;
     let timedOut = false;
