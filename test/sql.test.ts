@@ -60,6 +60,16 @@ describe('Execute', () => {
     expect(rowsOf(result)).toEqual([['b', 'a', 'b']]);
   });
 
+  it('describes the new columns of a cached query after ALTER TABLE', async () => {
+    await t.sql(key, 'CREATE TABLE shape (a INTEGER)');
+    await t.sql(key, 'INSERT INTO shape VALUES (1)');
+    expect((await t.sql(key, 'SELECT * FROM shape')).columns.map((c: { name: string }) => c.name)).toEqual(['a']);
+    await t.sql(key, 'ALTER TABLE shape ADD COLUMN b TEXT');
+    const after = await t.sql(key, 'SELECT * FROM shape');
+    expect(after.columns.map((c: { name: string }) => c.name)).toEqual(['a', 'b']);
+    expect(rowsOf(after)).toEqual([[1n, null]]);
+  });
+
   it('binds named parameters with any prefix', async () => {
     const result = await t.sql(key, 'SELECT :a, @b, $c', [], {
       named_params: { a: v.int(1), b: v.text('two'), c: v.null() },

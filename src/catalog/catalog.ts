@@ -95,6 +95,13 @@ CREATE TABLE IF NOT EXISTS migrations (
   sql          TEXT NOT NULL,
   create_time  INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS migration_failures (
+  version   INTEGER NOT NULL REFERENCES migrations (version),
+  tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id) ON DELETE CASCADE,
+  error     TEXT NOT NULL,
+  time      INTEGER NOT NULL,
+  PRIMARY KEY (version, tenant_id)
+) STRICT;
 `;
 
 function toTenant(row: TenantRow): TenantRecord {
@@ -166,6 +173,22 @@ export class Catalog {
       migrations: db.prepare<[], { version: number; migration_id: string; sql: string; create_time: number }>(
         'SELECT * FROM migrations ORDER BY version',
       ),
+      insertMigration: db.prepare<[number, string, string, number]>(
+        'INSERT INTO migrations (version, migration_id, sql, create_time) VALUES (?, ?, ?, ?)',
+      ),
+      setSchemaVersion: db.prepare<[number, string]>('UPDATE tenants SET schema_version = ? WHERE tenant_id = ?'),
+      recordFailure: db.prepare<[number, string, string, number]>(
+        `INSERT INTO migration_failures (version, tenant_id, error, time) VALUES (?, ?, ?, ?)
+         ON CONFLICT (version, tenant_id) DO UPDATE SET error = excluded.error, time = excluded.time`,
+      ),
+      clearFailures: db.prepare<[string, number]>('DELETE FROM migration_failures WHERE tenant_id = ? AND version <= ?'),
+      failures: db.prepare<[number], { tenant_id: string; error: string }>(
+        'SELECT tenant_id, error FROM migration_failures WHERE version = ? ORDER BY tenant_id LIMIT 100',
+      ),
+      failureCount: db.prepare<[number], { n: number }>('SELECT count(*) AS n FROM migration_failures WHERE version = ?'),
+      progress: db.prepare<[number], { done: number; total: number }>(
+        'SELECT count(*) FILTER (WHERE schema_version >= ?) AS done, count(*) AS total FROM tenants',
+      ),
     };
   }
 
@@ -236,6 +259,36 @@ export class Catalog {
 
   activeAdminKeys(): KeyRecord[] {
     return this.statements.adminKeys.all().map(toKey);
+  }
+
+  appendMigration(migrationId: string, sql: string, time: number): MigrationRecord {
+    return this.transaction(() => {
+      const last = this.migrations().at(-1);
+      const version = (last?.version ?? 0) + 1;
+      this.statements.insertMigration.run(version, migrationId, sql, time);
+      return { version, migrationId, sql, createTime: time };
+    });
+  }
+
+  setSchemaVersion(tenantId: string, version: number): void {
+    this.transaction(() => {
+      this.statements.setSchemaVersion.run(version, tenantId);
+      this.statements.clearFailures.run(tenantId, version);
+    });
+  }
+
+  recordMigrationFailure(version: number, tenantId: string, error: string, time: number): void {
+    this.statements.recordFailure.run(version, tenantId, error.slice(0, 2000), time);
+  }
+
+  migrationProgress(version: number): { done: number; total: number; failed: number; failures: { tenantId: string; error: string }[] } {
+    const { done, total } = this.statements.progress.get(version)!;
+    return {
+      done,
+      total,
+      failed: this.statements.failureCount.get(version)!.n,
+      failures: this.statements.failures.all(version).map((f) => ({ tenantId: f.tenant_id, error: f.error })),
+    };
   }
 
   migrations(): MigrationRecord[] {
