@@ -1,0 +1,47 @@
+/** The tenantd configuration the benchmarks run: nothing in it limits the load. */
+import { defaultConfig, type Config, type QuotaValues, type SyncMode } from '../../src/config.ts';
+
+export const BENCH_PLAN = 'bench';
+
+export const UNLIMITED: QuotaValues = {
+  requestsPerSecond: -1,
+  writeBytesPerSecond: -1,
+  concurrentRequests: -1,
+  storageBytes: -1,
+  queryTimeoutMs: -1,
+  eventRetentionHours: -1,
+};
+
+/** The same overrides as they go on the wire in a Tenant's `quotas`. */
+export const UNLIMITED_PROTO_QUOTAS = {
+  requests_per_second: '-1',
+  write_bytes_per_second: '-1',
+  concurrent_requests: '-1',
+  storage_bytes: '-1',
+  query_timeout_ms: '-1',
+  event_retention_hours: '-1',
+};
+
+export interface BenchServerArgs {
+  dataDir: string;
+  shards: number;
+  sync: SyncMode;
+  maxOpenDbs: number;
+}
+
+export function benchConfig(args: BenchServerArgs): Config {
+  const config = defaultConfig();
+  return {
+    ...config,
+    listen: '127.0.0.1:0',
+    dataDir: args.dataDir,
+    shards: args.shards,
+    sync: args.sync,
+    maxOpenDbs: args.maxOpenDbs,
+    metricsListen: null,
+    logLevel: 'warn',
+    plans: { ...config.plans, [BENCH_PLAN]: { ...UNLIMITED } },
+    defaultPlan: BENCH_PLAN,
+    drainTimeoutMs: 5_000,
+  };
+}

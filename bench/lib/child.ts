@@ -1,0 +1,86 @@
+/**
+ * Servers under test run in child processes so the load generator never
+ * shares a thread (or an event loop) with them. The parent side starts one
+ * and asks it for its CPU counters; the child side answers.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { cpuSample, type CpuSample } from './procStat.ts';
+
+export interface Ready {
+  type: 'ready';
+  port: number;
+  [key: string]: unknown;
+}
+
+type ToChild = { type: 'sample'; id: number } | { type: 'stop' };
+type FromChild = Ready | { type: 'sample'; id: number; sample: CpuSample } | { type: 'error'; message: string };
+
+export interface ChildServer {
+  ready: Ready;
+  /** The child's CPU counters now. */
+  sample(): Promise<CpuSample>;
+  stop(): Promise<void>;
+}
+
+/** Starts `script` (TypeScript, through tsx) with `args` as JSON in argv[2]; resolves once it is listening. */
+export function startChild(script: URL, args: unknown, execArgv: string[] = []): Promise<ChildServer> {
+  const proc: ChildProcess = fork(script, [JSON.stringify(args)], {
+    execArgv: ['--import', 'tsx', ...execArgv],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const waiting = new Map<number, (s: CpuSample) => void>();
+  let nextId = 1;
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  return new Promise((resolve, reject) => {
+    proc.once('exit', (code) => reject(new Error(`${script.pathname} exited with code ${code} before it was ready`)));
+    proc.on('message', (message: FromChild) => {
+      if (message.type === 'error') reject(new Error(`${script.pathname}: ${message.message}`));
+      else if (message.type === 'sample') waiting.get(message.id)?.(message.sample);
+      else if (message.type === 'ready') {
+        resolve({
+          ready: message,
+          sample: () =>
+            new Promise((done) => {
+              const id = nextId++;
+              waiting.set(id, done);
+              proc.send({ type: 'sample', id } satisfies ToChild);
+            }),
+          stop: async () => {
+            if (proc.exitCode === null) proc.send({ type: 'stop' } satisfies ToChild);
+            const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000);
+            await exited;
+            clearTimeout(timer);
+          },
+        });
+      }
+    });
+  });
+}
+
+/** Child side: report `ready`, answer samples, run `stop` then exit when asked. */
+export function serveParent(ready: Ready, stop: () => Promise<void>): void {
+  let stopping: Promise<void> | null = null;
+  const stopOnce = () => (stopping ??= stop().catch((e) => void process.stderr.write(`stop failed: ${String(e)}\n`)));
+  if (!process.send) {
+    // Started by hand (not forked): say where it listens, stop on Ctrl-C.
+    process.stdout.write(`${JSON.stringify(ready)}\n`);
+    process.once('SIGINT', () => void stopOnce().then(() => process.exit(0)));
+    return;
+  }
+  process.send(ready);
+  process.on('message', (message: ToChild) => {
+    if (message.type === 'sample') process.send!({ type: 'sample', id: message.id, sample: cpuSample() } satisfies FromChild);
+    else if (message.type === 'stop') {
+      void stopOnce().then(() => process.exit(0));
+    }
+  });
+  process.on('disconnect', () => void stopOnce().then(() => process.exit(0)));
+}
+
+/** Child side: report a startup failure to the parent. */
+export function failToParent(error: unknown): never {
+  const message = error instanceof Error ? (error.stack ?? error.message) : String(error);
+  process.send?.({ type: 'error', message } satisfies FromChild);
+  process.stderr.write(`${message}\n`);
+  process.exit(1);
+}
