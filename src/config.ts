@@ -54,6 +54,10 @@ export interface Config {
   groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
   faultInjection: boolean;
+  /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
+  telemetry: boolean;
+  /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
+  metricsPerTenant: boolean;
 }
 
 const MIB = 1024 * 1024;
@@ -100,6 +104,8 @@ export function defaultConfig(): Config {
     drainTimeoutMs: 10_000,
     groupCommit: true,
     faultInjection: false,
+    telemetry: true,
+    metricsPerTenant: false,
   };
 }
 
@@ -141,6 +147,13 @@ function asListenAddress(raw: unknown, where: string): string {
     throw new ConfigError(`${describe(where, raw)} host:port, e.g. 127.0.0.1:7070 (port 0 picks a free one)`);
   }
   return value;
+}
+
+/** on/off switches: `on`, `off`, `true`, `false`, or a YAML boolean. */
+function asSwitch(raw: unknown, where: string): boolean {
+  if (raw === true || raw === 'on' || raw === 'true') return true;
+  if (raw === false || raw === 'off' || raw === 'false') return false;
+  throw new ConfigError(`${describe(where, raw)} on or off`);
 }
 
 function asEnum<T extends string>(raw: unknown, where: string, allowed: readonly T[]): T {
@@ -196,6 +209,18 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_DRAIN_TIMEOUT_MS',
     yaml: 'drain_timeout_ms',
     apply: (c, r, w) => (c.drainTimeoutMs = asInteger(r, w, 0, 600_000)),
+  },
+  {
+    flag: 'telemetry',
+    env: 'TENANTD_TELEMETRY',
+    yaml: 'telemetry',
+    apply: (c, r, w) => (c.telemetry = asSwitch(r, w)),
+  },
+  {
+    flag: 'metrics-per-tenant',
+    env: 'TENANTD_METRICS_PER_TENANT',
+    yaml: 'metrics_per_tenant',
+    apply: (c, r, w) => (c.metricsPerTenant = asSwitch(r, w)),
   },
 ];
 

@@ -2,15 +2,25 @@
  * `/healthz` (the process is up) and `/readyz` (it accepts calls; 503 while
  * draining) over plain HTTP for compose and orchestrators, on the metrics
  * address. They agree with grpc.health.v1 because both read HealthState.
+ * `/metrics` is the Prometheus exporter's handler when the entry point
+ * installed one (one port serves all three), else 404.
  */
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { HealthState } from './grpc/healthService.ts';
 
-export async function startHttpHealth(listen: string, health: HealthState): Promise<{ server: Server; port: number }> {
+export type MetricsHandler = (req: IncomingMessage, res: ServerResponse) => void;
+
+export async function startHttpHealth(
+  listen: string,
+  health: HealthState,
+  metricsHandler: MetricsHandler | null = null,
+): Promise<{ server: Server; port: number }> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
-    if (path === '/healthz') {
+    if (path === '/metrics' && metricsHandler) {
+      metricsHandler(req, res);
+    } else if (path === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (path === '/readyz') {
       const ready = health.isServing;

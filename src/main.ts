@@ -5,10 +5,12 @@
 import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { startServer } from './server.ts';
+import { installTelemetry } from './telemetry/sdk.ts';
 
 const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
                      [--max-open-dbs N] [--metrics-listen 127.0.0.1:9464|off] [--config tenantd.yaml]
-                     [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]`;
+                     [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]
+                     [--telemetry on|off] [--metrics-per-tenant on|off]`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -31,10 +33,13 @@ async function main(argv: string[]): Promise<number> {
     throw error;
   }
   const logger = createLogger(config.logLevel);
+  // Before the server starts: its instruments come from the meter provider installed here.
+  const telemetry = installTelemetry(config, logger);
   let server;
   try {
-    server = await startServer(config, logger);
+    server = await startServer(config, logger, { metricsHandler: telemetry?.metricsHandler ?? null });
   } catch (error) {
+    await telemetry?.shutdown();
     const message = error instanceof Error ? error.message : String(error);
     process.stderr.write(`tenantd: ${message}\n`);
     return error instanceof ConfigError ? 2 : 1;
@@ -51,6 +56,8 @@ async function main(argv: string[]): Promise<number> {
     process.once('SIGTERM', stop);
   });
   await server.shutdown();
+  // Flushes the last spans and metrics to OTLP, if configured.
+  await telemetry?.shutdown();
   return 0;
 }
 

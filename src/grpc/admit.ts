@@ -1,7 +1,8 @@
 /**
  * Runs a tenant's data call inside its quotas: admitted (or refused with
  * RESOURCE_EXHAUSTED) before it reaches a worker, counted in flight until it
- * ends whichever way it ends, and recorded in the tenant's usage.
+ * ends whichever way it ends, and recorded in the tenant's usage. Every
+ * refusal, the shard's storage_bytes ones included, is counted here.
  */
 import { performance } from 'node:perf_hooks';
 import { status as Status, type Metadata } from '@grpc/grpc-js';
@@ -9,17 +10,20 @@ import { TenantdError } from '../errors.ts';
 import type { SqlValue } from '../protocol.ts';
 import { isRefusal, type Admitter } from '../quota/admission.ts';
 import { quotaExceeded } from '../quota/refusal.ts';
+import type { ServerMetrics } from '../telemetry/serverMetrics.ts';
 import type { TenantRegistry } from '../tenants/registry.ts';
 import type { TenantCall } from './access.ts';
 
 export type Admit = <T>(call: TenantCall, writeBytes: number, trailer: Metadata | null, fn: () => Promise<T>) => Promise<T>;
 
-export function createAdmit(admitter: Admitter, registry: TenantRegistry): Admit {
+/** `metrics` is null when telemetry is off. */
+export function createAdmit(admitter: Admitter, registry: TenantRegistry, metrics: ServerMetrics | null = null): Admit {
   return async (call, writeBytes, trailer, fn) => {
     const live = call.tenant;
     const admission = admitter.admit(live.slot, writeBytes);
     if (isRefusal(admission)) {
       registry.refused(live, 'RESOURCE_EXHAUSTED');
+      metrics?.quotaRefused(admission.quota);
       throw quotaExceeded(live.record.tenantId, admission);
     }
     if (trailer && admission.remaining >= 0) {
@@ -34,6 +38,8 @@ export function createAdmit(admitter: Admitter, registry: TenantRegistry): Admit
       return await fn();
     } catch (error) {
       code = Status[error instanceof TenantdError ? error.code : Status.INTERNAL];
+      // The one quota a shard enforces: the database hit storage_bytes.
+      if (error instanceof TenantdError && error.reason === 'STORAGE_QUOTA_EXCEEDED') metrics?.quotaRefused('storage_bytes');
       throw error;
     } finally {
       registry.finish(live, code, performance.now() - started);

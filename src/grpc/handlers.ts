@@ -1,6 +1,8 @@
 /**
  * Adapters from async functions to grpc-js handlers. Every failure goes
- * through `toServiceError`, the one place errors become statuses.
+ * through `toServiceError` (by way of ObservedCall.fail), the one place
+ * errors become statuses, and every call is observed: span, metrics, access
+ * log and `x-request-id`, started before the handler runs and ended once.
  */
 import {
   Metadata,
@@ -10,43 +12,84 @@ import {
   type sendUnaryData,
   type UntypedHandleCall,
 } from '@grpc/grpc-js';
-import { toServiceError } from '../errors.ts';
+import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
 
 /** `trailer` is sent as trailing metadata with a successful response. */
-export function unary<Req, Res>(method: string, fn: (call: ServerUnaryCall<Req, Res>, trailer: Metadata) => Promise<Res> | Res) {
+export function unary<Req, Res>(
+  service: ServiceObserver,
+  method: string,
+  fn: (call: ServerUnaryCall<Req, Res>, trailer: Metadata, rpc: ObservedCall) => Promise<Res> | Res,
+) {
+  const observe = service.method(method);
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
+    const rpc = observe.start(call.metadata, () => call.getPeer());
     let result: Promise<Res> | Res;
     const trailer = new Metadata();
     try {
-      result = fn(call, trailer);
+      result = rpc.run(() => fn(call, trailer, rpc));
     } catch (error) {
-      callback(toServiceError(error, { method }));
+      callback(rpc.fail(error));
       return;
     }
     Promise.resolve(result).then(
-      (response) => callback(null, response, trailer),
-      (error: unknown) => callback(toServiceError(error, { method })),
+      (response) => {
+        rpc.succeed(trailer);
+        callback(null, response, trailer);
+      },
+      (error: unknown) => callback(rpc.fail(error)),
     );
   };
 }
 
-export function serverStream<Req, Res>(method: string, fn: (call: ServerWritableStream<Req, Res>, trailer: Metadata) => Promise<void>) {
+export function serverStream<Req, Res>(
+  service: ServiceObserver,
+  method: string,
+  fn: (call: ServerWritableStream<Req, Res>, trailer: Metadata, rpc: ObservedCall) => Promise<void>,
+) {
+  const observe = service.method(method);
   return (call: ServerWritableStream<Req, Res>): void => {
+    const rpc = observe.start(call.metadata, () => call.getPeer());
     const trailer = new Metadata();
-    fn(call, trailer).then(
-      () => call.end(trailer),
+    let done: Promise<void>;
+    try {
+      done = rpc.run(() => fn(call, trailer, rpc));
+    } catch (error) {
+      done = Promise.reject(error);
+    }
+    done.then(
+      () => {
+        rpc.succeed(trailer);
+        call.end(trailer);
+      },
       (error: unknown) => {
-        if (!call.cancelled) call.emit('error', toServiceError(error, { method }));
+        const status = rpc.fail(error, call.cancelled);
+        if (!call.cancelled) call.emit('error', status);
       },
     );
   };
 }
 
-export function clientStream<Req, Res>(method: string, fn: (call: ServerReadableStream<Req, Res>) => Promise<Res>) {
+export function clientStream<Req, Res>(
+  service: ServiceObserver,
+  method: string,
+  fn: (call: ServerReadableStream<Req, Res>, rpc: ObservedCall) => Promise<Res>,
+) {
+  const observe = service.method(method);
   return (call: ServerReadableStream<Req, Res>, callback: sendUnaryData<Res>): void => {
-    fn(call).then(
-      (response) => callback(null, response),
-      (error: unknown) => callback(toServiceError(error, { method })),
+    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const trailer = new Metadata();
+    let done: Promise<Res>;
+    try {
+      done = rpc.run(() => fn(call, rpc));
+    } catch (error) {
+      done = Promise.reject(error);
+    }
+    done.then(
+      (response) => {
+        rpc.succeed(trailer);
+        callback(null, response, trailer);
+      },
+      (error: unknown) => callback(rpc.fail(error)),
     );
   };
 }

@@ -6,6 +6,7 @@
 import { status as Status, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { TenantdError } from '../errors.ts';
 import { serverStream, unary, type Handlers } from './handlers.ts';
+import type { ServiceObserver } from './rpcObserver.ts';
 
 type ServingStatus = 'SERVING' | 'NOT_SERVING' | 'SERVICE_UNKNOWN';
 
@@ -43,16 +44,16 @@ export class HealthState {
     return this.serving;
   }
 
-  handlers(): Handlers {
+  handlers(observer: ServiceObserver): Handlers {
     return {
-      Check: unary('Check', (call: ServerUnaryCall<HealthRequest, HealthResponse>) => {
+      Check: unary(observer, 'Check', (call: ServerUnaryCall<HealthRequest, HealthResponse>) => {
         const status = this.statusOf(call.request.service);
         if (status === null) {
           throw new TenantdError(Status.NOT_FOUND, 'SERVICE_UNKNOWN', `unknown service ${JSON.stringify(call.request.service)}`);
         }
         return { status };
       }),
-      Watch: serverStream('Watch', (call: ServerWritableStream<HealthRequest, HealthResponse>) => {
+      Watch: serverStream(observer, 'Watch', (call: ServerWritableStream<HealthRequest, HealthResponse>) => {
         const service = call.request.service;
         return new Promise<void>((resolve) => {
           let last: ServingStatus | null = null;

@@ -6,6 +6,7 @@ import type { Catalog } from '../catalog/catalog.ts';
 import type { TenantManager } from '../tenants/manager.ts';
 import type { Access } from './access.ts';
 import { unary, type Handlers } from './handlers.ts';
+import type { ServiceObserver } from './rpcObserver.ts';
 import {
   decodePageToken,
   encodePageToken,
@@ -35,9 +36,10 @@ function stateFilter(value: string): TenantState | null {
 /** The mutable fields that AIP-134 replaces when no update_mask is sent. */
 const ALL_UPDATABLE = ['display_name', 'labels', 'plan', 'quotas'];
 
-export function tenantService(access: Access, manager: TenantManager, catalog: Catalog): Handlers {
+export function tenantService(access: Access, manager: TenantManager, catalog: Catalog, service: ServiceObserver): Handlers {
   return {
     CreateTenant: unary(
+      service,
       'CreateTenant',
       async (call: Call<{ tenant_id: string; tenant: ProtoTenant | null; source_tenant: string }>) => {
         access.admin(call.metadata);
@@ -48,12 +50,12 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
       },
     ),
 
-    GetTenant: unary('GetTenant', (call: Call<{ name: string }>) => {
+    GetTenant: unary(service, 'GetTenant', (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
       return tenantToProto(manager.get(parseTenantName(call.request.name)));
     }),
 
-    ListTenants: unary('ListTenants', (call: Call<{ page_size: number; page_token: string; state: string }>) => {
+    ListTenants: unary(service, 'ListTenants', (call: Call<{ page_size: number; page_token: string; state: string }>) => {
       access.admin(call.metadata);
       const size = pageSize(call.request.page_size);
       const after = decodePageToken(call.request.page_token);
@@ -67,6 +69,7 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
     }),
 
     UpdateTenant: unary(
+      service,
       'UpdateTenant',
       (call: Call<{ tenant: ProtoTenant | null; update_mask: { paths: string[] } | null }>) => {
         access.admin(call.metadata);
@@ -78,23 +81,23 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
       },
     ),
 
-    SuspendTenant: unary('SuspendTenant', async (call: Call<{ name: string }>) => {
+    SuspendTenant: unary(service, 'SuspendTenant', async (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
       return tenantToProto(await manager.setState(parseTenantName(call.request.name), 'SUSPENDED'));
     }),
 
-    ActivateTenant: unary('ActivateTenant', async (call: Call<{ name: string }>) => {
+    ActivateTenant: unary(service, 'ActivateTenant', async (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
       return tenantToProto(await manager.setState(parseTenantName(call.request.name), 'ACTIVE'));
     }),
 
-    DeleteTenant: unary('DeleteTenant', async (call: Call<{ name: string; force: boolean; etag: string }>) => {
+    DeleteTenant: unary(service, 'DeleteTenant', async (call: Call<{ name: string; force: boolean; etag: string }>) => {
       access.admin(call.metadata);
       await manager.delete(parseTenantName(call.request.name), call.request.force, call.request.etag);
       return {};
     }),
 
-    CreateApiKey: unary('CreateApiKey', (call: Call<{ parent: string; api_key: ProtoApiKey | null }>) => {
+    CreateApiKey: unary(service, 'CreateApiKey', (call: Call<{ parent: string; api_key: ProtoApiKey | null }>) => {
       access.admin(call.metadata);
       const tenantId = parseTenantName(call.request.parent, 'parent');
       const input = call.request.api_key;
@@ -103,6 +106,7 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
     }),
 
     ListApiKeys: unary(
+      service,
       'ListApiKeys',
       (call: Call<{ parent: string; page_size: number; page_token: string; show_revoked: boolean }>) => {
         access.admin(call.metadata);
@@ -117,7 +121,7 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
       },
     ),
 
-    RevokeApiKey: unary('RevokeApiKey', (call: Call<{ name: string }>) => {
+    RevokeApiKey: unary(service, 'RevokeApiKey', (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
       const [tenantId, keyId] = parseKeyName(call.request.name);
       return keyToProto(manager.revokeKey(tenantId, keyId));

@@ -8,6 +8,7 @@ import { tenantUsage, type Usage } from '../quota/usage.ts';
 import type { TenantManager } from '../tenants/manager.ts';
 import type { Access } from './access.ts';
 import { serverStream, unary, type Handlers } from './handlers.ts';
+import type { ServiceObserver } from './rpcObserver.ts';
 import { parseTenantName, timestamp } from './tenantMessages.ts';
 
 const MIN_INTERVAL_MS = 100;
@@ -36,19 +37,26 @@ function toProto(name: string, usage: Usage) {
   };
 }
 
-export function usageService(access: Access, manager: TenantManager, table: QuotaTable, admitter: Admitter, dataDir: string): Handlers {
+export function usageService(
+  access: Access,
+  manager: TenantManager,
+  table: QuotaTable,
+  admitter: Admitter,
+  dataDir: string,
+  service: ServiceObserver,
+): Handlers {
   const usageOf = (name: string) => {
     const tenantId = parseTenantName(name);
     const live = manager.get(tenantId);
     return toProto(name, tenantUsage(live, table, admitter, tenantDbPath(dataDir, tenantId)));
   };
   return {
-    GetTenantUsage: unary('GetTenantUsage', (call: ServerUnaryCall<{ name: string }, unknown>) => {
+    GetTenantUsage: unary(service, 'GetTenantUsage', (call: ServerUnaryCall<{ name: string }, unknown>) => {
       access.admin(call.metadata);
       return usageOf(call.request.name);
     }),
 
-    WatchUsage: serverStream('WatchUsage', (call: ServerWritableStream<{ name: string; interval_ms: number }, unknown>) => {
+    WatchUsage: serverStream(service, 'WatchUsage', (call: ServerWritableStream<{ name: string; interval_ms: number }, unknown>) => {
       access.admin(call.metadata);
       const requested = call.request.interval_ms;
       if (requested !== 0 && requested < MIN_INTERVAL_MS) {

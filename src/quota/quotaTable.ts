@@ -113,6 +113,16 @@ export class QuotaTable {
     return Atomics.load(ref.page.int32, ref.index * kInt32Fields + kStoragePages) * kStoragePageBytes;
   }
 
+  /** Every tenant's storage together. Released slots are zeroed, so all slots handed out so far can be summed. */
+  totalStorageBytes(): number {
+    let pages = 0;
+    for (let slot = 0; slot < this.next; slot++) {
+      const page = this.pages[Math.floor(slot / kSlotsPerPage)]!;
+      pages += Atomics.load(page.int32, (slot % kSlotsPerPage) * kInt32Fields + kStoragePages);
+    }
+    return pages * kStoragePageBytes;
+  }
+
   totals(ref: SlotRef): { requests: bigint; errors: bigint; rowsRead: bigint; rowsWritten: bigint } {
     const base = ref.index * kBigFields;
     return {

@@ -2,12 +2,16 @@
  * The front end's handle on one shard worker. Calls are posted to the worker
  * in order and answered by id. If the worker dies, every call it had is
  * failed UNAVAILABLE and a new worker is started; other shards never notice.
+ * A call made under a recording span carries its trace context and gets a
+ * child span (shardSpans.ts).
  */
 import { Worker } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
 import { TenantdError, unavailable } from '../errors.ts';
 import type { QueryChunk, ShardRequest, ShardResponse, ShardResults, ShardWorkerData } from '../protocol.ts';
 import type { QuotaPageBuffers } from '../quota/layout.ts';
+import type { ObservedShard } from '../telemetry/serverMetrics.ts';
+import { endShardSpan, traceShardCall, type TracedCall } from './shardSpans.ts';
 
 /** A request as callers write it: the handle assigns the id. */
 export type RequestWithoutId = ShardRequest extends infer R ? (R extends ShardRequest ? Omit<R, 'id'> : never) : never;
@@ -16,6 +20,8 @@ interface Pending {
   resolve(result: unknown): void;
   reject(error: TenantdError): void;
   onChunk: ((chunk: QueryChunk) => void) | undefined;
+  /** Set when the call is traced. */
+  traced: TracedCall | undefined;
 }
 
 const BOOTSTRAP = new URL('../../workers/bootstrap.mjs', import.meta.url);
@@ -28,7 +34,7 @@ export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry' | 'quo
   onLog(level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown>): void;
 }
 
-export class ShardHandle {
+export class ShardHandle implements ObservedShard {
   private worker!: Worker;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
@@ -37,6 +43,10 @@ export class ShardHandle {
   private alive = false;
   private restarts = 0;
   private lastStart = 0;
+  /** Event-loop active time of the workers before this one, and of this one at the last look. */
+  private retiredBusyMs = 0;
+  private lastBusyMs = 0;
+  private openDbs: number | null = null;
 
   constructor(private readonly options: ShardHandleOptions) {
     this.spawn();
@@ -49,6 +59,18 @@ export class ShardHandle {
   /** Calls posted and not yet answered. */
   get inFlight(): number {
     return this.pending.size;
+  }
+
+  /** Cumulative ms the shard's threads spent running, not waiting for calls (their event loops' active time). */
+  busyMs(): number {
+    // A dead worker reads 0; what it did since the last look is lost, which keeps the sum monotonic.
+    if (this.alive) this.lastBusyMs = this.worker.performance.eventLoopUtilization().active;
+    return this.retiredBusyMs + this.lastBusyMs;
+  }
+
+  /** Connections the worker holds open, as it last reported; null until it reports. */
+  get openDatabases(): number | null {
+    return this.openDbs;
   }
 
   get restartCount(): number {
@@ -66,9 +88,10 @@ export class ShardHandle {
       return Promise.reject(unavailable('SHARD_RESTARTING', 'the shard serving this tenant is restarting; retry the call'));
     }
     const id = this.nextId++;
+    const traced = traceShardCall(request.op, request.tenantId);
     return new Promise<ShardResults[R['op']]>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk });
-      this.worker.postMessage({ ...request, id });
+      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call });
+      this.worker.postMessage(traced ? { ...request, id, trace: traced.carrier } : { ...request, id });
     });
   }
 
@@ -106,13 +129,22 @@ export class ShardHandle {
   }
 
   private onMessage(message: ShardResponse): void {
+    if (message.kind === 'stats') {
+      this.openDbs = message.openDatabases;
+      return;
+    }
     const pending = this.pending.get(message.id);
     if (!pending) return;
     if (message.kind === 'chunk') {
       pending.onChunk?.(message.chunk);
       return;
     }
+    if (message.kind === 'span') {
+      if (pending.traced) pending.traced.ran = message.span;
+      return;
+    }
     this.pending.delete(message.id);
+    if (pending.traced) endShardSpan(pending.traced, this.index, message.kind === 'ok' ? null : message.error);
     if (message.kind === 'ok') pending.resolve(message.result);
     else pending.reject(TenantdError.fromWire(message.error));
   }
@@ -120,13 +152,16 @@ export class ShardHandle {
   private onExit(worker: Worker, code: number): void {
     if (worker !== this.worker) return;
     this.alive = false;
+    this.retiredBusyMs += this.lastBusyMs;
+    this.lastBusyMs = 0;
+    if (this.openDbs !== null) this.openDbs = 0;
     for (const [id, pending] of this.pending) {
       this.pending.delete(id);
-      pending.reject(
-        new TenantdError(Status.UNAVAILABLE, 'SHARD_RESTARTING', 'the shard serving this tenant restarted; retry the call', {
-          metadata: { shard: String(this.index) },
-        }),
-      );
+      const error = new TenantdError(Status.UNAVAILABLE, 'SHARD_RESTARTING', 'the shard serving this tenant restarted; retry the call', {
+        metadata: { shard: String(this.index) },
+      });
+      if (pending.traced) endShardSpan(pending.traced, this.index, error.toWire());
+      pending.reject(error);
     }
     if (this.stopping) return;
     // Restart at once after a long healthy run, with growing delays if it keeps dying.

@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { defaultConfig, type Config } from '../../src/config.ts';
-import { createLogger } from '../../src/log.ts';
+import type { MetricsHandler } from '../../src/httpHealth.ts';
+import { createLogger, type Logger } from '../../src/log.ts';
 import { packageDefinition, rpcTypes } from '../../src/protos.ts';
 import { startServer, type StartedServer } from '../../src/server.ts';
 
@@ -72,6 +73,8 @@ export interface CallOptions {
   key?: string | null;
   tenantId?: string;
   deadlineMs?: number;
+  /** More request metadata, e.g. `traceparent`. */
+  metadata?: Record<string, string>;
 }
 
 export class TestClient {
@@ -93,6 +96,7 @@ export class TestClient {
     const md = new grpc.Metadata();
     if (options.key) md.set('authorization', `Bearer ${options.key}`);
     if (options.tenantId) md.set('x-tenant-id', options.tenantId);
+    for (const [name, value] of Object.entries(options.metadata ?? {})) md.set(name, value);
     return md;
   }
 
@@ -169,7 +173,15 @@ export function freshDataDir(): string {
   return mkdtempSync(join(tmpdir(), 'tenantd-test-'));
 }
 
-export async function startTestServer(overrides: Partial<Config> = {}, options: { keepDataDir?: boolean } = {}): Promise<TestServer> {
+export interface TestServerOptions {
+  keepDataDir?: boolean;
+  /** Instead of one at `config.logLevel` on stderr (e.g. one that collects lines). */
+  logger?: Logger;
+  /** The Prometheus exporter's handler, from installTelemetry. */
+  metricsHandler?: MetricsHandler | null;
+}
+
+export async function startTestServer(overrides: Partial<Config> = {}, options: TestServerOptions = {}): Promise<TestServer> {
   const dataDir = overrides.dataDir ?? freshDataDir();
   const config: Config = {
     ...defaultConfig(),
@@ -182,7 +194,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, options: 
     ...overrides,
     dataDir,
   };
-  const server = await startServer(config, createLogger(config.logLevel));
+  const server = await startServer(config, options.logger ?? createLogger(config.logLevel), { metricsHandler: options.metricsHandler ?? null });
   const client = new TestClient(`127.0.0.1:${server.port}`);
   const adminKey = server.adminKey.key;
   return {

@@ -1,0 +1,151 @@
+/**
+ * The server's instruments. A call records twice (duration and count), with
+ * attribute objects built once per method and status code, never per call
+ * (except the opt-in per-tenant one). Calls in flight are a plain number per
+ * method that an observable up-down counter reads at collection: a
+ * synchronous one would cost two more records per call.
+ *
+ * The meter is taken when a server starts, not when this module loads: the
+ * metrics API has no proxy provider (unlike the tracer), so instruments made
+ * before the entry point installs the SDK would stay no-ops for good.
+ */
+import { metrics, type Attributes, type BatchObservableCallback, type Counter, type Histogram, type Meter, type Observable } from '@opentelemetry/api';
+import {
+  ATTR_QUOTA,
+  ATTR_RPC_GRPC_STATUS_CODE,
+  ATTR_RPC_METHOD,
+  ATTR_RPC_SERVICE,
+  ATTR_RPC_SYSTEM,
+  ATTR_SHARD,
+  ATTR_TENANT_ID,
+  DURATION_BUCKETS_MS,
+  METRIC_QUOTA_REFUSALS,
+  METRIC_RPC_CALLS,
+  METRIC_RPC_IN_FLIGHT,
+  METRIC_RPC_SERVER_DURATION,
+  METRIC_SHARD_BUSY_TIME,
+  METRIC_SHARD_OPEN_DATABASES,
+  METRIC_SHARD_QUEUE_DEPTH,
+  METRIC_STORAGE_BYTES,
+} from './semconv.ts';
+
+/** What the observable instruments read from a shard, on each collection only. */
+export interface ObservedShard {
+  readonly index: number;
+  readonly inFlight: number;
+  /** Cumulative ms its threads have run, across restarts. */
+  busyMs(): number;
+  /** null until the worker has reported it. */
+  readonly openDatabases: number | null;
+}
+
+export interface MetricSources {
+  shards: readonly ObservedShard[];
+  storageBytes(): number;
+}
+
+/** The attributes of one method, and of its end with each status code; its calls in flight. */
+export class MethodAttributes {
+  readonly base: Attributes;
+  inFlight = 0;
+  private readonly byCode: Attributes[] = [];
+
+  constructor(service: string, method: string) {
+    this.base = { [ATTR_RPC_SYSTEM]: 'grpc', [ATTR_RPC_SERVICE]: service, [ATTR_RPC_METHOD]: method };
+  }
+
+  ended(code: number): Attributes {
+    return (this.byCode[code] ??= { ...this.base, [ATTR_RPC_GRPC_STATUS_CODE]: code });
+  }
+}
+
+export class ServerMetrics {
+  private readonly duration: Histogram;
+  private readonly calls: Counter;
+  private readonly methods: MethodAttributes[] = [];
+  private readonly refusals: Counter;
+  private readonly refusalAttributes = new Map<string, Attributes>();
+  private readonly observables: Observable[];
+  private readonly observe: BatchObservableCallback;
+  private readonly meter: Meter;
+  private closed = false;
+
+  constructor(
+    sources: MetricSources,
+    private readonly perTenant: boolean,
+  ) {
+    const meter = (this.meter = metrics.getMeter('tenantd'));
+    this.duration = meter.createHistogram(METRIC_RPC_SERVER_DURATION, {
+      description: 'Duration of inbound RPCs',
+      unit: 'ms',
+      advice: { explicitBucketBoundaries: DURATION_BUCKETS_MS },
+    });
+    this.calls = meter.createCounter(METRIC_RPC_CALLS, { description: 'RPCs ended, by status code', unit: '{call}' });
+    const inFlight = meter.createObservableUpDownCounter(METRIC_RPC_IN_FLIGHT, { description: 'RPCs started and not yet ended', unit: '{call}' });
+    this.refusals = meter.createCounter(METRIC_QUOTA_REFUSALS, { description: 'Calls refused by a tenant quota', unit: '{call}' });
+    const queueDepth = meter.createObservableGauge(METRIC_SHARD_QUEUE_DEPTH, {
+      description: 'Calls posted to the shard and not yet answered',
+      unit: '{call}',
+    });
+    const busyTime = meter.createObservableCounter(METRIC_SHARD_BUSY_TIME, {
+      description: "Time the shard's thread spent running rather than waiting for calls",
+      unit: 'ms',
+    });
+    const openDatabases = meter.createObservableGauge(METRIC_SHARD_OPEN_DATABASES, {
+      description: 'Database connections the shard holds open',
+      unit: '{database}',
+    });
+    const storage = meter.createObservableGauge(METRIC_STORAGE_BYTES, {
+      description: 'Size of all tenant databases, as the shards last measured them',
+      unit: 'By',
+    });
+    const shardAttributes = sources.shards.map((shard) => ({ [ATTR_SHARD]: shard.index }));
+    this.observe = (result) => {
+      try {
+        for (const method of this.methods) result.observe(inFlight, method.inFlight, method.base);
+        sources.shards.forEach((shard, i) => {
+          const attributes = shardAttributes[i]!;
+          result.observe(queueDepth, shard.inFlight, attributes);
+          result.observe(busyTime, shard.busyMs(), attributes);
+          if (shard.openDatabases !== null) result.observe(openDatabases, shard.openDatabases, attributes);
+        });
+        result.observe(storage, sources.storageBytes());
+      } catch {
+        // Telemetry never throws; a missed observation shows as a gap.
+      }
+    };
+    this.observables = [inFlight, queueDepth, busyTime, openDatabases, storage];
+    meter.addBatchObservableCallback(this.observe, this.observables);
+  }
+
+  /** The method's attributes, its calls in flight observed from now on. */
+  method(service: string, name: string): MethodAttributes {
+    const method = new MethodAttributes(service, name);
+    this.methods.push(method);
+    return method;
+  }
+
+  started(method: MethodAttributes): void {
+    method.inFlight++;
+  }
+
+  ended(method: MethodAttributes, code: number, durationMs: number, tenantId: string | null): void {
+    const attributes = method.ended(code);
+    method.inFlight--;
+    this.duration.record(durationMs, attributes);
+    this.calls.add(1, this.perTenant && tenantId !== null ? { ...attributes, [ATTR_TENANT_ID]: tenantId } : attributes);
+  }
+
+  quotaRefused(quota: string): void {
+    let attributes = this.refusalAttributes.get(quota);
+    if (!attributes) this.refusalAttributes.set(quota, (attributes = { [ATTR_QUOTA]: quota }));
+    this.refusals.add(1, attributes);
+  }
+
+  /** Stops the observable callbacks reading this server (another may start in the same process). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.meter.removeBatchObservableCallback(this.observe, this.observables);
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * The shard's part in tracing and metrics. A worker has no tracer and no
+ * meter: an SDK per thread would need its own exporter and would lose what
+ * it buffered when the thread dies. Instead, for a call that carries a trace
+ * context the worker reports when it ran (a `span` message, posted before
+ * the call's answer on the same port, so it arrives first), and the front
+ * end makes the child span under the caller's span (src/routing/shardSpans.ts).
+ * Gauges the front end cannot see go up as `stats` messages when they change.
+ *
+ * Nothing here throws: telemetry must not change a call's answer.
+ */
+import { performance } from 'node:perf_hooks';
+import { parentPort } from 'node:worker_threads';
+import type { ShardRequest, ShardResponse, ShardSpan } from '../src/protocol.ts';
+
+/** Epoch ms with sub-ms precision; the front end's clock is on the same scale. */
+export function shardClock(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+function post(message: ShardResponse): void {
+  try {
+    parentPort?.postMessage(message);
+  } catch {
+    // Telemetry never throws.
+  }
+}
+
+function reportSpan(request: ShardRequest, span: ShardSpan): void {
+  post({ id: request.id, kind: 'span', span });
+}
+
+/**
+ * Runs `fn` (the shard's work on `request`) and, when the call is traced,
+ * reports its start and end. Untraced calls pay one property check.
+ */
+export function withShardSpan<T>(request: ShardRequest, fn: () => T): T {
+  if (request.trace === undefined) return fn();
+  const startMs = shardClock();
+  try {
+    return fn();
+  } finally {
+    reportSpan(request, { startMs, endMs: shardClock() });
+  }
+}
+
+/**
+ * For calls that ran together and share one commit: reports each traced one
+ * with the group's start (`shardClock()` taken before the group ran) and end
+ * (now, after the commit). Call it before posting the group's answers.
+ */
+export function reportGroupSpans(outcomes: readonly { request: ShardRequest }[], startMs: number): void {
+  const endMs = shardClock();
+  for (const { request } of outcomes) {
+    if (request.trace !== undefined) reportSpan(request, { startMs, endMs, groupSize: outcomes.length });
+  }
+}
+
+let reportedOpenDatabases = -1;
+
+/** Tells the front end how many databases the shard holds open; posts only when the count changed. */
+export function reportOpenDatabases(count: number): void {
+  if (count === reportedOpenDatabases) return;
+  reportedOpenDatabases = count;
+  post({ id: 0, kind: 'stats', openDatabases: count });
+}
