@@ -51,6 +51,12 @@ interface RequestBase {
   /** Unique per shard handle; the response carries it back. */
   id: number;
   tenantId: string;
+  /**
+   * W3C trace context (`traceparent`, maybe `tracestate`) of the front-end
+   * span the call belongs to. Present only when that span is sampled: it
+   * tells the worker to report a ShardSpan before the answer.
+   */
+  trace?: Record<string, string>;
 }
 
 export type ShardRequest =
@@ -59,6 +65,8 @@ export type ShardRequest =
   | (RequestBase & { op: 'query'; limits: CallLimits; statement: StatementInput; rowsPerChunk: number })
   /** Creates the tenant's database, or adopts the copy that a `snapshot` left at its path. */
   | (RequestBase & { op: 'create'; adoptExisting: boolean; migrations: MigrationStep[] })
+  /** Applies schema migrations above the database's version. */
+  | (RequestBase & { op: 'migrate'; migrations: MigrationStep[] })
   /** Writes a consistent copy of the tenant's database to `file` (which must not exist). */
   | (RequestBase & { op: 'snapshot'; file: string })
   | (RequestBase & { op: 'drop' })
@@ -74,10 +82,26 @@ export interface QueryChunk {
   rows: SqlValue[][];
 }
 
+/**
+ * When the shard ran a traced call, in epoch milliseconds (performance.timeOrigin
+ * + performance.now(), comparable across threads). The front end turns it into
+ * the call's child span; the worker has no tracer of its own.
+ */
+export interface ShardSpan {
+  startMs: number;
+  endMs: number;
+  /** Calls that shared one commit with this one (group commit), this one included. */
+  groupSize?: number;
+}
+
 export type ShardResponse =
   | { id: number; kind: 'ok'; result: unknown }
   | { id: number; kind: 'error'; error: WireError }
-  | { id: number; kind: 'chunk'; chunk: QueryChunk };
+  | { id: number; kind: 'chunk'; chunk: QueryChunk }
+  /** Sent before the final answer of a call that carried `trace`. */
+  | { id: number; kind: 'span'; span: ShardSpan }
+  /** The shard's gauges, sent (with id 0) whenever they change. */
+  | { id: number; kind: 'stats'; openDatabases: number };
 
 /** Results by op, for the typed call helpers on the front end. */
 export interface ShardResults {
@@ -86,6 +110,7 @@ export interface ShardResults {
   query: { rowCount: number };
   create: { schemaVersion: number };
   snapshot: { bytes: number };
+  migrate: { schemaVersion: number };
   drop: { removed: boolean };
   shutdown: { closed: number };
   crash: never;

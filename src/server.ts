@@ -27,9 +27,13 @@ import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
 import { sqlService } from './grpc/sqlService.ts';
 import { tenantService } from './grpc/tenantService.ts';
-import { startHttpHealth } from './httpHealth.ts';
+import { schemaService } from './grpc/schemaService.ts';
+import { Migrator } from './schema/migrator.ts';
+import { startHttpHealth, type MetricsHandler } from './httpHealth.ts';
+import { RpcObserver } from './grpc/rpcObserver.ts';
+import { ServerMetrics } from './telemetry/serverMetrics.ts';
 
-const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService'];
+const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService'];
 
 /** Messages up to 16 MiB in: large Batch calls and blobs; SQLite's own limit is 16 MiB per value. */
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -46,7 +50,19 @@ export interface StartedServer {
   shutdown(): Promise<void>;
 }
 
-export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<StartedServer> {
+export interface ServerOptions {
+  /**
+   * Serves `/metrics` on the metrics address: the Prometheus exporter's
+   * handler, from the SDK that the entry point installed (telemetry/sdk.ts).
+   */
+  metricsHandler?: MetricsHandler | null;
+}
+
+export async function startServer(
+  config: Config,
+  logger: Logger = createLogger(config.logLevel),
+  options: ServerOptions = {},
+): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
   mkdirSync(join(dataDir, 'tenants'), { recursive: true });
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
@@ -79,6 +95,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   }
   shardsForPages = shards;
   const router = new ShardRouter(shards);
+  const migrator = new Migrator(catalog, registry, router, logger);
   const manager = new TenantManager(catalog, registry, router, auth, dataDir);
   if (config.tenantsFile) {
     try {
@@ -90,6 +107,11 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     }
   }
 
+  // Instruments come from whatever meter provider the entry point installed (a no-op one if none).
+  const metrics = config.telemetry
+    ? new ServerMetrics({ shards, storageBytes: () => table.totalStorageBytes() }, config.metricsPerTenant)
+    : null;
+  const observer = new RpcObserver(metrics, logger);
   const health = new HealthState(SERVICES);
   const access = new Access(auth, registry);
   const definition = packageDefinition();
@@ -103,12 +125,19 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   });
   const admitter = new Admitter(table);
   server.addService(loaded.tenantd.v1.TenantService!.service, {
-    ...tenantService(access, manager, catalog),
-    ...usageService(access, manager, table, admitter, dataDir),
+    ...tenantService(access, manager, catalog, observer.service('tenantd.v1.TenantService')),
+    ...usageService(access, manager, table, admitter, dataDir, observer.service('tenantd.v1.TenantService')),
   });
-  const admit = createAdmit(admitter, registry);
-  server.addService(loaded.tenantd.v1.SqlService!.service, sqlService(access, admit, router));
-  server.addService(loaded.grpc.health.v1.Health.service, health.handlers());
+  const admit = createAdmit(admitter, registry, metrics);
+  server.addService(
+    loaded.tenantd.v1.SqlService!.service,
+    sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService')),
+  );
+  server.addService(
+    loaded.tenantd.v1.SchemaService!.service,
+    schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
+  );
+  server.addService(loaded.grpc.health.v1.Health.service, health.handlers(observer.service('grpc.health.v1.Health')));
   new ReflectionService(definition).addToServer(server);
 
   const port = await new Promise<number>((resolvePort, reject) => {
@@ -120,10 +149,12 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   let http: HttpServer | null = null;
   let httpPort: number | null = null;
   if (config.metricsListen) {
-    const started = await startHttpHealth(config.metricsListen, health);
+    const started = await startHttpHealth(config.metricsListen, health, config.telemetry ? options.metricsHandler ?? null : null);
     http = started.server;
     httpPort = started.port;
   }
+  // Tenants left behind by a restart in the middle of a pass catch up in the background.
+  void migrator.startPass();
   logger.info('tenantd serving', {
     listen: config.listen,
     port,
@@ -151,7 +182,9 @@ export async function startServer(config: Config, logger: Logger = createLogger(
           done();
         });
       });
+      await migrator.stopped();
       await router.stop();
+      metrics?.close();
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));
       logger.info('stopped');

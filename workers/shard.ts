@@ -14,6 +14,7 @@ import type { ExecuteResult, ShardRequest, ShardResponse, ShardResults, ShardWor
 import { addRows, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes, type QuotaPage } from '../src/quota/layout.ts';
 import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome } from './groupCommit.ts';
+import { reportGroupSpans, reportOpenDatabases, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError, type TenantDb } from './tenantDb.ts';
 
 const data = workerData as ShardWorkerData;
@@ -66,8 +67,18 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
     }
     case 'create': {
       const db = pool.create(request.tenantId, request.adoptExisting);
-      return { schemaVersion: db.migrate(request.migrations) };
+      try {
+        return { schemaVersion: db.migrate(request.migrations) };
+      } catch (error) {
+        // A broken migration must not stop tenants being created: the tenant
+        // starts at the last version that applied, and the failure is
+        // recorded when the migrator retries it.
+        if (error instanceof ShardError) return { schemaVersion: Number(error.wire.metadata?.reached_version ?? 0) };
+        throw error;
+      }
     }
+    case 'migrate':
+      return { schemaVersion: pool.get(request.tenantId).migrate(request.migrations) };
     case 'snapshot': {
       pool.get(request.tenantId).snapshot(request.file);
       return { bytes: 0 };
@@ -102,7 +113,7 @@ function toWire(request: ShardRequest, error: unknown): WireError {
 function answer(request: ShardRequest): void {
   let response: ShardResponse;
   try {
-    response = { id: request.id, kind: 'ok', result: handle(request) };
+    response = { id: request.id, kind: 'ok', result: withShardSpan(request, () => handle(request)) };
   } catch (error) {
     response = { id: request.id, kind: 'error', error: toWire(request, error) };
   }
@@ -171,12 +182,16 @@ function drain(initial: ShardRequest): void {
       pending = next;
       continue;
     }
+    const groupStart = shardClock();
     const { outcomes, leftover } = runGroup(db, request, next, takeQueued);
+    reportGroupSpans(outcomes, groupStart);
     answerGroup(db, outcomes);
     pending = leftover;
   }
 }
 
 port.on('message', (request: ShardRequest) => {
-  if (!control(request)) drain(request);
+  if (control(request)) return;
+  drain(request);
+  reportOpenDatabases(pool.size);
 });

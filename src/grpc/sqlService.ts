@@ -5,10 +5,13 @@
 import { status as Status, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { TenantdError, invalidArgument } from '../errors.ts';
 import type { CallLimits, ColumnInfo, ExecuteResult, SqlValue } from '../protocol.ts';
+import type { ShardHandle } from '../routing/shardHandle.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
+import type { Migrator } from '../schema/migrator.ts';
 import type { Access, TenantCall } from './access.ts';
 import { writeBytesOf, type Admit } from './admit.ts';
 import { remainingMs, serverStream, unary, type Handlers } from './handlers.ts';
+import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
 import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
 
 const MAX_BATCH_STATEMENTS = 1_000;
@@ -46,7 +49,17 @@ function toResponse(result: ExecuteResult): ProtoExecuteResponse {
   };
 }
 
-export function sqlService(access: Access, admit: Admit, router: ShardRouter): Handlers {
+export function sqlService(access: Access, admit: Admit, router: ShardRouter, migrator: Migrator, service: ServiceObserver): Handlers {
+  /**
+   * Sends the call once the tenant's schema is current: a tenant whose turn
+   * in a migration pass has not come yet is migrated first. The common case
+   * is one integer comparison.
+   */
+  function dispatch<T>(call: TenantCall, send: () => Promise<T>): Promise<T> {
+    if (call.tenant.record.schemaVersion >= migrator.latest) return send();
+    return migrator.ensureCurrent(call.tenant).then(send);
+  }
+
   /** The statement's time limit: the tenant's quota, capped by the client's deadline. */
   function limitsFor(call: TenantCall, grpcCall: { getDeadline(): Date | number }): CallLimits {
     const quota = call.tenant.quotas.queryTimeoutMs;
@@ -62,39 +75,54 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter): H
     };
   }
 
+  /** The tenant's shard, noted on the call for its span and access log. */
+  function shardFor(call: TenantCall, rpc: ObservedCall): ShardHandle {
+    const tenantId = call.tenant.record.tenantId;
+    const shard = router.forTenant(tenantId);
+    rpc.routed(tenantId, shard.index);
+    return shard;
+  }
+
   return {
-    Execute: unary('Execute', (call: ServerUnaryCall<ProtoStatement, ProtoExecuteResponse>, trailer) => {
+    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement, ProtoExecuteResponse>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
+      const shard = shardFor(tenantCall, rpc);
       const statement = toStatement(call.request, '');
+      rpc.statement(statement.sql);
       const limits = limitsFor(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
-      return admit(tenantCall, bytes, trailer, () => router.forTenant(tenantId).call({ op: 'execute', tenantId, limits, statement })).then(
-        toResponse,
-      );
+      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement }))).then(toResponse);
     }),
 
-    Batch: unary('Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>, trailer) => {
+    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
+      const shard = shardFor(tenantCall, rpc);
       const { statements } = call.request;
       if (statements.length === 0) throw invalidArgument('statements', 'at least one statement', 'INVALID_SQL');
       if (statements.length > MAX_BATCH_STATEMENTS) {
         throw invalidArgument('statements', `at most ${MAX_BATCH_STATEMENTS} statements`, 'INVALID_SQL');
       }
       const inputs = statements.map((s, i) => toStatement(s, `statements[${i}]`));
+      rpc.statement(inputs.map((s) => s.sql).join('; '));
       const limits = limitsFor(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);
-      return admit(tenantCall, bytes, trailer, () =>
-        router.forTenant(tenantId).call({ op: 'batch', tenantId, limits, statements: inputs }),
-      ).then((results) => ({ results: results.map(toResponse) }));
+      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'batch', tenantId, limits, statements: inputs }))).then((results) => ({ results: results.map(toResponse) }));
     }),
 
     Query: serverStream(
+      service,
       'Query',
-      async (call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, { columns: ProtoColumn[]; rows: { values: ProtoValue[] }[] }>, trailer) => {
+      async (
+        call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, { columns: ProtoColumn[]; rows: { values: ProtoValue[] }[] }>,
+        trailer,
+        rpc,
+      ) => {
         const tenantCall = access.tenant(call.metadata);
+        const shard = shardFor(tenantCall, rpc);
         const statement = toStatement(call.request, '');
+        rpc.statement(statement.sql);
         const requested = call.request.rows_per_chunk;
         if (requested < 0 || requested > MAX_ROWS_PER_CHUNK) {
           throw invalidArgument('rows_per_chunk', `from 1 to ${MAX_ROWS_PER_CHUNK}, or 0 for ${DEFAULT_ROWS_PER_CHUNK}`);
@@ -103,13 +131,13 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter): H
         const tenantId = tenantCall.tenant.record.tenantId;
         const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
         await admit(tenantCall, bytes, trailer, () =>
-          router.forTenant(tenantId).call(
+          dispatch(tenantCall, () => shard.call(
             { op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK },
             (chunk) => {
               if (call.cancelled) return;
               call.write({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) });
             },
-          ),
+          )),
         );
       },
     ),
