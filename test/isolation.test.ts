@@ -120,6 +120,25 @@ describe('runaway statements', () => {
     expect(rowsOf(await t.sql(slowKey, 'SELECT 2'))).toEqual([[2n]]);
   });
 
+  it('answers a quick call at once even when a known-slow tenant’s call is right behind it on the shard', async () => {
+    const [slowId, fastId] = sameShardPair('held');
+    await t.createTenant(slowId, { quotas: { query_timeout_ms: '500' } });
+    const fast = await t.createTenant(fastId);
+    const { key: slowKey } = await t.client.call('TenantService', 'CreateApiKey', { parent: `tenants/${slowId}` }, { key: t.adminKey });
+    await t.sql(fast, 'SELECT 1');
+    // The shard now knows this tenant's calls can be slow.
+    expect((await t.client.failure('SqlService', 'Execute', { sql: RUNAWAY }, { key: slowKey })).reason).toBe('QUERY_TIMEOUT');
+
+    // Sent in the same turn, so they reach the shard together: the quick one first.
+    const started = Date.now();
+    const quick = t.sql(fast, 'SELECT 1').then(() => Date.now() - started);
+    const slow = t.client.failure('SqlService', 'Execute', { sql: RUNAWAY }, { key: slowKey }).then(() => Date.now() - started);
+    const [quickMs, slowMs] = await Promise.all([quick, slow]);
+    expect(slowMs).toBeGreaterThanOrEqual(450);
+    // Its answer was posted before the runaway started, not held until it ended.
+    expect(quickMs).toBeLessThan(slowMs - 200);
+  });
+
   it('stops a statement at the client’s deadline when that comes first', async () => {
     const key = await t.createTenant('deadline', { quotas: { query_timeout_ms: '60000' } });
     const started = Date.now();

@@ -23,6 +23,11 @@ export class DbPool {
     return this.open.size;
   }
 
+  /** The tenant's connection if it is open; does not count as a use. */
+  peek(tenantId: string): TenantDb | undefined {
+    return this.open.get(tenantId);
+  }
+
   /** The tenant's connection, opened if needed. The database must exist. */
   get(tenantId: string): TenantDb {
     const cached = this.open.get(tenantId);

@@ -109,6 +109,8 @@ export class TenantDb {
   private storageLimit = Number.NaN;
   /** Set when the file may have grown or shrunk since the size was last read. */
   private sizeChanged = true;
+  /** A statement that is not read-only ran since the last takeWrote(). */
+  private wrote = false;
   private readonly pageCount: Database.Statement;
   /** Bytes of rows the current call has produced so far. */
   private resultBytes = 0;
@@ -161,6 +163,13 @@ export class TenantDb {
   }
 
   /** True once after anything that may have changed the database's size. */
+  /** Whether anything but read-only statements ran since the last call of this; resets it. */
+  takeWrote(): boolean {
+    const wrote = this.wrote;
+    this.wrote = false;
+    return wrote;
+  }
+
   takeSizeChanged(): boolean {
     const changed = this.sizeChanged;
     this.sizeChanged = false;
@@ -327,6 +336,7 @@ export class TenantDb {
     const args = bindArgs(input);
     if (!statement.readonly) {
       this.sizeChanged = true;
+      this.wrote = true;
       if (!PLAIN_DML.test(statement.source)) this.schemaChanged();
     }
     if (!statement.reader) {

@@ -22,7 +22,7 @@ import { Access } from '../../src/grpc/access.ts';
 import { createLogger } from '../../src/log.ts';
 import { startServer } from '../../src/server.ts';
 import { toStatement, type ProtoStatement } from '../../src/grpc/values.ts';
-import type { CallLimits } from '../../src/protocol.ts';
+import { packExecute, packResult, type CallLimits } from '../../src/protocol.ts';
 import { benchConfig, type BenchServerArgs } from './benchConfig.ts';
 import { closedLoop, type LoopResult } from './closedLoop.ts';
 import { POINT_READ, type BenchTenant } from './tenants.ts';
@@ -31,7 +31,7 @@ export interface FrontEndCost {
   admitUsPerCall: number;
   dispatch: LoopResult;
   /** µs per postMessage + receive on one thread. */
-  clone: { requestUs: number; responseUs: number; minimalUs: number };
+  clone: { requestUs: number; responseUs: number; objectRequestUs: number; objectResponseUs: number; minimalUs: number };
 }
 
 function request(rows: number, i: number): ProtoStatement {
@@ -114,9 +114,13 @@ export async function measureFrontEnd(
     });
 
     const t0 = tenants[0]!;
+    const execute = { op: 'execute' as const, id: 1, tenantId: t0.tenantId, limits: limits.get(t0.tenantId)!, statement: toStatement(requests[0]!, '') };
+    // What crosses the port: the packed forms (protocol.ts), and for comparison the objects they replace.
     const clone = {
-      requestUs: cloneUs({ op: 'execute', tenantId: t0.tenantId, limits: limits.get(t0.tenantId)!, statement: toStatement(requests[0]!, ''), id: 1 }),
-      responseUs: cloneUs({ id: 1, kind: 'ok', result: results[0] }),
+      requestUs: cloneUs(packExecute(1, execute)),
+      responseUs: cloneUs(packResult(1, results[0]!)),
+      objectRequestUs: cloneUs(execute),
+      objectResponseUs: cloneUs({ id: 1, kind: 'ok', result: results[0] }),
       minimalUs: cloneUs({ id: 1, ok: true, slot: 17, rows: 1 }),
     };
     return { admitUsPerCall, dispatch, clone };
