@@ -1,11 +1,12 @@
 /**
  * npm run bench:scale [-- --quick | --tenants 100000] [--api-tenants 10000] [--concurrency 32] [--shards N]
- *                     [--sync full|normal] [--sample 1000] [--keep-data] [--profile]
+ *                     [--sync full|normal] [--sample 1000] [--runtime node|tsx] [--keep-data] [--profile]
  *
  * 100,000 registered tenants on one node.
  *
  *   1. A real tenantd in a child process (bench/quota/server.ts: startServer,
- *      stock plans, default --max-open-dbs 1000, --sync full unless told).
+ *      compiled to dist/ and run by plain node as `npm start` runs it, or
+ *      with --runtime tsx from the sources; stock plans, default --max-open-dbs 1000, --sync full unless told).
  *      The first `--api-tenants` tenants (default 10,000) are created through
  *      CreateTenant (plans free/pro/enterprise in turn), `--concurrency` calls
  *      in flight: one SQLite file each; the creation rate is reported. The
@@ -36,7 +37,7 @@ import { performance } from 'node:perf_hooks';
 import { status as Status } from '@grpc/grpc-js';
 import { allocatePage, kBytesPerSlot, kSlotsPerPage } from '../src/quota/layout.ts';
 import type { SyncMode } from '../src/config.ts';
-import { startChild, type ChildServer } from './lib/child.ts';
+import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
 import {
   fmtMs,
   line,
@@ -58,7 +59,7 @@ import type { ServerArgs, ServerReady } from './quota/server.ts';
 
 const flags = parseFlags(
   process.argv.slice(2),
-  ['--tenants', '--concurrency', '--shards', '--sync', '--sample', '--api-tenants'],
+  ['--tenants', '--concurrency', '--shards', '--sync', '--sample', '--api-tenants', '--runtime'],
   ['--quick', '--keep-data', '--profile'],
 );
 const tenantCount = Math.round(numberFlag(flags, '--tenants', flags.has('--quick') ? 10_000 : 100_000));
@@ -69,6 +70,11 @@ if (sync !== 'full' && sync !== 'normal') throw new Error('--sync: full or norma
 const sample = Math.min(Math.round(numberFlag(flags, '--sample', 1_000)), Math.floor(tenantCount / 2));
 /** Created through CreateTenant; the rest (if any) are bulk-seeded while the server is stopped (quota/seed.ts). */
 const apiTenants = Math.min(tenantCount, Math.round(numberFlag(flags, '--api-tenants', 10_000)));
+
+/** `node`: the server runs compiled, as `npm start` and the Docker image run it; `tsx`: from the sources. */
+const runtime = flags.get('--runtime') ?? 'node';
+if (runtime !== 'node' && runtime !== 'tsx') throw new Error('--runtime: node or tsx');
+if (runtime === 'node') buildCompiled();
 
 const RSS_TARGET_MB = 300;
 const COLD_P99_TARGET_MS = 5;
@@ -93,7 +99,7 @@ line(machineLine());
 const fs = statfsSync(tmpdir());
 line(
   `plan: ${tenantCount.toLocaleString('en-US')} tenants, ${apiTenants.toLocaleString('en-US')} of them via CreateTenant with ${concurrency} in flight` +
-    `${apiTenants < tenantCount ? ', the rest bulk-seeded' : ''}; server in a child process: ${shards} shards, ` +
+    `${apiTenants < tenantCount ? ', the rest bulk-seeded' : ''}; server in a child process (${runtime === 'node' ? 'compiled, plain node' : 'tsx'}): ${shards} shards, ` +
     `sync ${sync}, max-open-dbs 1000 (default); probes on ${sample} + ${sample} tenants; ` +
     `${tmpdir()} has ${((fs.bavail * fs.bsize) / 2 ** 30).toFixed(0)} GiB and ${fs.ffree.toLocaleString('en-US')} inodes free`,
 );
@@ -105,7 +111,7 @@ let client: RawClient | null = null;
 
 async function start(execArgv: string[] = []): Promise<{ child: ChildServer; ready: ServerReady; wallMs: number }> {
   const t0 = performance.now();
-  const c = await startChild(new URL('./quota/server.ts', import.meta.url), serverArgs, execArgv);
+  const c = await startChild(new URL('./quota/server.ts', import.meta.url), serverArgs, execArgv, runtime === 'node');
   return { child: c, ready: c.ready as ServerReady, wallMs: performance.now() - t0 };
 }
 

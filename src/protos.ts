@@ -2,11 +2,12 @@
  * The service definitions, loaded once from `proto/` for grpc-js, and the
  * google.rpc messages as protobufjs types for encoding error details.
  */
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
+import { PACKAGE_ROOT } from './paths.ts';
 
-export const PROTO_DIR = fileURLToPath(new URL('../proto/', import.meta.url));
+export const PROTO_DIR = join(PACKAGE_ROOT, 'proto');
 
 export const SERVICE_FILES = [
   'tenantd/v1/tenant_service.proto',
@@ -44,7 +45,7 @@ export function rpcTypes(): protobuf.Root {
   if (!rpcRoot) {
     const root = new protobuf.Root();
     root.resolvePath = (_origin, target) =>
-      target.startsWith('google/protobuf/') ? target : `${PROTO_DIR}${target}`;
+      target.startsWith('google/protobuf/') ? target : join(PROTO_DIR, target);
     rpcRoot = root.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto'], { keepCase: true });
     rpcRoot.resolveAll();
   }

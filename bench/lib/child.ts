@@ -3,8 +3,27 @@
  * shares a thread (or an event loop) with them. The parent side starts one
  * and asks it for its CPU counters; the child side answers.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { join, relative } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { PACKAGE_ROOT } from '../../src/paths.ts';
 import { cpuSample, type CpuSample } from './procStat.ts';
+
+/**
+ * Compiles src/, workers/ and bench/ to dist/ (tsconfig.bench.json), as
+ * `npm start` does for the server, so a child can run as plain JavaScript:
+ * what users run, without the TypeScript loader's memory (about 80 MB).
+ */
+export function buildCompiled(): void {
+  const tsc = join(PACKAGE_ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  execFileSync(process.execPath, [tsc, '-p', join(PACKAGE_ROOT, 'tsconfig.bench.json')], { stdio: 'inherit' });
+}
+
+/** The compiled counterpart of a TypeScript file of this package (after buildCompiled). */
+export function compiledUrl(script: URL): URL {
+  const rel = relative(PACKAGE_ROOT, fileURLToPath(script)).replace(/\.ts$/, '.js');
+  return pathToFileURL(join(PACKAGE_ROOT, 'dist', rel));
+}
 
 export interface Ready {
   type: 'ready';
@@ -22,10 +41,14 @@ export interface ChildServer {
   stop(): Promise<void>;
 }
 
-/** Starts `script` (TypeScript, through tsx) with `args` as JSON in argv[2]; resolves once it is listening. */
-export function startChild(script: URL, args: unknown, execArgv: string[] = []): Promise<ChildServer> {
-  const proc: ChildProcess = fork(script, [JSON.stringify(args)], {
-    execArgv: ['--import', 'tsx', ...execArgv],
+/**
+ * Starts `script` with `args` as JSON in argv[2]; resolves once it is
+ * listening. TypeScript through tsx, or with `compiled` its compiled copy
+ * under dist/ with plain node (call buildCompiled first).
+ */
+export function startChild(script: URL, args: unknown, execArgv: string[] = [], compiled = false): Promise<ChildServer> {
+  const proc: ChildProcess = fork(compiled ? compiledUrl(script) : script, [JSON.stringify(args)], {
+    execArgv: compiled ? execArgv : ['--import', 'tsx', ...execArgv],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const waiting = new Map<number, (s: CpuSample) => void>();

@@ -10,6 +10,7 @@
  * more than the structured clone of a small request, and gRPC hands us the
  * calls that arrived together in one turn (bench/dispatch.ts measures it).
  */
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
 import { TenantdError, unavailable } from '../errors.ts';
@@ -27,6 +28,7 @@ import {
 } from '../protocol.ts';
 import type { QuotaPageBuffers } from '../quota/layout.ts';
 import type { ObservedShard } from '../telemetry/serverMetrics.ts';
+import { PACKAGE_ROOT } from '../paths.ts';
 import { endShardSpan, traceShardCall, type TracedCall } from './shardSpans.ts';
 
 /** A request as callers write it: the handle assigns the id. */
@@ -40,7 +42,7 @@ interface Pending {
   traced: TracedCall | undefined;
 }
 
-const BOOTSTRAP = new URL('../../workers/bootstrap.mjs', import.meta.url);
+const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'bootstrap.mjs');
 const SHARD_ENTRY = new URL(`../../workers/shard.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
 const RESTART_DELAY_MS = [0, 100, 500, 2_000];
 

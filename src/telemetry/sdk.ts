@@ -15,6 +15,7 @@
  *   metrics address nor an OTLP endpoint.
  */
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { context, diag, DiagLogLevel, metrics, propagation, trace } from '@opentelemetry/api';
 import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-proto';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
@@ -27,6 +28,7 @@ import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic
 import type { Config } from '../config.ts';
 import type { MetricsHandler } from '../httpHealth.ts';
 import type { Logger } from '../log.ts';
+import { PACKAGE_ROOT } from '../paths.ts';
 
 export interface InstalledTelemetry {
   /** For startServer's `metricsHandler`; null when Prometheus is off. */
@@ -42,7 +44,7 @@ export interface TelemetryOptions {
 
 function serviceVersion(): string {
   try {
-    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    return (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
   } catch {
     return 'unknown';
   }
