@@ -104,13 +104,21 @@ CREATE TABLE IF NOT EXISTS migration_failures (
 ) STRICT;
 `;
 
+/**
+ * Most tenants have no labels and no quota overrides: they share these (the
+ * registry holds every tenant's record, so 100,000 empty objects add up).
+ * Frozen, because records are replaced on update, never changed in place.
+ */
+const NO_LABELS: Record<string, string> = Object.freeze({}) as Record<string, string>;
+const NO_OVERRIDES: QuotaOverrides = Object.freeze({}) as QuotaOverrides;
+
 function toTenant(row: TenantRow): TenantRecord {
   return {
     tenantId: row.tenant_id,
     displayName: row.display_name,
-    labels: JSON.parse(row.labels) as Record<string, string>,
+    labels: row.labels === '{}' ? NO_LABELS : (JSON.parse(row.labels) as Record<string, string>),
     plan: row.plan,
-    quotas: JSON.parse(row.quotas) as QuotaOverrides,
+    quotas: row.quotas === '{}' ? NO_OVERRIDES : (JSON.parse(row.quotas) as QuotaOverrides),
     state: row.state,
     createTime: row.create_time,
     updateTime: row.update_time,

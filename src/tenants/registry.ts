@@ -16,8 +16,8 @@ export interface LiveTenant {
   slot: SlotRef;
   /** Set while DeleteTenant runs: new calls are refused. */
   deleting: boolean;
-  /** Woken whenever the calls in flight drop to zero. */
-  idleWaiters: (() => void)[];
+  /** Woken when the calls in flight drop to zero; null until someone waits. */
+  idleWaiters: (() => void)[] | null;
   /** Created on the tenant's first call. */
   latency: LatencyWindow | null;
   errorsByCode: Map<string, number> | null;
@@ -51,7 +51,7 @@ export class TenantRegistry {
       live.record = record;
       live.quotas = quotas;
     } else {
-      live = { record, quotas, slot: this.table.allocate(), deleting: false, idleWaiters: [], latency: null, errorsByCode: null };
+      live = { record, quotas, slot: this.table.allocate(), deleting: false, idleWaiters: null, latency: null, errorsByCode: null };
       this.tenants.set(record.tenantId, live);
     }
     // Takes effect on the next admission: there is no other copy of the limits.
@@ -72,12 +72,13 @@ export class TenantRegistry {
 
   effectiveQuotas(record: TenantRecord): QuotaValues {
     const plan = this.config.plans[record.plan] ?? this.config.plans[this.config.defaultPlan]!;
-    const quotas = { ...plan };
+    let quotas: QuotaValues | null = null;
     for (const field of QUOTA_FIELDS) {
       const override = record.quotas[field];
-      if (override !== 0 && override !== undefined) quotas[field] = override;
+      if (override !== 0 && override !== undefined) (quotas ??= { ...plan })[field] = override;
     }
-    return quotas;
+    // Without overrides the tenant shares its plan's object (read-only).
+    return quotas ?? plan;
   }
 
   /** Ends an admitted call: the one place the in-flight count goes down. */
@@ -88,8 +89,10 @@ export class TenantRegistry {
       live.errorsByCode.set(code, (live.errorsByCode.get(code) ?? 0) + 1);
     }
     (live.latency ??= new LatencyWindow()).record(durationMs);
-    if (this.table.leave(live.slot) === 0 && live.idleWaiters.length > 0) {
-      for (const wake of live.idleWaiters.splice(0)) wake();
+    if (this.table.leave(live.slot) === 0 && live.idleWaiters !== null) {
+      const waiters = live.idleWaiters;
+      live.idleWaiters = null;
+      for (const wake of waiters) wake();
     }
   }
 
@@ -105,7 +108,7 @@ export class TenantRegistry {
     if (this.table.inFlight(live.slot) === 0) return Promise.resolve(true);
     return new Promise((resolve) => {
       const timer = setTimeout(() => resolve(false), timeoutMs);
-      live.idleWaiters.push(() => {
+      (live.idleWaiters ??= []).push(() => {
         clearTimeout(timer);
         resolve(true);
       });
