@@ -469,7 +469,9 @@ describe('connection settings', () => {
     expect(() => db.prepare(`SELECT '${'x'.repeat(1024 * 1024)}'`)).toThrow(/too big|too long/);
     expect(() => db.prepare('SELECT zeroblob(17 * 1024 * 1024)').get()).toThrow(/too big/);
     expect(() => db.loadExtension(GUARD_LIBRARY_PATH)).toThrow(/not authorized/);
-    expect(() => Guard.attach(db)).toThrow(/cannot load tenantd guard extension/);
+    expect(() => Guard.load(db)).toThrow(/cannot load tenantd guard extension/);
+    // Nor can a second token take over the one already set.
+    expect(() => Guard.attach(db)).toThrow(/token already set/);
 
     // One attached database stays possible (VACUUM needs it), a second is not.
     db.exec("ATTACH ':memory:' AS one");

@@ -1,31 +1,19 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type Database from 'better-sqlite3';
-
-/**
- * Walks up from this module to the package root so the path is the same
- * whether this file runs from `workers/` (tsx, vitest) or from a compiled
- * copy such as `dist/workers/`.
- */
-function packageRoot(): string {
-  const start = dirname(fileURLToPath(import.meta.url));
-  for (let dir = start; ; ) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    const parent = dirname(dir);
-    if (parent === dir) return dirname(start);
-    dir = parent;
-  }
-}
+import { PACKAGE_ROOT } from '../src/paths.ts';
 
 /**
  * Absolute path of the compiled guard extension (`build/tenantd_guard.so`),
  * produced by `scripts/build-guard.mjs` during `npm install`.
  */
-export const GUARD_LIBRARY_PATH: string = join(packageRoot(), 'build', 'tenantd_guard.so');
+export const GUARD_LIBRARY_PATH: string = join(PACKAGE_ROOT, 'build', 'tenantd_guard.so');
 
 const ENTRY_POINT = 'sqlite3_tenantdguard_init';
+
+/** Connections that Guard.load has loaded the extension into. */
+const loaded = new WeakSet<Database.Database>();
 
 type LoadExtension = (this: Database.Database, path: string, entryPoint?: string) => Database.Database;
 
@@ -75,15 +63,16 @@ export class Guard {
   }
 
   /**
-   * Loads the extension into `db`, gives it a fresh random token and
-   * prepares the control statements. Call it once per connection, right
-   * after opening it and before any tenant SQL: the first token set wins,
-   * and the extension disables further extension loading on the connection.
+   * Loads the extension into `db`. Call it right after opening the
+   * connection, before anything reads the database: the extension sets the
+   * connection's limits and keeps its WAL file across closes, which applies
+   * only before the first access. {@link Guard.attach} loads it when this
+   * has not been called.
    *
    * @throws Error when the library has not been built (run `npm install`),
-   *   or when the extension cannot be loaded or initialised.
+   *   or when the extension cannot be loaded.
    */
-  static attach(db: Database.Database): Guard {
+  static load(db: Database.Database): void {
     if (!existsSync(GUARD_LIBRARY_PATH)) {
       throw new Error(
         `tenantd guard extension not found at ${GUARD_LIBRARY_PATH}; run \`npm install\` ` +
@@ -98,6 +87,19 @@ export class Guard {
         cause: err,
       });
     }
+    loaded.add(db);
+  }
+
+  /**
+   * Gives the extension in `db` (loaded now unless {@link Guard.load} did)
+   * a fresh random token and prepares the control statements. Call it once
+   * per connection, before any tenant SQL: the first token set wins, and the
+   * extension disables further extension loading on the connection.
+   *
+   * @throws Error when the extension cannot be loaded or initialised.
+   */
+  static attach(db: Database.Database): Guard {
+    if (!loaded.has(db)) Guard.load(db);
     const token = randomBytes(16);
     db.prepare('SELECT tenantd_guard_init(?)').pluck().safeIntegers(false).get(token);
     return new Guard(db, token);

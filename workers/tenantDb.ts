@@ -34,6 +34,12 @@ export class ShardError extends Error {
 }
 
 const STATEMENT_CACHE_SIZE = 128;
+/**
+ * After a checkpoint the WAL file is cut back to this size, and to zero when
+ * the connection closes: a tenant at rest keeps an empty -wal file, not up to
+ * the 4 MB that the default auto-checkpoint lets it reach.
+ */
+const WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024;
 /** Execute answers in one message; past this the client must use Query. */
 const MAX_EXECUTE_RESULT_BYTES = 3 * 1024 * 1024;
 const MAX_CHUNK_BYTES = 1024 * 1024;
@@ -136,6 +142,8 @@ export class TenantDb {
     if (options.create) mkdirSync(dirname(options.path), { recursive: true });
     const db = new Database(options.path, { fileMustExist: !options.create });
     try {
+      // Before the first read: the guard's limits, and a WAL file kept across closes.
+      Guard.load(db);
       db.defaultSafeIntegers(true);
       // Only this connection ever opens the file (its shard owns it), so it
       // may hold the lock for good: SQLite then keeps the WAL index in heap
@@ -143,6 +151,9 @@ export class TenantDb {
       // reads, measured). Set before the first WAL access for that to apply.
       db.pragma('locking_mode = EXCLUSIVE');
       db.pragma('journal_mode = WAL');
+      // The guard keeps the -wal file when the connection closes; this
+      // empties it then (and caps what it keeps after a checkpoint).
+      db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`);
       // WAL + FULL syncs the log on every commit: an acknowledged write
       // survives power loss. NORMAL syncs only at checkpoints: it survives
       // the process dying, not the machine.
@@ -162,7 +173,6 @@ export class TenantDb {
     if (this.db.open) this.db.close();
   }
 
-  /** True once after anything that may have changed the database's size. */
   /** Whether anything but read-only statements ran since the last call of this; resets it. */
   takeWrote(): boolean {
     const wrote = this.wrote;
@@ -170,6 +180,7 @@ export class TenantDb {
     return wrote;
   }
 
+  /** True once after anything that may have changed the database's size. */
   takeSizeChanged(): boolean {
     const changed = this.sizeChanged;
     this.sizeChanged = false;

@@ -731,6 +731,16 @@ int sqlite3_tenantdguard_init(
   ** extensions). The load in progress is not affected. */
   sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, (int*)0);
 
+  /* Keep the -wal file when the connection closes: it is checkpointed and
+  ** truncated to zero bytes (the connection sets a journal_size_limit), not
+  ** unlinked. Creating it again on the next open cost about 1 ms here, most
+  ** of a cold tenant's first call. Applies only to an open main database
+  ** file, which it is when the extension is loaded right after opening. */
+  {
+    int persist = 1;
+    sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+  }
+
   sqlite3_set_authorizer(db, authorizer, p);
   return SQLITE_OK;
 }
