@@ -1,12 +1,12 @@
 /**
  * npm run bench:scale [-- --quick | --tenants 100000] [--api-tenants 10000] [--concurrency 32] [--shards N]
- *                     [--sync full|normal] [--sample 1000] [--runtime node|tsx] [--keep-data] [--profile]
+ *                     [--sync full|normal] [--sample 1000] [--runtime node|tsx] [--max-open-dbs N] [--keep-data] [--profile]
  *
  * 100,000 registered tenants on one node.
  *
  *   1. A real tenantd in a child process (bench/quota/server.ts: startServer,
  *      compiled to dist/ and run by plain node as `npm start` runs it, or
- *      with --runtime tsx from the sources; stock plans, default --max-open-dbs 1000, --sync full unless told).
+ *      with --runtime tsx from the sources; stock plans, --max-open-dbs as configured by default unless told, --sync full unless told).
  *      The first `--api-tenants` tenants (default 10,000) are created through
  *      CreateTenant (plans free/pro/enterprise in turn), `--concurrency` calls
  *      in flight: one SQLite file each; the creation rate is reported. The
@@ -36,7 +36,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { status as Status } from '@grpc/grpc-js';
 import { allocatePage, kBytesPerSlot, kSlotsPerPage } from '../src/quota/layout.ts';
-import type { SyncMode } from '../src/config.ts';
+import { defaultConfig, type SyncMode } from '../src/config.ts';
 import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
 import {
   fmtMs,
@@ -59,7 +59,7 @@ import type { ServerArgs, ServerReady } from './quota/server.ts';
 
 const flags = parseFlags(
   process.argv.slice(2),
-  ['--tenants', '--concurrency', '--shards', '--sync', '--sample', '--api-tenants', '--runtime'],
+  ['--tenants', '--concurrency', '--shards', '--sync', '--sample', '--api-tenants', '--runtime', '--max-open-dbs'],
   ['--quick', '--keep-data', '--profile'],
 );
 const tenantCount = Math.round(numberFlag(flags, '--tenants', flags.has('--quick') ? 10_000 : 100_000));
@@ -75,6 +75,8 @@ const apiTenants = Math.min(tenantCount, Math.round(numberFlag(flags, '--api-ten
 const runtime = flags.get('--runtime') ?? 'node';
 if (runtime !== 'node' && runtime !== 'tsx') throw new Error('--runtime: node or tsx');
 if (runtime === 'node') buildCompiled();
+
+const maxOpenDbs = Math.round(numberFlag(flags, '--max-open-dbs', defaultConfig().maxOpenDbs));
 
 const RSS_TARGET_MB = 300;
 const COLD_P99_TARGET_MS = 5;
@@ -100,12 +102,12 @@ const fs = statfsSync(tmpdir());
 line(
   `plan: ${tenantCount.toLocaleString('en-US')} tenants, ${apiTenants.toLocaleString('en-US')} of them via CreateTenant with ${concurrency} in flight` +
     `${apiTenants < tenantCount ? ', the rest bulk-seeded' : ''}; server in a child process (${runtime === 'node' ? 'compiled, plain node' : 'tsx'}): ${shards} shards, ` +
-    `sync ${sync}, max-open-dbs 1000 (default); probes on ${sample} + ${sample} tenants; ` +
+    `sync ${sync}, max-open-dbs ${maxOpenDbs}${maxOpenDbs === defaultConfig().maxOpenDbs ? ' (default)' : ''}; probes on ${sample} + ${sample} tenants; ` +
     `${tmpdir()} has ${((fs.bavail * fs.bsize) / 2 ** 30).toFixed(0)} GiB and ${fs.ffree.toLocaleString('en-US')} inodes free`,
 );
 
 const dataDir = mkdtempSync(join(tmpdir(), 'tenantd-bench-scale-'));
-const serverArgs: ServerArgs = { dataDir, shards, sync, maxOpenDbs: 1_000 };
+const serverArgs: ServerArgs = { dataDir, shards, sync, maxOpenDbs };
 let child: ChildServer | null = null;
 let client: RawClient | null = null;
 

@@ -95,7 +95,8 @@ export function defaultConfig(): Config {
     dataDir: './data',
     shards: Math.max(1, availableParallelism()),
     sync: 'full',
-    maxOpenDbs: 1_000,
+    // About 215 KiB of SQLite memory each (page cache, lookaside, statements): 256 are ~55 MB.
+    maxOpenDbs: 256,
     metricsListen: '127.0.0.1:9464',
     logLevel: 'info',
     tenantsFile: null,

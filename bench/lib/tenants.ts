@@ -12,7 +12,8 @@ export interface BenchTenant {
   key: string;
 }
 
-function unary(client: grpc.Client, def: PackageDefinition, service: string, method: string) {
+/** A unary caller for `service.method` that authenticates with the key it is given. */
+export function unary(client: grpc.Client, def: PackageDefinition, service: string, method: string, deadlineMs = 60_000) {
   const m = (def[service] as Record<string, MethodDefinition<object, object>>)[method]!;
   return (request: object, key: string): Promise<any> =>
     new Promise((resolve, reject) => {
@@ -24,7 +25,7 @@ function unary(client: grpc.Client, def: PackageDefinition, service: string, met
         m.responseDeserialize as (b: Buffer) => object,
         request,
         md,
-        { deadline: Date.now() + 60_000 },
+        { deadline: Date.now() + deadlineMs },
         (error, response) => (error ? reject(new Error(`${service}.${method}: ${error.message}`)) : resolve(response)),
       );
     });

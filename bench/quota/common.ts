@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import type { MethodDefinition } from '@grpc/proto-loader';
+import { UNLIMITED_PROTO_QUOTAS } from '../lib/benchConfig.ts';
 import { packageDefinition, rpcTypes } from '../../src/protos.ts';
 
 export const line = (s = ''): void => void process.stdout.write(`${s}\n`);
@@ -157,14 +158,7 @@ export class RawClient {
 }
 
 /** Every quota unlimited, as overrides on the wire. */
-export const UNLIMITED_QUOTAS: Record<string, string> = {
-  requests_per_second: '-1',
-  write_bytes_per_second: '-1',
-  concurrent_requests: '-1',
-  storage_bytes: '-1',
-  query_timeout_ms: '-1',
-  event_retention_hours: '-1',
-};
+export const UNLIMITED_QUOTAS: Record<string, string> = UNLIMITED_PROTO_QUOTAS;
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -4,8 +4,9 @@
  * the tenant's table and fills it, `lanes` tenants in flight at once.
  */
 import * as grpc from '@grpc/grpc-js';
-import type { MethodDefinition, PackageDefinition } from '@grpc/proto-loader';
+import type { PackageDefinition } from '@grpc/proto-loader';
 import { BENCH_PLAN, UNLIMITED_PROTO_QUOTAS } from '../lib/benchConfig.ts';
+import { unary } from '../lib/tenants.ts';
 import { ACCOUNTS_DDL, ACCOUNTS_FILL, EVENTS_DDL } from './common.ts';
 
 export interface SeededTenant {
@@ -34,29 +35,12 @@ export interface Seeded {
   ms: number;
 }
 
-function unary(client: grpc.Client, def: PackageDefinition, service: string, method: string) {
-  const m = (def[service] as Record<string, MethodDefinition<object, object>>)[method]!;
-  return (request: object, key: string): Promise<any> =>
-    new Promise((resolve, reject) => {
-      const md = new grpc.Metadata();
-      md.set('authorization', `Bearer ${key}`);
-      client.makeUnaryRequest(
-        m.path,
-        m.requestSerialize as (v: object) => Buffer,
-        m.responseDeserialize as (b: Buffer) => object,
-        request,
-        md,
-        { deadline: Date.now() + 120_000 },
-        (error, response) => (error ? reject(new Error(`${service}.${method}: ${error.message}`)) : resolve(response)),
-      );
-    });
-}
 
 export async function seedTenants(options: SeedOptions): Promise<Seeded> {
   const t0 = performance.now();
   const client = new grpc.Client(options.host, grpc.credentials.createInsecure());
-  const createTenant = unary(client, options.def, 'tenantd.v1.TenantService', 'CreateTenant');
-  const batch = unary(client, options.def, 'tenantd.v1.SqlService', 'Batch');
+  const createTenant = unary(client, options.def, 'tenantd.v1.TenantService', 'CreateTenant', 120_000);
+  const batch = unary(client, options.def, 'tenantd.v1.SqlService', 'Batch', 120_000);
   const statements =
     options.table === 'events'
       ? [{ sql: EVENTS_DDL }]

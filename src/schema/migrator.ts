@@ -80,7 +80,7 @@ export class Migrator {
     if (target === 0) return this.pass;
     this.pass = this.pass.then(async () => {
       const byShard = new Map<number, string[]>();
-      for (const record of this.catalog.allTenants()) {
+      for (const record of this.catalog.eachTenant()) {
         if (record.schemaVersion >= target) continue;
         const shard = this.router.forTenant(record.tenantId).index;
         let tenants = byShard.get(shard);

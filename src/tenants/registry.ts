@@ -32,7 +32,8 @@ export class TenantRegistry {
   ) {}
 
   load(catalog: Catalog): void {
-    for (const record of catalog.allTenants()) this.put(record);
+    for (const record of catalog.eachTenant()) this.put(record);
+    catalog.shrinkMemory();
   }
 
   get size(): number {
