@@ -164,7 +164,7 @@ try {
   show('dispatch: shard.call postMessage round trip, 64 in flight', cost.dispatch);
   line(
     `  ${'clone: post+receive on one thread, request / response'.padEnd(56)} ${us(cost.clone.requestUs).padStart(10)} / ${us(cost.clone.responseUs)} ` +
-      `(a 4-field message: ${us(cost.clone.minimalUs)})`,
+      `(packed; as objects ${us(cost.clone.objectRequestUs)} / ${us(cost.clone.objectResponseUs)}; a 4-field message: ${us(cost.clone.minimalUs)})`,
   );
   const sum = cost.dispatch.mainThreadUsPerCall === null ? null : cost.admitUsPerCall + cost.dispatch.mainThreadUsPerCall;
   line(`  ${'auth + routing + dispatch (admit + dispatch)'.padEnd(56)} ${us(sum).padStart(10)} per call`);

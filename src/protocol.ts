@@ -101,7 +101,16 @@ export type ShardResponse =
   /** Sent before the final answer of a call that carried `trace`. */
   | { id: number; kind: 'span'; span: ShardSpan }
   /** The shard's gauges, sent (with id 0) whenever they change. */
-  | { id: number; kind: 'stats'; openDatabases: number };
+  | { id: number; kind: 'stats'; stats: ShardStats };
+
+/** What a worker counts that the front end cannot see; cumulative over the worker's life. */
+export interface ShardStats {
+  openDatabases: number;
+  /** Transactions that wrote and committed (each one sync under --sync full). */
+  commits: number;
+  /** Calls whose writes those commits made durable: commits < calls when group commit shares them. */
+  committedCalls: number;
+}
 
 /**
  * The hot path's compact forms. Structured clone pays for every property

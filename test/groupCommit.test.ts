@@ -10,6 +10,14 @@ beforeAll(async () => {
 });
 afterAll(() => t.stop());
 
+async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`condition not met in ${timeoutMs} ms: ${condition}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 async function settle<T>(promises: Promise<T>[]) {
   const results = await Promise.allSettled(promises);
   return {
@@ -22,12 +30,20 @@ describe('group commit', () => {
   it('commits many concurrent writers to one tenant, each with its own result', async () => {
     const key = await t.createTenant('gc-many', UNLIMITED);
     await t.sql(key, 'CREATE TABLE w (id INTEGER PRIMARY KEY, n INTEGER)');
+    // The shard's counters (tenantd.shard.commits / committed_calls): the CREATE TABLE so far.
+    const shard = t.server.router.forTenant('gc-many');
+    await until(() => shard.committedCalls === 1);
+    expect(shard.commits).toBe(1);
+
     const writes = Array.from({ length: 200 }, (_, n) => t.sql(key, 'INSERT INTO w (n) VALUES (?)', [v.int(n)]));
     const responses = await Promise.all(writes);
     const ids = responses.map((r) => r.last_insert_rowid);
     expect(new Set(ids).size).toBe(200);
     expect(responses.every((r) => r.rows_affected === '1')).toBe(true);
     expect(rowsOf(await t.sql(key, 'SELECT count(*), count(DISTINCT n) FROM w'))).toEqual([[200n, 200n]]);
+    // Every write was made durable by some commit, and calls shared commits.
+    await until(() => shard.committedCalls === 201);
+    expect(shard.commits - 1).toBeLessThan(200);
   });
 
   it('undoes only the failing call when calls share a commit', async () => {

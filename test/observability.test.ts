@@ -82,6 +82,9 @@ describe('/metrics', () => {
     expect(series(body, 'tenantd_shard_queue_depth', { tenantd_shard: '1' })[0]?.value).toBe(0);
     expect(series(body, 'tenantd_shard_busy_time_total').every((s) => s.value > 0)).toBe(true);
     expect(series(body, 'tenantd_storage_bytes')[0]?.value).toBeGreaterThan(0);
+    // beforeAll wrote twice (CREATE TABLE, INSERT): two commits carrying one call each.
+    expect(series(body, 'tenantd_shard_commits_total').reduce((sum, s) => sum + s.value, 0)).toBe(2);
+    expect(series(body, 'tenantd_shard_committed_calls_total').reduce((sum, s) => sum + s.value, 0)).toBe(2);
     const open = series(body, 'tenantd_shard_open_databases');
     expect(open.reduce((sum, s) => sum + s.value, 0)).toBe(OPEN_TENANTS);
     // Per-tenant series are opt-in.

@@ -27,7 +27,7 @@ import {
 import { addRows, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes, type QuotaPage } from '../src/quota/layout.ts';
 import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome } from './groupCommit.ts';
-import { reportGroupSpans, reportOpenDatabases, shardClock, withShardSpan } from './telemetry.ts';
+import { countCommit, reportGroupSpans, reportStats, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError, type TenantDb } from './tenantDb.ts';
 
 const data = workerData as ShardWorkerData;
@@ -184,14 +184,18 @@ function answer(request: ShardRequest): void {
   }
   const db = pool.peek(request.tenantId);
   if (db !== undefined) lastRunMs.set(db, performance.now() - start);
+  // An Execute or Batch that wrote committed on its own (no group around it).
+  const wrote = db !== undefined && isWrite(request) && db.takeWrote();
+  if (wrote) countCommit(1);
   if (request.op !== 'execute') post({ id: request.id, kind: 'ok', result });
-  else if (db === undefined || db.takeWrote()) post(packResult(request.id, result as ExecuteResult));
+  else if (wrote || db === undefined) post(packResult(request.id, result as ExecuteResult));
   else hold(packResult(request.id, result as ExecuteResult));
 }
 
 /** A group's answers: the group committed (or not) as a whole, so they go at once. */
 function answerGroup(db: TenantDb, outcomes: Outcome[]): void {
-  db.takeWrote();
+  const succeeded = outcomes.filter((o) => o.error === undefined).length;
+  if (db.takeWrote() && succeeded > 0) countCommit(succeeded);
   for (const { request, result, error } of outcomes) {
     if (error === undefined) {
       recordResults(db, request.limits.slot, result!);
@@ -296,5 +300,5 @@ port.on('message', (message: ShardInbound) => {
   enqueue(message);
   for (let request = takeLocal(); request !== undefined; request = takeLocal()) drain(request);
   flushHeld();
-  reportOpenDatabases(pool.size);
+  reportStats(pool.size);
 });

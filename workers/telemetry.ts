@@ -11,7 +11,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { parentPort } from 'node:worker_threads';
-import type { ShardRequest, ShardResponse, ShardSpan } from '../src/protocol.ts';
+import type { ShardRequest, ShardResponse, ShardSpan, ShardStats } from '../src/protocol.ts';
 
 /** Epoch ms with sub-ms precision; the front end's clock is on the same scale. */
 export function shardClock(): number {
@@ -56,11 +56,22 @@ export function reportGroupSpans(outcomes: readonly { request: ShardRequest }[],
   }
 }
 
-let reportedOpenDatabases = -1;
+/** Counted by the shard as it commits; read by reportStats. */
+export const commitStats = { commits: 0, committedCalls: 0 };
 
-/** Tells the front end how many databases the shard holds open; posts only when the count changed. */
-export function reportOpenDatabases(count: number): void {
-  if (count === reportedOpenDatabases) return;
-  reportedOpenDatabases = count;
-  post({ id: 0, kind: 'stats', openDatabases: count });
+/** Notes one commit that made `calls` calls' writes durable. */
+export function countCommit(calls: number): void {
+  commitStats.commits++;
+  commitStats.committedCalls += calls;
+}
+
+const reported: ShardStats = { openDatabases: -1, commits: 0, committedCalls: 0 };
+
+/** Tells the front end the shard's gauges and counters; posts only when something changed. */
+export function reportStats(openDatabases: number): void {
+  if (openDatabases === reported.openDatabases && commitStats.commits === reported.commits) return;
+  reported.openDatabases = openDatabases;
+  reported.commits = commitStats.commits;
+  reported.committedCalls = commitStats.committedCalls;
+  post({ id: 0, kind: 'stats', stats: { ...reported } });
 }

@@ -80,8 +80,11 @@ export function startChild(script: URL, args: unknown, execArgv: string[] = [], 
   });
 }
 
-/** Child side: report `ready`, answer samples, run `stop` then exit when asked. */
-export function serveParent(ready: Ready, stop: () => Promise<void>): void {
+/**
+ * Child side: report `ready`, answer samples (CPU, and `counters()` when
+ * given), run `stop` then exit when asked.
+ */
+export function serveParent(ready: Ready, stop: () => Promise<void>, counters?: () => Record<string, number>): void {
   let stopping: Promise<void> | null = null;
   const stopOnce = () => (stopping ??= stop().catch((e) => void process.stderr.write(`stop failed: ${String(e)}\n`)));
   if (!process.send) {
@@ -92,7 +95,10 @@ export function serveParent(ready: Ready, stop: () => Promise<void>): void {
   }
   process.send(ready);
   process.on('message', (message: ToChild) => {
-    if (message.type === 'sample') process.send!({ type: 'sample', id: message.id, sample: cpuSample() } satisfies FromChild);
+    if (message.type === 'sample') {
+      const sample = { ...cpuSample(), ...(counters ? { counters: counters() } : {}) };
+      process.send!({ type: 'sample', id: message.id, sample } satisfies FromChild);
+    }
     else if (message.type === 'stop') {
       void stopOnce().then(() => process.exit(0));
     }

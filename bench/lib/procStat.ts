@@ -28,6 +28,8 @@ export interface CpuSample {
   mainThreadMs: number | null;
   elu: EventLoopUtilization;
   wallMs: number;
+  /** Counters the child reports beside its CPU (serveParent's `counters`), e.g. tenantd's commits. */
+  counters?: Record<string, number>;
 }
 
 export function cpuSample(): CpuSample {

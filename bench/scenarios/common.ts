@@ -32,6 +32,8 @@ export interface Row {
   /** CPU per call of the server (all threads) and of the load generator processes, µs, where measured. */
   serverCpuUs?: number;
   clientCpuUs?: number;
+  /** Calls per durable commit in the server during the phase (tenantd writes only). */
+  callsPerCommit?: number;
 }
 
 export interface Context {

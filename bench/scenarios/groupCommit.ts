@@ -24,6 +24,11 @@ export const CLIENT_PROCESSES = 1;
 const CONNECTIONS = 4;
 const TARGET = 5;
 
+/** Durable commits (one sync each) per call in a phase, from the server's counters. */
+function perCall(row: Row): string {
+  return row.callsPerCommit === undefined ? 'n/a' : `1/${row.callsPerCommit.toFixed(1)}`;
+}
+
 /** Cores busy during a phase: (server + client CPU per call) x calls/s. */
 function coresBusy(row: Row): string {
   if (row.serverCpuUs === undefined || row.clientCpuUs === undefined) return 'n/a';
@@ -77,7 +82,9 @@ export const groupCommit: Scenario = {
         `throughput on/off ${ratio.toFixed(2)}x (${verdict}); the calls/s, p50 and p99 cells of this row are on/off ratios. ` +
         `Off is bounded by one durable commit per write on the tenant's shard thread: fdatasync p50 ${fsyncP50} µs and ` +
         `a WAL+FULL autocommit INSERT p50 ${commitP50} µs (probes before / after) allow ${commitRates.map((r) => r.toFixed(0)).join(' / ')} commits/s; ` +
-        `off ran at ${((100 * off.rps) / bound).toFixed(0)}% of that. On is bounded by CPU (${coresBusy(on)} of ${SHARDS} cores busy, client and server together). ` +
+        `off ran at ${((100 * off.rps) / bound).toFixed(0)}% of that. ` +
+        `Syncs per call: on ${perCall(on)}, off ${perCall(off)} (the server's commit counters): what group commit saves whatever the disk. ` +
+        `On is bounded by CPU (${coresBusy(on)} of ${SHARDS} cores busy, client and server together). ` +
         `${TARGET}x would need on >= ${(TARGET * off.rps).toFixed(0)} calls/s (compare the echo scenario: the bare grpc-js server with this client), ` +
         `or commits of ~${((TARGET * 1e6) / on.rps).toFixed(0)} µs or slower (a disk ~${((TARGET * 1e6) / on.rps / Math.min(...probes.map((p) => p.commitP50Us))).toFixed(0)}x slower than this one)`,
     });

@@ -69,6 +69,10 @@ export async function runWrites(ctx: Context, load: WriteLoad): Promise<Row> {
     const report = mergeReports(reports.flat(), load.name);
     const after = await server.child.sample();
     const cpu = `${cpuNote(before, after, report.count)}, ${clientNote(clientCpuMs, report.count)}`;
+    const commits = (after.counters?.commits ?? 0) - (before.counters?.commits ?? 0);
+    const committedCalls = (after.counters?.committedCalls ?? 0) - (before.counters?.committedCalls ?? 0);
+    const callsPerCommit = commits > 0 ? committedCalls / commits : undefined;
+    const grouping = callsPerCommit === undefined ? '' : `; ${commits} commits for ${committedCalls} calls (${callsPerCommit.toFixed(1)} calls per commit)`;
     const file = ctx.saveReport(load.name, report);
     if (report.count !== report.statusCodeDistribution.OK) ctx.log(`${load.name}: errors: ${errorSummary(report)}`);
     const writers = load.tenants * load.writersPerTenant;
@@ -77,7 +81,8 @@ export async function runWrites(ctx: Context, load: WriteLoad): Promise<Row> {
     const conns = (load.connections ?? 1) > 1 ? `, ${load.connections} connections per load` : '';
     const clients = (processes > 1 ? `, ${processes} client processes` : '') + conns;
     return {
-      ...rowOf(load.name, report, `${writers} writers${spread}${clients}${rows}, ${serverFlags(server.args)}; ${cpu}; ${file}`),
+      ...rowOf(load.name, report, `${writers} writers${spread}${clients}${rows}, ${serverFlags(server.args)}; ${cpu}${grouping}; ${file}`),
+      ...(callsPerCommit === undefined ? {} : { callsPerCommit }),
       serverCpuUs: ((after.processMs - before.processMs) * 1000) / report.count,
       clientCpuUs: (clientCpuMs * 1000) / report.count,
     };

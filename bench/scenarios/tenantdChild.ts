@@ -17,6 +17,11 @@ try {
   serveParent(
     { type: 'ready', port: server.port, adminKey: server.adminKey.key, shards: config.shards, pid: process.pid },
     () => server.shutdown(),
+    // What the shards report of their commits (the tenantd.shard.commits / committed_calls metrics).
+    () => ({
+      commits: server.router.shards.reduce((sum, shard) => sum + shard.commits, 0),
+      committedCalls: server.router.shards.reduce((sum, shard) => sum + shard.committedCalls, 0),
+    }),
   );
 } catch (error) {
   failToParent(error);

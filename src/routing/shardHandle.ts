@@ -24,6 +24,7 @@ import {
   type ShardRequest,
   type ShardResponse,
   type ShardResults,
+  type ShardStats,
   type ShardWorkerData,
 } from '../protocol.ts';
 import type { QuotaPageBuffers } from '../quota/layout.ts';
@@ -64,7 +65,11 @@ export class ShardHandle implements ObservedShard {
   /** Event-loop active time of the workers before this one, and of this one at the last look. */
   private retiredBusyMs = 0;
   private lastBusyMs = 0;
-  private openDbs: number | null = null;
+  /** What the live worker last reported; null until it reports. */
+  private stats: ShardStats | null = null;
+  /** Commit counts of the workers before this one. */
+  private retiredCommits = 0;
+  private retiredCommittedCalls = 0;
   /** Requests of this event-loop turn, posted together by flush(). */
   private outbox: (ShardRequest | PackedExecute)[] = [];
   private flushScheduled = false;
@@ -98,7 +103,17 @@ export class ShardHandle implements ObservedShard {
 
   /** Connections the worker holds open, as it last reported; null until it reports. */
   get openDatabases(): number | null {
-    return this.openDbs;
+    return this.stats?.openDatabases ?? null;
+  }
+
+  /** Durable commits of writes, across restarts (as of the worker's last report). */
+  get commits(): number {
+    return this.retiredCommits + (this.stats?.commits ?? 0);
+  }
+
+  /** Calls whose writes those commits carried; `committedCalls / commits` is the mean group size. */
+  get committedCalls(): number {
+    return this.retiredCommittedCalls + (this.stats?.committedCalls ?? 0);
   }
 
   get restartCount(): number {
@@ -186,7 +201,7 @@ export class ShardHandle implements ObservedShard {
 
   private onMessage(message: ShardResponse): void {
     if (message.kind === 'stats') {
-      this.openDbs = message.openDatabases;
+      this.stats = message.stats;
       return;
     }
     const pending = this.pending.get(message.id);
@@ -210,7 +225,11 @@ export class ShardHandle implements ObservedShard {
     this.alive = false;
     this.retiredBusyMs += this.lastBusyMs;
     this.lastBusyMs = 0;
-    if (this.openDbs !== null) this.openDbs = 0;
+    if (this.stats !== null) {
+      this.retiredCommits += this.stats.commits;
+      this.retiredCommittedCalls += this.stats.committedCalls;
+      this.stats = { openDatabases: 0, commits: 0, committedCalls: 0 };
+    }
     // Calls not yet posted are in `pending` too and fail with the rest.
     this.outbox = [];
     for (const [id, pending] of this.pending) {

@@ -32,6 +32,10 @@ export const METRIC_SHARD_QUEUE_DEPTH = 'tenantd.shard.queue_depth';
 export const METRIC_SHARD_BUSY_TIME = 'tenantd.shard.busy_time';
 /** Gauge: database connections a shard holds open. */
 export const METRIC_SHARD_OPEN_DATABASES = 'tenantd.shard.open_databases';
+/** Counter: transactions that wrote and committed in a shard (one sync each under --sync full). */
+export const METRIC_SHARD_COMMITS = 'tenantd.shard.commits';
+/** Counter: calls whose writes those commits carried; more than commits when group commit shares them. */
+export const METRIC_SHARD_COMMITTED_CALLS = 'tenantd.shard.committed_calls';
 /** Gauge, bytes: the size of every tenant database together, as the shards last measured it. */
 export const METRIC_STORAGE_BYTES = 'tenantd.storage.bytes';
 

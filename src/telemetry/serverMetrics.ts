@@ -24,6 +24,8 @@ import {
   METRIC_RPC_IN_FLIGHT,
   METRIC_RPC_SERVER_DURATION,
   METRIC_SHARD_BUSY_TIME,
+  METRIC_SHARD_COMMITS,
+  METRIC_SHARD_COMMITTED_CALLS,
   METRIC_SHARD_OPEN_DATABASES,
   METRIC_SHARD_QUEUE_DEPTH,
   METRIC_STORAGE_BYTES,
@@ -37,6 +39,9 @@ export interface ObservedShard {
   busyMs(): number;
   /** null until the worker has reported it. */
   readonly openDatabases: number | null;
+  /** Durable commits of writes, and the calls they carried, across restarts. */
+  readonly commits: number;
+  readonly committedCalls: number;
 }
 
 export interface MetricSources {
@@ -95,6 +100,14 @@ export class ServerMetrics {
       description: 'Database connections the shard holds open',
       unit: '{database}',
     });
+    const commits = meter.createObservableCounter(METRIC_SHARD_COMMITS, {
+      description: 'Transactions that wrote and committed (one sync each under --sync full)',
+      unit: '{commit}',
+    });
+    const committedCalls = meter.createObservableCounter(METRIC_SHARD_COMMITTED_CALLS, {
+      description: 'Calls whose writes those commits carried; committed_calls / commits is the mean group-commit size',
+      unit: '{call}',
+    });
     const storage = meter.createObservableGauge(METRIC_STORAGE_BYTES, {
       description: 'Size of all tenant databases, as the shards last measured them',
       unit: 'By',
@@ -108,13 +121,15 @@ export class ServerMetrics {
           result.observe(queueDepth, shard.inFlight, attributes);
           result.observe(busyTime, shard.busyMs(), attributes);
           if (shard.openDatabases !== null) result.observe(openDatabases, shard.openDatabases, attributes);
+          result.observe(commits, shard.commits, attributes);
+          result.observe(committedCalls, shard.committedCalls, attributes);
         });
         result.observe(storage, sources.storageBytes());
       } catch {
         // Telemetry never throws; a missed observation shows as a gap.
       }
     };
-    this.observables = [inFlight, queueDepth, busyTime, openDatabases, storage];
+    this.observables = [inFlight, queueDepth, busyTime, openDatabases, commits, committedCalls, storage];
     meter.addBatchObservableCallback(this.observe, this.observables);
   }
 
