@@ -129,7 +129,7 @@ function toWire(request: ShardRequest, error: unknown): WireError {
  * the main thread pays about 4 µs for each message it receives (bench/sql.ts,
  * the dispatch line). An answer must not wait behind work that may be slow,
  * so `held` is posted before a call for a tenant whose database is not open
- * or whose last call ran ≥ 0.5 ms, once its oldest answer has waited 0.5 ms,
+ * or whose recent calls ran ≥ 0.5 ms (recentRunMs), once its oldest answer has waited 0.5 ms,
  * at 64 answers, and whenever the worker has nothing left to run. Answers of
  * calls that wrote, errors and every other op are posted at once, so a
  * worker that dies never takes an acknowledged write's answer with it.
@@ -138,8 +138,17 @@ const HOLD_MS = 0.5;
 const MAX_HELD = 64;
 let held: (PackedResult | ShardResponse)[] = [];
 let heldSince = 0;
-/** How long each open tenant's last call ran, in ms. */
-const lastRunMs = new WeakMap<TenantDb, number>();
+/**
+ * How slow each open tenant's calls have been lately, in ms: the longest of
+ * its recent calls, halved with each call after it, so a tenant cannot hide
+ * a slow call behind one quick one.
+ */
+const recentRunMs = new WeakMap<TenantDb, number>();
+
+function noteRun(tenantId: string, ms: number): void {
+  const db = pool.peek(tenantId);
+  if (db !== undefined) recentRunMs.set(db, Math.max(ms, (recentRunMs.get(db) ?? 0) / 2));
+}
 
 function flushHeld(): void {
   if (held.length === 0) return;
@@ -167,8 +176,8 @@ function hold(answer: PackedResult): void {
 function beforeRun(request: ShardRequest): void {
   if (held.length === 0) return;
   const db = pool.peek(request.tenantId);
-  const last = db === undefined ? undefined : lastRunMs.get(db);
-  if (last === undefined || last >= HOLD_MS || performance.now() - heldSince >= HOLD_MS) flushHeld();
+  const recent = db === undefined ? undefined : recentRunMs.get(db);
+  if (recent === undefined || recent >= HOLD_MS || performance.now() - heldSince >= HOLD_MS) flushHeld();
 }
 
 function answer(request: ShardRequest): void {
@@ -177,13 +186,12 @@ function answer(request: ShardRequest): void {
   try {
     result = withShardSpan(request, () => handle(request));
   } catch (error) {
-    const failed = pool.peek(request.tenantId);
-    if (failed !== undefined) lastRunMs.set(failed, performance.now() - start);
+    noteRun(request.tenantId, performance.now() - start);
     post({ id: request.id, kind: 'error', error: toWire(request, error) });
     return;
   }
+  noteRun(request.tenantId, performance.now() - start);
   const db = pool.peek(request.tenantId);
-  if (db !== undefined) lastRunMs.set(db, performance.now() - start);
   // An Execute or Batch that wrote committed on its own (no group around it).
   const wrote = db !== undefined && isWrite(request) && db.takeWrote();
   if (wrote) countCommit(1);
@@ -290,6 +298,7 @@ function drain(initial: ShardRequest): void {
     }
     const groupStart = shardClock();
     const { outcomes, leftover } = runGroup(db, request, next, takeQueued);
+    noteRun(request.tenantId, shardClock() - groupStart);
     reportGroupSpans(outcomes, groupStart);
     answerGroup(db, outcomes);
     pending = leftover;
