@@ -112,14 +112,23 @@ CREATE TABLE IF NOT EXISTS migration_failures (
 const NO_LABELS: Record<string, string> = Object.freeze({}) as Record<string, string>;
 const NO_OVERRIDES: QuotaOverrides = Object.freeze({}) as QuotaOverrides;
 
+/** Plan names and states repeat across every row: one string each, not one per tenant. */
+const shared = new Map<string, string>();
+function sharedString<T extends string>(value: T): T {
+  const known = shared.get(value);
+  if (known !== undefined) return known as T;
+  if (shared.size < 1_000) shared.set(value, value);
+  return value;
+}
+
 function toTenant(row: TenantRow): TenantRecord {
   return {
     tenantId: row.tenant_id,
     displayName: row.display_name,
     labels: row.labels === '{}' ? NO_LABELS : (JSON.parse(row.labels) as Record<string, string>),
-    plan: row.plan,
+    plan: sharedString(row.plan),
     quotas: row.quotas === '{}' ? NO_OVERRIDES : (JSON.parse(row.quotas) as QuotaOverrides),
-    state: row.state,
+    state: sharedString(row.state),
     createTime: row.create_time,
     updateTime: row.update_time,
     etag: row.etag,
