@@ -41,6 +41,8 @@ export interface CallLimits {
   slot: number;
 }
 
+export type MaintenanceOperation = 'VACUUM' | 'ANALYZE' | 'OPTIMIZE' | 'INTEGRITY_CHECK';
+
 export interface MigrationStep {
   version: number;
   migrationId: string;
@@ -69,6 +71,15 @@ export type ShardRequest =
   | (RequestBase & { op: 'migrate'; migrations: MigrationStep[] })
   /** Writes a consistent copy of the tenant's database to `file` (which must not exist). */
   | (RequestBase & { op: 'snapshot'; file: string })
+  /**
+   * Puts the database file `file` (a restored backup, under the data
+   * directory) in the tenant's place, replacing its current database if it
+   * has one, checks it with integrity_check and applies the migrations above
+   * its version. On any failure the tenant keeps what it had.
+   */
+  | (RequestBase & { op: 'restore'; file: string; migrations: MigrationStep[] })
+  /** VACUUM, ANALYZE, OPTIMIZE or INTEGRITY_CHECK on the tenant's database; `slot` to record a new size. */
+  | (RequestBase & { op: 'maintain'; operation: MaintenanceOperation; slot: number })
   | (RequestBase & { op: 'drop' })
   /** Closes every database; the worker is terminated after it answers. */
   | (RequestBase & { op: 'shutdown' })
@@ -180,6 +191,8 @@ export interface ShardResults {
   query: { rowCount: number };
   create: { schemaVersion: number };
   snapshot: { bytes: number };
+  restore: { schemaVersion: number };
+  maintain: { ok: boolean; message: string };
   migrate: { schemaVersion: number };
   drop: { removed: boolean };
   shutdown: { closed: number };

@@ -21,6 +21,8 @@ import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
 import { createAdmit } from './grpc/admit.ts';
 import { usageService } from './grpc/usageService.ts';
+import { backupService } from './grpc/backupService.ts';
+import { Backups } from './tenants/backups.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
@@ -97,6 +99,7 @@ export async function startServer(
   const router = new ShardRouter(shards);
   const migrator = new Migrator(catalog, registry, router, logger);
   const manager = new TenantManager(catalog, registry, router, auth, dataDir);
+  const backups = new Backups(dataDir, catalog, registry, router);
   if (config.tenantsFile) {
     try {
       await bootstrapTenants(config.tenantsFile, manager, catalog, logger);
@@ -127,6 +130,7 @@ export async function startServer(
   server.addService(loaded.tenantd.v1.TenantService!.service, {
     ...tenantService(access, manager, catalog, observer.service('tenantd.v1.TenantService')),
     ...usageService(access, manager, table, admitter, dataDir, observer.service('tenantd.v1.TenantService')),
+    ...backupService(access, manager, backups, observer.service('tenantd.v1.TenantService')),
   });
   const admit = createAdmit(admitter, registry, metrics);
   server.addService(

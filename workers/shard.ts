@@ -96,6 +96,14 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
       pool.get(request.tenantId).snapshot(request.file);
       return { bytes: 0 };
     }
+    case 'restore':
+      return { schemaVersion: pool.restore(request.tenantId, request.file, request.migrations) };
+    case 'maintain': {
+      const db = pool.get(request.tenantId);
+      const outcome = db.maintain(request.operation);
+      record(db, request.slot, 0, 0);
+      return outcome;
+    }
     case 'drop':
       return { removed: pool.remove(request.tenantId) };
     case 'shutdown':

@@ -17,6 +17,7 @@ import type { WireError } from '../src/errors.ts';
 import type {
   CallLimits,
   ColumnInfo,
+  MaintenanceOperation,
   ExecuteResult,
   MigrationStep,
   QueryChunk,
@@ -225,6 +226,40 @@ export class TenantDb {
       version = step.version;
     }
     return version;
+  }
+
+  /** What PRAGMA integrity_check finds, at most `limit` lines; empty when the database is sound. */
+  integrityProblems(limit = 20): string[] {
+    const rows = this.db.prepare(`PRAGMA integrity_check(${Math.max(1, Math.floor(limit))})`).pluck().all() as string[];
+    return rows.length === 1 && rows[0] === 'ok' ? [] : rows;
+  }
+
+  /**
+   * An operator's maintenance, with the guard off and no deadline (it is not
+   * tenant SQL). Returns whether the database is sound (INTEGRITY_CHECK; the
+   * others true) and a line to report.
+   */
+  maintain(operation: MaintenanceOperation): { ok: boolean; message: string } {
+    switch (operation) {
+      case 'VACUUM': {
+        const before = this.sizeBytes();
+        this.db.exec('VACUUM');
+        this.sizeChanged = true;
+        return { ok: true, message: `vacuumed: ${before} -> ${this.sizeBytes()} bytes` };
+      }
+      case 'ANALYZE':
+        this.db.exec('ANALYZE');
+        this.schemaChanged();
+        return { ok: true, message: 'analyzed' };
+      case 'OPTIMIZE':
+        this.db.exec('PRAGMA optimize');
+        this.schemaChanged();
+        return { ok: true, message: 'optimized' };
+      case 'INTEGRITY_CHECK': {
+        const problems = this.integrityProblems();
+        return problems.length === 0 ? { ok: true, message: 'ok' } : { ok: false, message: problems.join('; ') };
+      }
+    }
   }
 
   /** Writes a consistent copy of the database to `file` (VACUUM INTO reads one snapshot). */

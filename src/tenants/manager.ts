@@ -227,9 +227,84 @@ export class TenantManager {
     return live;
   }
 
+  /**
+   * The storage_bytes a restore into `tenantId` may bring: the tenant's own
+   * quota when it exists, else what `fields` would give a new tenant; -1 is
+   * unlimited.
+   */
+  restoreLimit(tenantId: string, fields: TenantFields | null): number {
+    const live = this.registry.get(tenantId);
+    if (live && !live.deleting) return live.quotas.storageBytes;
+    const record = { plan: fields?.plan ?? '', quotas: fields?.quotas ?? emptyOverrides() } as TenantRecord;
+    return this.registry.effectiveQuotas(record).storageBytes;
+  }
+
+  /**
+   * Puts a backup (`file`, a database under the data directory, taken over
+   * by the shard) in place: a new tenant with `fields` and no API key yet, or
+   * the database of a SUSPENDED tenant, whose record, keys and quotas stay.
+   * The shard checks the file (integrity_check) and migrates it before the
+   * tenant uses it; if that fails, an existing tenant keeps its database.
+   */
+  async restore(tenantId: string, fields: TenantFields | null, file: string): Promise<LiveTenant> {
+    checkTenantId(tenantId, 'header.tenant_id');
+    if (this.creating.has(tenantId)) {
+      throw new TenantdError(Status.ABORTED, 'TENANT_BUSY', `tenants/${tenantId} is being created or restored; retry`, {
+        metadata: { tenant: tenantId },
+      });
+    }
+    const existing = this.registry.get(tenantId);
+    const migrations = this.catalog.migrations().map((m) => ({ version: m.version, migrationId: m.migrationId, sql: m.sql }));
+    const shard = this.router.forTenant(tenantId);
+    this.creating.add(tenantId);
+    try {
+      if (existing && !existing.deleting) {
+        if (existing.record.state !== 'SUSPENDED') {
+          throw new TenantdError(
+            Status.FAILED_PRECONDITION,
+            'TENANT_ACTIVE',
+            `tenants/${tenantId} is active; suspend it before restoring over it`,
+            { metadata: { tenant: tenantId } },
+          );
+        }
+        await this.registry.waitIdle(existing, SUSPEND_WAIT_MS);
+        const { schemaVersion } = await shard.call({ op: 'restore', tenantId, file, migrations });
+        const next: TenantRecord = { ...existing.record, schemaVersion, updateTime: Date.now(), etag: newEtag() };
+        this.catalog.updateTenant(next);
+        return this.registry.put(next);
+      }
+      if (existing) throw new TenantdError(Status.ABORTED, 'TENANT_BUSY', `tenants/${tenantId} is being deleted; retry`);
+      const newFields = fields ?? { displayName: '', labels: {}, plan: '', quotas: emptyOverrides() };
+      this.validateFields(newFields, 'header.tenant');
+      const { schemaVersion } = await shard.call({ op: 'restore', tenantId, file, migrations });
+      const now = Date.now();
+      const record: TenantRecord = {
+        tenantId,
+        ...newFields,
+        state: 'ACTIVE',
+        createTime: now,
+        updateTime: now,
+        etag: newEtag(),
+        schemaVersion,
+      };
+      try {
+        this.catalog.insertTenant(record);
+      } catch (error) {
+        await shard.call({ op: 'drop', tenantId }).catch(() => undefined);
+        throw error;
+      }
+      return this.registry.put(record);
+    } finally {
+      this.creating.delete(tenantId);
+    }
+  }
+
   async delete(tenantId: string, force: boolean, etag: string): Promise<void> {
     const live = this.get(tenantId);
     this.checkEtag(live, etag);
+    if (this.creating.has(tenantId)) {
+      throw new TenantdError(Status.ABORTED, 'TENANT_BUSY', `tenants/${tenantId} is being restored; retry`, { metadata: { tenant: tenantId } });
+    }
     if (live.record.state === 'ACTIVE' && !force) {
       throw new TenantdError(
         Status.FAILED_PRECONDITION,

@@ -140,6 +140,17 @@ export class TestClient {
     });
   }
 
+  /** A client stream: writes `messages` in order, ends, and resolves with the response. */
+  clientStream<T = any>(service: string, method: string, messages: unknown[], options: CallOptions = {}): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const call = (this.client(service) as any)[method](this.metadata(options), (error: grpc.ServiceError | null, response: T) =>
+        error ? reject(new RpcError(decodeStatus(error))) : resolve(response),
+      ) as grpc.ClientWritableStream<unknown>;
+      for (const message of messages) call.write(message);
+      call.end();
+    });
+  }
+
   /** The status a call failed with; throws if it succeeded. */
   async failure(service: string, method: string, request: unknown, options: CallOptions = {}): Promise<DecodedStatus> {
     try {

@@ -1,0 +1,99 @@
+/**
+ * Backups, restores and maintenance: the front end's side. A tenant's shard
+ * writes its snapshots and takes restored files over (only that thread ever
+ * opens the tenant's database); the front end streams the bytes, in files
+ * under `<data-dir>/tmp/`, which is emptied at start.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { MaintenanceOperation } from '../protocol.ts';
+import type { ShardRouter } from '../routing/shardRouter.ts';
+import type { TenantRegistry } from './registry.ts';
+
+export interface MaintenanceResult {
+  tenantId: string;
+  ok: boolean;
+  message: string;
+}
+
+export class Backups {
+  readonly tmpDir: string;
+
+  constructor(
+    dataDir: string,
+    private readonly catalog: Catalog,
+    private readonly registry: TenantRegistry,
+    private readonly router: ShardRouter,
+  ) {
+    this.tmpDir = join(dataDir, 'tmp');
+    mkdirSync(this.tmpDir, { recursive: true });
+    // Left by a stream or a snapshot that a crash cut short.
+    for (const name of readdirSync(this.tmpDir)) rmSync(join(this.tmpDir, name), { recursive: true, force: true });
+  }
+
+  shardOf(tenantId: string): number {
+    return this.router.forTenant(tenantId).index;
+  }
+
+  /** A fresh path in the temporary directory (nothing is created). */
+  tmpFile(kind: 'backup' | 'restore'): string {
+    return join(this.tmpDir, `${kind}-${randomUUID()}.sqlite`);
+  }
+
+  /** A consistent copy of the tenant's database, written by its shard; the caller removes it. */
+  async snapshot(tenantId: string): Promise<string> {
+    const file = this.tmpFile('backup');
+    try {
+      await this.router.forTenant(tenantId).call({ op: 'snapshot', tenantId, file });
+    } catch (error) {
+      rmSync(file, { force: true });
+      throw error;
+    }
+    return file;
+  }
+
+  /**
+   * Runs `operation` on each tenant (every tenant in the catalog when
+   * `tenantIds` is null), the shards in parallel and each shard's tenants
+   * one after another, calling `progress` as each one finishes. Stops
+   * starting new ones once `stopped()` says so.
+   */
+  async maintain(
+    operation: MaintenanceOperation,
+    tenantIds: string[] | null,
+    progress: (result: MaintenanceResult, done: number, total: number) => void,
+    stopped: () => boolean,
+  ): Promise<void> {
+    const ids = tenantIds ?? Array.from(this.catalog.eachTenant(), (r) => r.tenantId);
+    const byShard = new Map<number, string[]>();
+    for (const tenantId of ids) {
+      const shard = this.router.forTenant(tenantId).index;
+      let list = byShard.get(shard);
+      if (!list) byShard.set(shard, (list = []));
+      list.push(tenantId);
+    }
+    let done = 0;
+    await Promise.all(
+      [...byShard.values()].map(async (tenants) => {
+        for (const tenantId of tenants) {
+          if (stopped()) return;
+          const live = this.registry.get(tenantId);
+          let result: MaintenanceResult;
+          if (!live || live.deleting) {
+            result = { tenantId, ok: false, message: 'the tenant was deleted' };
+          } else {
+            try {
+              const outcome = await this.router.forTenant(tenantId).call({ op: 'maintain', tenantId, operation, slot: live.slot.slot });
+              result = { tenantId, ...outcome };
+            } catch (error) {
+              result = { tenantId, ok: false, message: (error as Error).message };
+            }
+          }
+          progress(result, ++done, ids.length);
+        }
+      }),
+    );
+  }
+}
