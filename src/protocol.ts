@@ -41,6 +41,17 @@ export interface CallLimits {
   slot: number;
 }
 
+/** An event as the log keeps it. `time` is epoch ms. */
+export interface LogEvent {
+  position: bigint;
+  type: string;
+  data: Uint8Array;
+  metadata: Record<string, string>;
+  time: number;
+}
+
+export type NewEvent = Omit<LogEvent, 'position'>;
+
 export type MaintenanceOperation = 'VACUUM' | 'ANALYZE' | 'OPTIMIZE' | 'INTEGRITY_CHECK';
 
 export interface MigrationStep {
@@ -78,6 +89,14 @@ export type ShardRequest =
    * its version. On any failure the tenant keeps what it had.
    */
   | (RequestBase & { op: 'restore'; file: string; migrations: MigrationStep[] })
+  /**
+   * Appends to the tenant's event log in one transaction; with
+   * `expectedPosition`, only if the log's last position is that. Events older
+   * than `retentionMs` (when > 0) are removed in the same transaction.
+   */
+  | (RequestBase & { op: 'appendEvents'; limits: CallLimits; events: NewEvent[]; expectedPosition: bigint | null; retentionMs: number })
+  /** Up to `limit` events from `fromPosition`, only `types` when not empty. */
+  | (RequestBase & { op: 'readEvents'; limits: CallLimits; fromPosition: bigint; limit: number; types: string[] })
   /** VACUUM, ANALYZE, OPTIMIZE or INTEGRITY_CHECK on the tenant's database; `slot` to record a new size. */
   | (RequestBase & { op: 'maintain'; operation: MaintenanceOperation; slot: number })
   | (RequestBase & { op: 'drop' })
@@ -192,6 +211,8 @@ export interface ShardResults {
   create: { schemaVersion: number };
   snapshot: { bytes: number };
   restore: { schemaVersion: number };
+  appendEvents: { positions: bigint[] };
+  readEvents: { events: LogEvent[]; nextPosition: bigint };
   maintain: { ok: boolean; message: string };
   migrate: { schemaVersion: number };
   drop: { removed: boolean };

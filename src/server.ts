@@ -22,6 +22,8 @@ import { Admitter } from './quota/admission.ts';
 import { createAdmit } from './grpc/admit.ts';
 import { usageService } from './grpc/usageService.ts';
 import { backupService } from './grpc/backupService.ts';
+import { eventService } from './grpc/eventService.ts';
+import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
@@ -35,7 +37,7 @@ import { startHttpHealth, type MetricsHandler } from './httpHealth.ts';
 import { RpcObserver } from './grpc/rpcObserver.ts';
 import { ServerMetrics } from './telemetry/serverMetrics.ts';
 
-const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService'];
+const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService', 'tenantd.v1.EventService'];
 
 /** Messages up to 16 MiB in: large Batch calls and blobs; SQLite's own limit is 16 MiB per value. */
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -98,7 +100,8 @@ export async function startServer(
   shardsForPages = shards;
   const router = new ShardRouter(shards);
   const migrator = new Migrator(catalog, registry, router, logger);
-  const manager = new TenantManager(catalog, registry, router, auth, dataDir);
+  const hub = new EventHub();
+  const manager = new TenantManager(catalog, registry, router, auth, dataDir, hub);
   const backups = new Backups(dataDir, catalog, registry, router);
   if (config.tenantsFile) {
     try {
@@ -137,6 +140,7 @@ export async function startServer(
     loaded.tenantd.v1.SqlService!.service,
     sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService')),
   );
+  server.addService(loaded.tenantd.v1.EventService!.service, eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')));
   server.addService(
     loaded.tenantd.v1.SchemaService!.service,
     schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
@@ -175,6 +179,8 @@ export async function startServer(
       logger.info('draining', { drainTimeoutMs: config.drainTimeoutMs });
       health.setServing(false);
       health.endWatches();
+      // Subscriptions never end on their own: end them so the drain can finish.
+      hub.endAll('shutdown');
       await new Promise<void>((done) => {
         const timer = setTimeout(() => {
           logger.warn('drain timed out; cancelling calls in flight');

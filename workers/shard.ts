@@ -98,6 +98,18 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
     }
     case 'restore':
       return { schemaVersion: pool.restore(request.tenantId, request.file, request.migrations) };
+    case 'appendEvents': {
+      const db = pool.get(request.tenantId);
+      const positions = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits);
+      record(db, request.limits.slot, 0, positions.length);
+      return { positions };
+    }
+    case 'readEvents': {
+      const db = pool.get(request.tenantId);
+      const read = db.readEvents(request.fromPosition, request.limit, request.types, request.limits);
+      record(db, request.limits.slot, read.events.length, 0);
+      return read;
+    }
     case 'maintain': {
       const db = pool.get(request.tenantId);
       const outcome = db.maintain(request.operation);

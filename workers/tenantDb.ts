@@ -17,7 +17,9 @@ import type { WireError } from '../src/errors.ts';
 import type {
   CallLimits,
   ColumnInfo,
+  LogEvent,
   MaintenanceOperation,
+  NewEvent,
   ExecuteResult,
   MigrationStep,
   QueryChunk,
@@ -226,6 +228,108 @@ export class TenantDb {
       version = step.version;
     }
     return version;
+  }
+
+  // ---- the event log: _tenantd_events, which tenant SQL cannot touch ----
+
+  /**
+   * Appends `events` in one transaction and returns their positions. The
+   * last position given is kept in _tenantd_meta (not in sqlite_sequence,
+   * which tenant SQL may write), so positions start at 1 and never repeat,
+   * not even after old events are removed. With `expected`, nothing is
+   * written unless the log's last position is it.
+   */
+  appendEvents(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, limits: CallLimits): bigint[] {
+    return this.eventsCall(limits, () => {
+      this.ensureEventLog();
+      this.sizeChanged = true;
+      return this.db.transaction(() => {
+        const last = this.lastEventPosition();
+        if (expected !== null && expected !== last) {
+          throw new ShardError({
+            code: Status.ABORTED,
+            reason: 'POSITION_MISMATCH',
+            message: `the log's last position is ${last}, not the expected ${expected}; nothing was written`,
+            metadata: { expected_position: String(expected), last_position: String(last) },
+          });
+        }
+        if (retentionMs > 0) this.db.prepare('DELETE FROM _tenantd_events WHERE time < ?').run(Date.now() - retentionMs);
+        const insert = this.db.prepare('INSERT INTO _tenantd_events (position, type, data, metadata, time) VALUES (?, ?, ?, ?, ?)');
+        const positions = events.map((e, i) => {
+          const position = last + BigInt(i + 1);
+          insert.run(position, e.type, e.data, JSON.stringify(e.metadata), e.time);
+          return position;
+        });
+        this.db
+          .prepare("INSERT INTO _tenantd_meta (key, value) VALUES ('events_last_position', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+          .run(last + BigInt(events.length));
+        return positions;
+      }).immediate();
+    });
+  }
+
+  /** Up to `limit` events from `from` (only `types`, when given) and where the next read starts. */
+  readEvents(from: bigint, limit: number, types: readonly string[], limits: CallLimits): { events: LogEvent[]; nextPosition: bigint } {
+    return this.eventsCall(limits, () => {
+      if (!this.hasEventLog()) return { events: [], nextPosition: from < 1n ? 1n : from };
+      const rows = (
+        types.length === 0
+          ? this.db.prepare('SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? ORDER BY position LIMIT ?').raw(true).all(from, limit)
+          : this.db
+              .prepare(
+                'SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?',
+              )
+              .raw(true)
+              .all(from, JSON.stringify(types), limit)
+      ) as [bigint, string, Uint8Array, string, bigint][];
+      const events = rows.map(([position, type, data, metadata, time]) => ({
+        position,
+        type,
+        data,
+        metadata: JSON.parse(metadata) as Record<string, string>,
+        time: Number(time),
+      }));
+      // A short page read everything there is: the next read starts after the last position ever given.
+      const nextPosition = events.length === limit ? events.at(-1)!.position + 1n : bigMax(from, this.lastEventPosition() + 1n);
+      return { events, nextPosition };
+    });
+  }
+
+  private eventLog = false;
+
+  private hasEventLog(): boolean {
+    this.eventLog ||= this.db.prepare("SELECT 1 FROM sqlite_schema WHERE name = '_tenantd_events'").get() !== undefined;
+    return this.eventLog;
+  }
+
+  private ensureEventLog(): void {
+    if (this.hasEventLog()) return;
+    this.db.exec(`CREATE TABLE IF NOT EXISTS _tenantd_events (
+      position INTEGER PRIMARY KEY,
+      type TEXT NOT NULL,
+      data BLOB NOT NULL,
+      metadata TEXT NOT NULL,
+      time INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX IF NOT EXISTS _tenantd_events_time ON _tenantd_events (time);`);
+    this.eventLog = true;
+    this.schemaChanged();
+  }
+
+  private lastEventPosition(): bigint {
+    const last = this.db.prepare("SELECT value FROM _tenantd_meta WHERE key = 'events_last_position'").pluck().get() as bigint | undefined;
+    return last ?? 0n;
+  }
+
+  /** The service's own statements: the guard stays off, the storage quota holds, SQLite errors map as for SQL. */
+  private eventsCall<T>(limits: CallLimits, body: () => T): T {
+    this.applyStorageLimit(limits.storageLimitBytes);
+    try {
+      return body();
+    } catch (error) {
+      if (error instanceof ShardError) throw error;
+      throw new ShardError(toWireError(error, this.failure('events', limits, null, false)));
+    }
   }
 
   /** What PRAGMA integrity_check finds, at most `limit` lines; empty when the database is sound. */
@@ -505,4 +609,8 @@ const PLAIN_DML = /^\s*(INSERT|UPDATE|DELETE|REPLACE)\b/i;
 
 function describeColumns(statement: Database.Statement): ColumnInfo[] {
   return statement.columns().map((c) => ({ name: c.name, declType: c.type ?? '' }));
+}
+
+function bigMax(a: bigint, b: bigint): bigint {
+  return a > b ? a : b;
 }

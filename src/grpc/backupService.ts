@@ -5,7 +5,6 @@
  * database), RunMaintenance streams a line per tenant as each finishes.
  */
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { status as Status, type ServerReadableStream, type ServerWritableStream } from '@grpc/grpc-js';
 import { TenantdError, invalidArgument } from '../errors.ts';
@@ -13,7 +12,7 @@ import type { MaintenanceOperation } from '../protocol.ts';
 import type { Backups } from '../tenants/backups.ts';
 import type { TenantManager } from '../tenants/manager.ts';
 import type { Access } from './access.ts';
-import { clientStream, serverStream, type Handlers } from './handlers.ts';
+import { clientStream, serverStream, whenWritable, type Handlers } from './handlers.ts';
 import type { ServiceObserver } from './rpcObserver.ts';
 import { fieldsFromProto, parseTenantName, tenantToProto, timestamp, type ProtoTenant } from './tenantMessages.ts';
 
@@ -33,16 +32,6 @@ interface BackupChunk {
 type RestorePart =
   | { part: 'header'; header: { tenant_id: string; tenant: ProtoTenant | null; sha256: string } }
   | { part: 'chunk'; chunk: Buffer };
-
-/** Resolves once the stream can take more, or once the client has gone (then `call.cancelled`). */
-async function writable(call: ServerWritableStream<unknown, unknown>): Promise<void> {
-  const ac = new AbortController();
-  try {
-    await Promise.race([once(call, 'drain', { signal: ac.signal }), once(call, 'cancelled', { signal: ac.signal })]);
-  } finally {
-    ac.abort();
-  }
-}
 
 export function backupService(access: Access, manager: TenantManager, backups: Backups, service: ServiceObserver): Handlers {
   return {
@@ -78,7 +67,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
               sha256: last ? hash.digest('hex') : '',
             });
             offset += bytesRead;
-            if (!more && !last) await writable(call);
+            if (!more && !last) await whenWritable(call);
           }
         } finally {
           await handle?.close();
@@ -169,7 +158,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
             writes = writes.then(async () => {
               if (call.cancelled) return;
               const more = call.write({ tenant: `tenants/${result.tenantId}`, ok: result.ok, message: result.message, done: String(done), total: String(total), time: timestamp(Date.now()) });
-              if (!more) await writable(call);
+              if (!more) await whenWritable(call);
             });
           },
           () => call.cancelled,

@@ -4,6 +4,7 @@
  * errors become statuses, and every call is observed: span, metrics, access
  * log and `x-request-id`, started before the handler runs and ended once.
  */
+import { once } from 'node:events';
 import {
   Metadata,
   type ServerUnaryCall,
@@ -101,4 +102,16 @@ export function remainingMs(call: { getDeadline(): Date | number }): number {
   const deadline = call.getDeadline();
   const at = deadline instanceof Date ? deadline.getTime() : deadline;
   return Number.isFinite(at) ? at - Date.now() : Infinity;
+}
+
+/** Resolves once a server stream can take more writes, or once its client has gone (then `call.cancelled`). */
+export async function whenWritable(call: ServerWritableStream<unknown, unknown>): Promise<void> {
+  const ac = new AbortController();
+  try {
+    await Promise.race([once(call, 'drain', { signal: ac.signal }), once(call, 'cancelled', { signal: ac.signal })]);
+  } catch (error) {
+    if ((error as Error).name !== 'AbortError') throw error;
+  } finally {
+    ac.abort();
+  }
 }

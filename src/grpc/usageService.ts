@@ -29,7 +29,7 @@ function toProto(name: string, usage: Usage) {
     errors_by_code: Object.fromEntries(Object.entries(usage.errorsByCode).map(([k, v]) => [k, String(v)])),
     rows_read_total: usage.rowsReadTotal.toString(),
     rows_written_total: usage.rowsWrittenTotal.toString(),
-    events_total: '0',
+    events_total: String(usage.eventsTotal),
     storage_bytes: String(usage.storageBytes),
     latency_p50_ms: usage.latencyMs.p50,
     latency_p95_ms: usage.latencyMs.p95,

@@ -19,6 +19,8 @@ export interface Usage {
   errorsByCode: Record<string, number>;
   rowsReadTotal: bigint;
   rowsWrittenTotal: bigint;
+  /** Events appended since the server started (kept by the front end, not persisted). */
+  eventsTotal: number;
   storageBytes: number;
   latencyMs: { p50: number; p95: number; p99: number };
 }
@@ -54,6 +56,7 @@ export function tenantUsage(live: LiveTenant, table: QuotaTable, admitter: Admit
     errorsByCode: Object.fromEntries(live.errorsByCode ?? []),
     rowsReadTotal: totals.rowsRead,
     rowsWrittenTotal: totals.rowsWritten,
+    eventsTotal: live.eventsTotal,
     storageBytes,
     latencyMs: { p50: p50!, p95: p95!, p99: p99! },
   };

@@ -15,6 +15,7 @@ import type { Authenticator } from '../auth/authenticator.ts';
 import { generateKey } from '../auth/keys.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { LiveTenant, TenantRegistry } from './registry.ts';
+import type { EventHub } from '../events/hub.ts';
 
 export const TENANT_ID_PATTERN = /^[a-z][a-z0-9_-]{0,62}$/;
 
@@ -74,6 +75,8 @@ export class TenantManager {
     private readonly router: ShardRouter,
     private readonly auth: Authenticator,
     private readonly dataDir: string,
+    /** Event subscriptions, ended when their tenant is suspended or deleted. */
+    private readonly hub: EventHub | null = null,
   ) {}
 
   get(tenantId: string): LiveTenant {
@@ -223,7 +226,10 @@ export class TenantManager {
       this.catalog.updateTenant(next);
       this.registry.put(next);
     }
-    if (state === 'SUSPENDED') await this.registry.waitIdle(live, SUSPEND_WAIT_MS);
+    if (state === 'SUSPENDED') {
+      this.hub?.endAll('suspended', tenantId);
+      await this.registry.waitIdle(live, SUSPEND_WAIT_MS);
+    }
     return live;
   }
 
@@ -318,6 +324,7 @@ export class TenantManager {
     // counter also covers calls still between admission and dispatch.
     live.deleting = true;
     this.auth.evictTenant(tenantId);
+    this.hub?.endAll('deleted', tenantId);
     await this.registry.waitIdle(live, DELETE_WAIT_MS);
     try {
       await this.router.forTenant(tenantId).call({ op: 'drop', tenantId });

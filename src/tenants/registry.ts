@@ -21,6 +21,8 @@ export interface LiveTenant {
   /** Created on the tenant's first call. */
   latency: LatencyWindow | null;
   errorsByCode: Map<string, number> | null;
+  /** Events appended since the server started. */
+  eventsTotal: number;
 }
 
 export class TenantRegistry {
@@ -52,7 +54,7 @@ export class TenantRegistry {
       live.record = record;
       live.quotas = quotas;
     } else {
-      live = { record, quotas, slot: this.table.allocate(), deleting: false, idleWaiters: null, latency: null, errorsByCode: null };
+      live = { record, quotas, slot: this.table.allocate(), deleting: false, idleWaiters: null, latency: null, errorsByCode: null, eventsTotal: 0 };
       this.tenants.set(record.tenantId, live);
     }
     // Takes effect on the next admission: there is no other copy of the limits.

@@ -140,6 +140,11 @@ export class TestClient {
     });
   }
 
+  /** A server stream to read as it goes (and cancel): the grpc-js call itself. */
+  openStream<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): grpc.ClientReadableStream<T> {
+    return (this.client(service) as any)[method](request, this.metadata(options)) as grpc.ClientReadableStream<T>;
+  }
+
   /** A client stream: writes `messages` in order, ends, and resolves with the response. */
   clientStream<T = any>(service: string, method: string, messages: unknown[], options: CallOptions = {}): Promise<T> {
     return new Promise((resolve, reject) => {

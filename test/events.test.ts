@@ -1,0 +1,198 @@
+/**
+ * EventService against a real server: positions, optimistic appends,
+ * reads with filters, retention that never reuses a position, isolation
+ * from tenant SQL and other tenants, and Subscribe (backlog, then live).
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { status } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RpcError, decodeStatus, startTestServer, type DecodedStatus, type TestServer } from './support/server.ts';
+
+let t: TestServer;
+const admin = () => ({ key: t.adminKey });
+const UNLIMITED = { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1', concurrent_requests: '-1' } };
+
+beforeAll(async () => {
+  t = await startTestServer({ shards: 2 });
+});
+afterAll(() => t.stop());
+
+const event = (type: string, text: string, metadata: Record<string, string> = {}) => ({ type, data: Buffer.from(text), metadata });
+
+function append(key: string, events: object[], expected?: number): Promise<{ positions: string[] }> {
+  return t.client.call('EventService', 'Append', { events, ...(expected === undefined ? {} : { expected_position: String(expected) }) }, { key });
+}
+
+function read(key: string, from: number, limit = 0, types: string[] = []): Promise<{ events: any[]; next_position: string }> {
+  return t.client.call('EventService', 'Read', { from_position: String(from), limit, types }, { key });
+}
+
+async function failure(promise: Promise<unknown>): Promise<DecodedStatus> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof RpcError) return error.status;
+    throw error;
+  }
+  throw new Error('the call succeeded but was expected to fail');
+}
+
+/** Collects a subscription's events until `count` arrived; `then` runs once it is streaming. */
+function collect(stream: grpc.ClientReadableStream<any>, count: number): Promise<any[]> {
+  const got: any[] = [];
+  return new Promise((resolve, reject) => {
+    stream.on('data', (e) => {
+      got.push(e);
+      if (got.length === count) resolve(got);
+    });
+    stream.on('error', (error: grpc.ServiceError) => reject(new RpcError(decodeStatus(error))));
+    stream.on('end', () => resolve(got));
+  });
+}
+
+describe('Append and Read', () => {
+  it('gives positions from 1 and reads events back with their data, metadata and time', async () => {
+    const key = await t.createTenant('log', UNLIMITED);
+    // An explicit time (well inside the plan's event retention).
+    const tenMinutesAgo = String(Math.floor(Date.now() / 1000) - 600);
+    const at = { seconds: tenMinutesAgo, nanos: 250_000_000 };
+    const first = await append(key, [event('created', 'a', { by: 'ada' }), { ...event('paid', 'b'), time: at }]);
+    expect(first.positions).toEqual(['1', '2']);
+    expect((await append(key, [event('shipped', 'c')])).positions).toEqual(['3']);
+
+    const all = await read(key, 1);
+    expect(all.events.map((e) => [e.position, e.type, e.data.toString()])).toEqual([
+      ['1', 'created', 'a'],
+      ['2', 'paid', 'b'],
+      ['3', 'shipped', 'c'],
+    ]);
+    expect(all.events[0].metadata).toEqual({ by: 'ada' });
+    expect(all.events[1].time).toMatchObject({ seconds: tenMinutesAgo, nanos: 250_000_000 });
+    expect(Math.abs(Number(all.events[0].time.seconds) * 1000 - Date.now())).toBeLessThan(60_000);
+    expect(all.next_position).toBe('4');
+
+    const page = await read(key, 2, 1);
+    expect(page.events.map((e) => e.position)).toEqual(['2']);
+    expect(page.next_position).toBe('3');
+    const paid = await read(key, 1, 0, ['paid', 'shipped']);
+    expect(paid.events.map((e) => e.type)).toEqual(['paid', 'shipped']);
+    expect(paid.next_position).toBe('4');
+    const none = await read(key, 1, 0, ['refunded']);
+    expect(none.events).toEqual([]);
+    expect(none.next_position).toBe('4');
+
+    const usage = await t.client.call('TenantService', 'GetTenantUsage', { name: 'tenants/log' }, admin());
+    expect(usage.events_total).toBe('3');
+  });
+
+  it('appends with expected_position only when the log is where the caller thinks', async () => {
+    const key = await t.createTenant('optimistic', UNLIMITED);
+    expect((await append(key, [event('a', '1')], 0)).positions).toEqual(['1']);
+    expect((await append(key, [event('b', '2')], 1)).positions).toEqual(['2']);
+    const stale = await failure(append(key, [event('c', '3'), event('d', '4')], 1));
+    expect(stale.code).toBe(status.ABORTED);
+    expect(stale.reason).toBe('POSITION_MISMATCH');
+    expect(stale.errorMetadata).toMatchObject({ expected_position: '1', last_position: '2' });
+    // Nothing of the refused append was written.
+    expect((await read(key, 1)).events.map((e) => e.type)).toEqual(['a', 'b']);
+  });
+
+  it('removes events past event_retention_hours and never gives a position twice', async () => {
+    const key = await t.createTenant('retained', { quotas: { ...UNLIMITED.quotas, event_retention_hours: '1' } });
+    const twoHoursAgo = { seconds: String(Math.floor(Date.now() / 1000) - 7200), nanos: 0 };
+    await append(key, [{ ...event('old', 'x'), time: twoHoursAgo }, { ...event('old', 'y'), time: twoHoursAgo }]);
+    expect((await append(key, [event('new', 'z')])).positions).toEqual(['3']);
+    const left = await read(key, 1);
+    expect(left.events.map((e) => [e.position, e.type])).toEqual([['3', 'new']]);
+    expect((await append(key, [event('newer', 'w')], 3)).positions).toEqual(['4']);
+  });
+
+  it('keeps the log out of tenant SQL, other tenants and READ_ONLY appends', async () => {
+    const key = await t.createTenant('private-log', UNLIMITED);
+    const other = await t.createTenant('other-log', UNLIMITED);
+    await append(key, [event('secret', 'only mine')]);
+    const sql = await t.client.failure('SqlService', 'Execute', { sql: 'SELECT * FROM _tenantd_events' }, { key });
+    expect([status.PERMISSION_DENIED, status.INVALID_ARGUMENT]).toContain(sql.code);
+    expect((await read(other, 1)).events).toEqual([]);
+    const { key: readOnly } = await t.client.call('TenantService', 'CreateApiKey', { parent: 'tenants/private-log', api_key: { role: 'READ_ONLY' } }, admin());
+    expect((await read(readOnly, 1)).events).toHaveLength(1);
+    expect((await failure(append(readOnly, [event('x', 'y')]))).code).toBe(status.PERMISSION_DENIED);
+  });
+
+  it('refuses malformed appends and reads with the field named', async () => {
+    const key = await t.createTenant('strict-log', UNLIMITED);
+    const empty = await failure(append(key, []));
+    expect(empty.code).toBe(status.INVALID_ARGUMENT);
+    const noType = await failure(append(key, [event('', 'x')]));
+    expect(noType.fieldViolations.map((f) => f.field)).toEqual(['events[0].type']);
+    const withPosition = await failure(append(key, [{ ...event('a', 'b'), position: '7' }]));
+    expect(withPosition.fieldViolations.map((f) => f.field)).toEqual(['events[0].position']);
+    const bigLimit = await failure(read(key, 1, 5_000));
+    expect(bigLimit.fieldViolations.map((f) => f.field)).toEqual(['limit']);
+    expect((await read(key, 1)).events).toEqual([]);
+  });
+
+  it('counts event payloads against write_bytes_per_second', async () => {
+    const key = await t.createTenant('chatty', { quotas: { write_bytes_per_second: '1000' } });
+    const refused = await failure(append(key, [event('big', 'x'.repeat(5_000))]));
+    expect(refused.code).toBe(status.RESOURCE_EXHAUSTED);
+    expect(refused.reason).toBe('QUOTA_EXCEEDED');
+  });
+});
+
+describe('Subscribe', () => {
+  it('sends the backlog, then new events live, in order and filtered by type', async () => {
+    const key = await t.createTenant('live', UNLIMITED);
+    await append(key, [event('a', '1'), event('b', '2'), event('a', '3')]);
+    const all = t.client.openStream('EventService', 'Subscribe', { from_position: '2' }, { key });
+    const onlyA = t.client.openStream('EventService', 'Subscribe', { from_position: '1', types: ['a'] }, { key });
+    const gotAll = collect(all, 4);
+    const gotA = collect(onlyA, 3);
+    // Give both time to read their backlog, then append live.
+    await new Promise((r) => setTimeout(r, 200));
+    await append(key, [event('b', '4'), event('a', '5')]);
+    expect((await gotAll).map((e) => [e.position, e.type])).toEqual([
+      ['2', 'b'],
+      ['3', 'a'],
+      ['4', 'b'],
+      ['5', 'a'],
+    ]);
+    expect((await gotA).map((e) => e.position)).toEqual(['1', '3', '5']);
+    all.cancel();
+    onlyA.cancel();
+  });
+
+  it('ends a subscription with FAILED_PRECONDITION when the tenant is suspended', async () => {
+    const key = await t.createTenant('paused', UNLIMITED);
+    const stream = t.client.openStream('EventService', 'Subscribe', { from_position: '1' }, { key });
+    const ended = collect(stream, 1_000).then(
+      () => null,
+      (e: RpcError) => e.status,
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    await t.client.call('TenantService', 'SuspendTenant', { name: 'tenants/paused' }, admin());
+    const error = await ended;
+    expect(error?.code).toBe(status.FAILED_PRECONDITION);
+    expect(error?.reason).toBe('TENANT_SUSPENDED');
+  });
+});
+
+describe('Subscribe at shutdown', () => {
+  it('ends subscriptions with UNAVAILABLE so the drain does not wait for them', async () => {
+    const other = await startTestServer({ shards: 1, drainTimeoutMs: 10_000 });
+    const key = await other.createTenant('draining', UNLIMITED);
+    const stream = other.client.openStream('EventService', 'Subscribe', { from_position: '1' }, { key });
+    const ended = collect(stream, 1_000).then(
+      () => null,
+      (e: RpcError) => e.status,
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    const started = Date.now();
+    await other.stop();
+    // Well under the 10 s drain timeout: the subscription was ended, not waited for.
+    expect(Date.now() - started).toBeLessThan(5_000);
+    const error = await ended;
+    expect(error?.code).toBe(status.UNAVAILABLE);
+    expect(error?.reason).toBe('SHUTTING_DOWN');
+  });
+});
