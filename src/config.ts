@@ -54,6 +54,8 @@ export interface Config {
   groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
   faultInjection: boolean;
+  /** How often each shard removes expired events of its open tenants. Not settable from flags, env or file. */
+  eventSweepMs: number;
   /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
@@ -105,6 +107,7 @@ export function defaultConfig(): Config {
     drainTimeoutMs: 10_000,
     groupCommit: true,
     faultInjection: false,
+    eventSweepMs: 60_000,
     telemetry: true,
     metricsPerTenant: false,
   };

@@ -95,8 +95,8 @@ export type ShardRequest =
    * than `retentionMs` (when > 0) are removed in the same transaction.
    */
   | (RequestBase & { op: 'appendEvents'; limits: CallLimits; events: NewEvent[]; expectedPosition: bigint | null; retentionMs: number })
-  /** Up to `limit` events from `fromPosition`, only `types` when not empty. */
-  | (RequestBase & { op: 'readEvents'; limits: CallLimits; fromPosition: bigint; limit: number; types: string[] })
+  /** Up to `limit` events from `fromPosition`, only `types` when not empty, none older than `retentionMs` (when > 0). */
+  | (RequestBase & { op: 'readEvents'; limits: CallLimits; fromPosition: bigint; limit: number; types: string[]; retentionMs: number })
   /** VACUUM, ANALYZE, OPTIMIZE or INTEGRITY_CHECK on the tenant's database; `slot` to record a new size. */
   | (RequestBase & { op: 'maintain'; operation: MaintenanceOperation; slot: number })
   | (RequestBase & { op: 'drop' })
@@ -234,6 +234,8 @@ export interface ShardWorkerData {
   groupCommit: boolean;
   /** Accept the `crash` op (tests only). */
   faultInjection: boolean;
+  /** How often to remove the expired events of open tenants. */
+  eventSweepMs: number;
 }
 
 /** Where a tenant's database lives under the data directory. */

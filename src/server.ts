@@ -92,6 +92,7 @@ export async function startServer(
         maxOpenDbs: Math.max(1, Math.ceil(config.maxOpenDbs / config.shards)),
         faultInjection: config.faultInjection,
         groupCommit: config.groupCommit,
+        eventSweepMs: config.eventSweepMs,
         quotaPages: () => table.allBuffers(),
         onLog: (level, msg, fields) => logger[level](msg, fields),
       }),

@@ -3,6 +3,8 @@
  * reads with filters, retention that never reuses a position, isolation
  * from tenant SQL and other tenants, and Subscribe (backlog, then live).
  */
+import { rmSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import type * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -174,6 +176,31 @@ describe('Subscribe', () => {
     const error = await ended;
     expect(error?.code).toBe(status.FAILED_PRECONDITION);
     expect(error?.reason).toBe('TENANT_SUSPENDED');
+  });
+});
+
+describe('retention in the background', () => {
+  it('removes expired events from the database between calls, without an Append', async () => {
+    const other = await startTestServer({ shards: 1, eventSweepMs: 100 }, { keepDataDir: true });
+    try {
+      const key = await other.createTenant('swept', { quotas: { ...UNLIMITED.quotas, event_retention_hours: '1' } });
+      const twoHoursAgo = { seconds: String(Math.floor(Date.now() / 1000) - 7200), nanos: 0 };
+      await other.client.call('EventService', 'Append', { events: [{ ...event('old', 'x'), time: twoHoursAgo }, event('new', 'y')] }, { key });
+      // Reads never show an expired event, swept or not.
+      const read = await other.client.call('EventService', 'Read', { from_position: '1' }, { key });
+      expect(read.events.map((e: { type: string }) => e.type)).toEqual(['new']);
+      await new Promise((r) => setTimeout(r, 400));
+    } finally {
+      await other.stop();
+    }
+    // The row itself is gone from the tenant's file.
+    const db = new Database(`${other.dataDir}/tenants/swept/db.sqlite`, { readonly: true });
+    try {
+      expect(db.prepare('SELECT type FROM _tenantd_events ORDER BY position').pluck().all()).toEqual(['new']);
+    } finally {
+      db.close();
+      rmSync(other.dataDir, { recursive: true, force: true });
+    }
   });
 });
 

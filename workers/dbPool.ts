@@ -23,6 +23,11 @@ export class DbPool {
     return this.open.size;
   }
 
+  /** The open connections, least recently used first. */
+  openDatabases(): IterableIterator<TenantDb> {
+    return this.open.values();
+  }
+
   /** The tenant's connection if it is open; does not count as a use. */
   peek(tenantId: string): TenantDb | undefined {
     return this.open.get(tenantId);

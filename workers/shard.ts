@@ -106,7 +106,7 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
     }
     case 'readEvents': {
       const db = pool.get(request.tenantId);
-      const read = db.readEvents(request.fromPosition, request.limit, request.types, request.limits);
+      const read = db.readEvents(request.fromPosition, request.limit, request.types, request.retentionMs, request.limits);
       record(db, request.limits.slot, read.events.length, 0);
       return read;
     }
@@ -324,6 +324,22 @@ function drain(initial: ShardRequest): void {
     pending = leftover;
   }
 }
+
+/**
+ * Event retention in the background: between calls, the expired events of
+ * the open tenants go (a read never shows them even before). A tenant whose
+ * database is closed is swept after its next Append or Read, which brings
+ * its retention along.
+ */
+setInterval(() => {
+  for (const db of pool.openDatabases()) {
+    try {
+      db.sweepExpiredEvents();
+    } catch (error) {
+      process.stderr.write(`${JSON.stringify({ level: 'warn', msg: 'event sweep failed', shard: data.shardIndex, tenant: db.tenantId, error: String(error) })}\n`);
+    }
+  }
+}, data.eventSweepMs).unref();
 
 port.on('message', (message: ShardInbound) => {
   enqueue(message);

@@ -240,6 +240,7 @@ export class TenantDb {
    * written unless the log's last position is it.
    */
   appendEvents(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, limits: CallLimits): bigint[] {
+    this.eventRetentionMs = retentionMs;
     return this.eventsCall(limits, () => {
       this.ensureEventLog();
       this.sizeChanged = true;
@@ -269,18 +270,24 @@ export class TenantDb {
   }
 
   /** Up to `limit` events from `from` (only `types`, when given) and where the next read starts. */
-  readEvents(from: bigint, limit: number, types: readonly string[], limits: CallLimits): { events: LogEvent[]; nextPosition: bigint } {
+  readEvents(from: bigint, limit: number, types: readonly string[], retentionMs: number, limits: CallLimits): { events: LogEvent[]; nextPosition: bigint } {
+    this.eventRetentionMs = retentionMs;
     return this.eventsCall(limits, () => {
       if (!this.hasEventLog()) return { events: [], nextPosition: from < 1n ? 1n : from };
+      // Expired events not yet swept away are never shown.
+      const notBefore = retentionMs > 0 ? Date.now() - retentionMs : 0;
       const rows = (
         types.length === 0
-          ? this.db.prepare('SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? ORDER BY position LIMIT ?').raw(true).all(from, limit)
+          ? this.db
+              .prepare('SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND time >= ? ORDER BY position LIMIT ?')
+              .raw(true)
+              .all(from, notBefore, limit)
           : this.db
               .prepare(
-                'SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?',
+                'SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND time >= ? AND type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?',
               )
               .raw(true)
-              .all(from, JSON.stringify(types), limit)
+              .all(from, notBefore, JSON.stringify(types), limit)
       ) as [bigint, string, Uint8Array, string, bigint][];
       const events = rows.map(([position, type, data, metadata, time]) => ({
         position,
@@ -295,7 +302,20 @@ export class TenantDb {
     });
   }
 
+  /**
+   * Removes the events older than the retention the tenant's last events
+   * call carried (the shard's background sweep); returns how many.
+   */
+  sweepExpiredEvents(): number {
+    if (this.eventRetentionMs <= 0 || !this.eventLog) return 0;
+    const removed = this.db.prepare('DELETE FROM _tenantd_events WHERE time < ?').run(Date.now() - this.eventRetentionMs).changes;
+    if (removed > 0) this.sizeChanged = true;
+    return removed;
+  }
+
   private eventLog = false;
+  /** The tenant's event_retention_hours in ms as its last events call carried it; 0: keep everything. */
+  private eventRetentionMs = 0;
 
   private hasEventLog(): boolean {
     this.eventLog ||= this.db.prepare("SELECT 1 FROM sqlite_schema WHERE name = '_tenantd_events'").get() !== undefined;

@@ -90,6 +90,12 @@ function newEvents(events: readonly ProtoEvent[]): { events: NewEvent[]; bytes: 
   return { events: out, bytes };
 }
 
+/** The tenant's event_retention_hours in ms; 0 keeps everything. */
+function retentionMs(call: TenantCall): number {
+  const hours = call.tenant.quotas.eventRetentionHours;
+  return hours > 0 ? hours * 3_600_000 : 0;
+}
+
 const ENDED: Record<SubscriptionEnd, () => TenantdError> = {
   shutdown: () => new TenantdError(Status.UNAVAILABLE, 'SHUTTING_DOWN', 'the server is shutting down; subscribe again from the next position'),
   suspended: () => new TenantdError(Status.FAILED_PRECONDITION, 'TENANT_SUSPENDED', 'the tenant was suspended'),
@@ -136,10 +142,9 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         const expectedPosition = raw === undefined || raw === null ? null : position(raw, 'expected_position');
         const live = tenantCall.tenant;
         const tenantId = live.record.tenantId;
-        const hours = live.quotas.eventRetentionHours;
         const limits = limitsFor(tenantCall, call);
         const { positions } = await admit(tenantCall, bytes, trailer, () =>
-          router.forTenant(tenantId).call({ op: 'appendEvents', tenantId, limits, events, expectedPosition, retentionMs: hours > 0 ? hours * 3_600_000 : 0 }),
+          router.forTenant(tenantId).call({ op: 'appendEvents', tenantId, limits, events, expectedPosition, retentionMs: retentionMs(tenantCall) }),
         );
         live.eventsTotal += positions.length;
         hub.publish(
@@ -162,7 +167,15 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         const tenantId = tenantCall.tenant.record.tenantId;
         const limits = limitsFor(tenantCall, call);
         const read = await admit(tenantCall, 0, trailer, () =>
-          router.forTenant(tenantId).call({ op: 'readEvents', tenantId, limits, fromPosition: from < 1n ? 1n : from, limit: requested || DEFAULT_READ_LIMIT, types }),
+          router.forTenant(tenantId).call({
+            op: 'readEvents',
+            tenantId,
+            limits,
+            fromPosition: from < 1n ? 1n : from,
+            limit: requested || DEFAULT_READ_LIMIT,
+            types,
+            retentionMs: retentionMs(tenantCall),
+          }),
         );
         return { events: read.events.map(toProto), next_position: read.nextPosition.toString() };
       },
@@ -209,7 +222,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
           for (;;) {
             const limits = limitsFor(tenantCall, call);
             const page = await admit(tenantCall, 0, null, () =>
-              router.forTenant(tenantId).call({ op: 'readEvents', tenantId, limits, fromPosition: from, limit: BACKLOG_PAGE, types }),
+              router.forTenant(tenantId).call({ op: 'readEvents', tenantId, limits, fromPosition: from, limit: BACKLOG_PAGE, types, retentionMs: retentionMs(tenantCall) }),
             );
             for (const event of page.events) {
               if (call.cancelled || ended) break;
