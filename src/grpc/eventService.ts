@@ -8,11 +8,12 @@
 import { status as Status, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { TenantdError, invalidArgument } from '../errors.ts';
 import { MAX_PENDING_EVENTS, MAX_SUBSCRIBERS_PER_TENANT, type EventHub, type Subscriber, type SubscriptionEnd } from '../events/hub.ts';
-import type { CallLimits, LogEvent, NewEvent } from '../protocol.ts';
+import type { LogEvent, NewEvent } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { Access, TenantCall } from './access.ts';
 import type { Admit } from './admit.ts';
-import { remainingMs, serverStream, unary, whenWritable, type Handlers } from './handlers.ts';
+import { serverStream, unary, whenWritable, type Handlers } from './handlers.ts';
+import { callLimits } from './limits.ts';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
 import { timestamp, type ProtoTimestamp } from './tenantMessages.ts';
 
@@ -27,8 +28,6 @@ const MAX_READ_LIMIT = 1_000;
 const MAX_TYPE_FILTERS = 100;
 /** Events a Subscribe reads per page of its backlog. */
 const BACKLOG_PAGE = 1_000;
-/** Without a query_timeout_ms quota, a log read still may not run forever. */
-const UNLIMITED_QUERY_MS = 3_600_000;
 
 interface ProtoEvent {
   position: string;
@@ -109,18 +108,6 @@ const ENDED: Record<SubscriptionEnd, () => TenantdError> = {
 };
 
 export function eventService(access: Access, admit: Admit, router: ShardRouter, hub: EventHub, service: ServiceObserver): Handlers {
-  function limitsFor(call: TenantCall, grpcCall: { getDeadline(): Date | number }): CallLimits {
-    const quota = call.tenant.quotas.queryTimeoutMs;
-    const left = remainingMs(grpcCall);
-    if (left <= 0) throw new TenantdError(Status.DEADLINE_EXCEEDED, 'DEADLINE_EXCEEDED', 'the call reached its deadline before it ran');
-    return {
-      readOnly: call.readOnly,
-      timeoutMs: Math.max(1, Math.floor(Math.min(quota < 0 ? UNLIMITED_QUERY_MS : quota, left))),
-      storageLimitBytes: call.tenant.quotas.storageBytes,
-      slot: call.tenant.slot.slot,
-    };
-  }
-
   function tenantFor(call: { metadata: ServerUnaryCall<unknown, unknown>['metadata'] }, rpc: ObservedCall): TenantCall {
     const tenantCall = access.tenant(call.metadata);
     const tenantId = tenantCall.tenant.record.tenantId;
@@ -142,7 +129,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         const expectedPosition = raw === undefined || raw === null ? null : position(raw, 'expected_position');
         const live = tenantCall.tenant;
         const tenantId = live.record.tenantId;
-        const limits = limitsFor(tenantCall, call);
+        const limits = callLimits(tenantCall, call);
         const { positions } = await admit(tenantCall, bytes, trailer, () =>
           router.forTenant(tenantId).call({ op: 'appendEvents', tenantId, limits, events, expectedPosition, retentionMs: retentionMs(tenantCall) }),
         );
@@ -165,7 +152,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         const from = position(call.request.from_position, 'from_position');
         const types = checkTypes(call.request.types, 'types');
         const tenantId = tenantCall.tenant.record.tenantId;
-        const limits = limitsFor(tenantCall, call);
+        const limits = callLimits(tenantCall, call);
         const read = await admit(tenantCall, 0, trailer, () =>
           router.forTenant(tenantId).call({
             op: 'readEvents',
@@ -220,7 +207,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
             if (!call.write(toProto(event))) await whenWritable(call);
           };
           for (;;) {
-            const limits = limitsFor(tenantCall, call);
+            const limits = callLimits(tenantCall, call);
             const page = await admit(tenantCall, 0, null, () =>
               router.forTenant(tenantId).call({ op: 'readEvents', tenantId, limits, fromPosition: from, limit: BACKLOG_PAGE, types, retentionMs: retentionMs(tenantCall) }),
             );

@@ -2,23 +2,22 @@
  * tenantd.v1.SqlService: admit the call, hand it to the tenant's shard, and
  * turn the shard's result into protobuf.
  */
-import { status as Status, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
-import { TenantdError, invalidArgument } from '../errors.ts';
-import type { CallLimits, ColumnInfo, ExecuteResult, SqlValue } from '../protocol.ts';
+import type { ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
+import { invalidArgument } from '../errors.ts';
+import type { ColumnInfo, ExecuteResult, SqlValue } from '../protocol.ts';
 import type { ShardHandle } from '../routing/shardHandle.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { Migrator } from '../schema/migrator.ts';
 import type { Access, TenantCall } from './access.ts';
 import { writeBytesOf, type Admit } from './admit.ts';
-import { remainingMs, serverStream, unary, type Handlers } from './handlers.ts';
+import { serverStream, unary, type Handlers } from './handlers.ts';
+import { callLimits } from './limits.ts';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
 import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
 
 const MAX_BATCH_STATEMENTS = 1_000;
 const DEFAULT_ROWS_PER_CHUNK = 500;
 const MAX_ROWS_PER_CHUNK = 10_000;
-/** Without a query_timeout_ms quota, a statement still may not run forever. */
-const UNLIMITED_QUERY_MS = 3_600_000;
 
 interface ProtoColumn {
   name: string;
@@ -60,21 +59,6 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter, mi
     return migrator.ensureCurrent(call.tenant).then(send);
   }
 
-  /** The statement's time limit: the tenant's quota, capped by the client's deadline. */
-  function limitsFor(call: TenantCall, grpcCall: { getDeadline(): Date | number }): CallLimits {
-    const quota = call.tenant.quotas.queryTimeoutMs;
-    const left = remainingMs(grpcCall);
-    if (left <= 0) {
-      throw new TenantdError(Status.DEADLINE_EXCEEDED, 'DEADLINE_EXCEEDED', 'the call reached its deadline before it ran');
-    }
-    return {
-      readOnly: call.readOnly,
-      timeoutMs: Math.max(1, Math.floor(Math.min(quota < 0 ? UNLIMITED_QUERY_MS : quota, left))),
-      storageLimitBytes: call.tenant.quotas.storageBytes,
-      slot: call.tenant.slot.slot,
-    };
-  }
-
   /** The tenant's shard, noted on the call for its span and access log. */
   function shardFor(call: TenantCall, rpc: ObservedCall): ShardHandle {
     const tenantId = call.tenant.record.tenantId;
@@ -89,7 +73,7 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter, mi
       const shard = shardFor(tenantCall, rpc);
       const statement = toStatement(call.request, '');
       rpc.statement(statement.sql);
-      const limits = limitsFor(tenantCall, call);
+      const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
       return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement }))).then(toResponse);
@@ -105,7 +89,7 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter, mi
       }
       const inputs = statements.map((s, i) => toStatement(s, `statements[${i}]`));
       rpc.statement(inputs.map((s) => s.sql).join('; '));
-      const limits = limitsFor(tenantCall, call);
+      const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);
       return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'batch', tenantId, limits, statements: inputs }))).then((results) => ({ results: results.map(toResponse) }));
@@ -127,7 +111,7 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter, mi
         if (requested < 0 || requested > MAX_ROWS_PER_CHUNK) {
           throw invalidArgument('rows_per_chunk', `from 1 to ${MAX_ROWS_PER_CHUNK}, or 0 for ${DEFAULT_ROWS_PER_CHUNK}`);
         }
-        const limits = limitsFor(tenantCall, call);
+        const limits = callLimits(tenantCall, call);
         const tenantId = tenantCall.tenant.record.tenantId;
         const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
         await admit(tenantCall, bytes, trailer, () =>
