@@ -1,11 +1,13 @@
 /**
  * The `tenantd` command. `tenantd serve [flags]` runs the service until
- * SIGINT/SIGTERM, then drains calls in flight and closes every database.
+ * SIGINT/SIGTERM, then drains calls in flight and closes every database;
+ * the other commands are the operator's admin client (cli.ts).
  */
 import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { startServer } from './server.ts';
 import { installTelemetry } from './telemetry/sdk.ts';
+import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
 
 const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
                      [--max-open-dbs N] [--metrics-listen 127.0.0.1:9464|off] [--config tenantd.yaml]
@@ -15,9 +17,10 @@ const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
-    process.stdout.write(`${USAGE}\n`);
+    process.stdout.write(`${USAGE}\n${CLI_USAGE}\n`);
     return command === undefined ? 2 : 0;
   }
+  if (CLI_COMMANDS.has(command)) return cli(command, rest);
   if (command !== 'serve') {
     process.stderr.write(`unknown command ${JSON.stringify(command)}\n${USAGE}\n`);
     return 2;
