@@ -212,7 +212,8 @@ export interface ShardResults {
   snapshot: { bytes: number };
   restore: { schemaVersion: number };
   appendEvents: { positions: bigint[] };
-  readEvents: { events: LogEvent[]; nextPosition: bigint };
+  /** `complete`: the read reached the end of the log (not cut by its limit or its size). */
+  readEvents: { events: LogEvent[]; nextPosition: bigint; complete: boolean };
   maintain: { ok: boolean; message: string };
   migrate: { schemaVersion: number };
   drop: { removed: boolean };

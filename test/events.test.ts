@@ -134,6 +134,23 @@ describe('Append and Read', () => {
     expect((await read(key, 1)).events).toEqual([]);
   });
 
+  it('pages reads by size as well as count, and Subscribe follows the pages', async () => {
+    const key = await t.createTenant('bulky', UNLIMITED);
+    const mib = 'x'.repeat(1024 * 1024 - 16);
+    await append(key, Array.from({ length: 6 }, (_, i) => event('blob', `${i}${mib}`)));
+    const first = await read(key, 1, 100);
+    // 3 MiB a page: under the 4 MiB a gRPC client accepts by default.
+    expect(first.events.map((e) => e.position)).toEqual(['1', '2', '3']);
+    expect(first.next_position).toBe('4');
+    const rest = await read(key, 4, 100);
+    expect(rest.events.map((e) => e.position)).toEqual(['4', '5', '6']);
+    expect(rest.next_position).toBe('7');
+    const stream = t.client.openStream('EventService', 'Subscribe', { from_position: '1' }, { key });
+    const got = await collect(stream, 6);
+    expect(got.map((e) => e.data.subarray(0, 1).toString())).toEqual(['0', '1', '2', '3', '4', '5']);
+    stream.cancel();
+  });
+
   it('counts event payloads against write_bytes_per_second', async () => {
     const key = await t.createTenant('chatty', { quotas: { write_bytes_per_second: '1000' } });
     const refused = await failure(append(key, [event('big', 'x'.repeat(5_000))]));

@@ -38,6 +38,11 @@ export class ShardError extends Error {
 
 const STATEMENT_CACHE_SIZE = 128;
 /**
+ * An event read (a Read, a page of a Subscribe backlog) stops at about this
+ * many bytes: under the 4 MiB that gRPC clients accept by default.
+ */
+const MAX_EVENT_PAGE_BYTES = 3 * 1024 * 1024;
+/**
  * After a checkpoint the WAL file is cut back to this size, and to zero when
  * the connection closes: a tenant at rest keeps an empty -wal file, not up to
  * the 4 MB that the default auto-checkpoint lets it reach.
@@ -270,35 +275,41 @@ export class TenantDb {
   }
 
   /** Up to `limit` events from `from` (only `types`, when given) and where the next read starts. */
-  readEvents(from: bigint, limit: number, types: readonly string[], retentionMs: number, limits: CallLimits): { events: LogEvent[]; nextPosition: bigint } {
+  readEvents(
+    from: bigint,
+    limit: number,
+    types: readonly string[],
+    retentionMs: number,
+    limits: CallLimits,
+  ): { events: LogEvent[]; nextPosition: bigint; complete: boolean } {
     this.eventRetentionMs = retentionMs;
     return this.eventsCall(limits, () => {
-      if (!this.hasEventLog()) return { events: [], nextPosition: from < 1n ? 1n : from };
+      if (!this.hasEventLog()) return { events: [], nextPosition: from < 1n ? 1n : from, complete: true };
       // Expired events not yet swept away are never shown.
       const notBefore = retentionMs > 0 ? Date.now() - retentionMs : 0;
-      const rows = (
+      const statement =
         types.length === 0
-          ? this.db
-              .prepare('SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND time >= ? ORDER BY position LIMIT ?')
-              .raw(true)
-              .all(from, notBefore, limit)
-          : this.db
-              .prepare(
-                'SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND time >= ? AND type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?',
-              )
-              .raw(true)
-              .all(from, notBefore, JSON.stringify(types), limit)
-      ) as [bigint, string, Uint8Array, string, bigint][];
-      const events = rows.map(([position, type, data, metadata, time]) => ({
-        position,
-        type,
-        data,
-        metadata: JSON.parse(metadata) as Record<string, string>,
-        time: Number(time),
-      }));
+          ? this.db.prepare('SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND time >= ? ORDER BY position LIMIT ?')
+          : this.db.prepare(
+              'SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND time >= ? AND type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?',
+            );
+      const args = types.length === 0 ? [from, notBefore, limit] : [from, notBefore, JSON.stringify(types), limit];
+      const events: LogEvent[] = [];
+      let bytes = 0;
+      let cut = false;
+      for (const [position, type, data, metadata, time] of statement.raw(true).iterate(...args) as IterableIterator<[bigint, string, Uint8Array, string, bigint]>) {
+        // A page stops at MAX_EVENT_PAGE_BYTES (but always holds one event), like a Query chunk.
+        const size = data.length + metadata.length + type.length;
+        if (events.length > 0 && bytes + size > MAX_EVENT_PAGE_BYTES) {
+          cut = true;
+          break;
+        }
+        bytes += size;
+        events.push({ position, type, data, metadata: JSON.parse(metadata) as Record<string, string>, time: Number(time) });
+      }
+      if (cut || events.length === limit) return { events, nextPosition: events.at(-1)!.position + 1n, complete: false };
       // A short page read everything there is: the next read starts after the last position ever given.
-      const nextPosition = events.length === limit ? events.at(-1)!.position + 1n : bigMax(from, this.lastEventPosition() + 1n);
-      return { events, nextPosition };
+      return { events, nextPosition: bigMax(from, this.lastEventPosition() + 1n), complete: true };
     });
   }
 

@@ -45,7 +45,8 @@ export function backupService(access: Access, manager: TenantManager, backups: B
         if (requested < 0 || requested > MAX_CHUNK_BYTES) {
           throw invalidArgument('chunk_size', `from 1 to ${MAX_CHUNK_BYTES} bytes, or 0 for ${DEFAULT_CHUNK_BYTES}`);
         }
-        const chunkBytes = requested || DEFAULT_CHUNK_BYTES;
+        // A 4 MiB chunk plus its message framing would not fit the 4 MiB a gRPC client accepts by default.
+        const chunkBytes = Math.min(requested || DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES - 1024);
         manager.get(tenantId);
         rpc.routed(tenantId, backups.shardOf(tenantId));
         const file = await backups.snapshot(tenantId);

@@ -7,7 +7,7 @@
  */
 import { status as Status, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { TenantdError, invalidArgument } from '../errors.ts';
-import { MAX_PENDING_EVENTS, MAX_SUBSCRIBERS_PER_TENANT, type EventHub, type Subscriber, type SubscriptionEnd } from '../events/hub.ts';
+import { MAX_PENDING_BYTES, MAX_PENDING_EVENTS, MAX_SUBSCRIBERS_PER_TENANT, type EventHub, type Subscriber, type SubscriptionEnd } from '../events/hub.ts';
 import type { LogEvent, NewEvent } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { Access, TenantCall } from './access.ts';
@@ -103,7 +103,7 @@ const ENDED: Record<SubscriptionEnd, () => TenantdError> = {
     new TenantdError(
       Status.RESOURCE_EXHAUSTED,
       'SUBSCRIBER_TOO_SLOW',
-      `more than ${MAX_PENDING_EVENTS} events waited for this subscriber; subscribe again from the next position`,
+      `more than ${MAX_PENDING_EVENTS} events or ${MAX_PENDING_BYTES} bytes waited for this subscriber; subscribe again from the next position`,
     ),
 };
 
@@ -183,13 +183,18 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         }
 
         let pending: LogEvent[] = [];
+        let pendingBytes = 0;
         let ended = null as SubscriptionEnd | null;
         let wake = null as (() => void) | null;
         const subscriber: Subscriber = {
           offer(events) {
-            for (const event of events) if (wanted.size === 0 || wanted.has(event.type)) pending.push(event);
+            for (const event of events) {
+              if (wanted.size > 0 && !wanted.has(event.type)) continue;
+              pending.push(event);
+              pendingBytes += event.data.length;
+            }
             wake?.();
-            return pending.length <= MAX_PENDING_EVENTS;
+            return pending.length <= MAX_PENDING_EVENTS && pendingBytes <= MAX_PENDING_BYTES;
           },
           end(reason) {
             ended = reason;
@@ -215,13 +220,14 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
               if (call.cancelled || ended) break;
               await send(event);
             }
-            if (page.events.length < BACKLOG_PAGE || call.cancelled || ended) break;
+            if (page.complete || call.cancelled || ended) break;
           }
           for (;;) {
             if (call.cancelled) return;
             if (ended) throw ENDED[ended]();
             const batch = pending;
             pending = [];
+            pendingBytes = 0;
             for (const event of batch) {
               if (call.cancelled) return;
               await send(event);
