@@ -25,6 +25,7 @@ import { backupService } from './grpc/backupService.ts';
 import { eventService } from './grpc/eventService.ts';
 import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
+import { recoverInterruptedRestores } from './tenants/restoreFiles.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
@@ -69,6 +70,7 @@ export async function startServer(
 ): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
   mkdirSync(join(dataDir, 'tenants'), { recursive: true });
+  for (const dir of recoverInterruptedRestores(join(dataDir, 'tenants'))) logger.warn('repaired a restore cut short by a crash', { dir });
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
   const catalog = new Catalog(join(dataDir, 'catalog.db'));

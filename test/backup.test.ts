@@ -6,7 +6,7 @@
  * its data.
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { status } from '@grpc/grpc-js';
@@ -242,5 +242,35 @@ describe('RunMaintenance', () => {
     expect((bad as DecodedStatus).code).toBe(status.INVALID_ARGUMENT);
     const tenantKey = await t.client.stream('TenantService', 'RunMaintenance', { name: 'tenants/-', operation: 'ANALYZE' }, { key }).catch((e: RpcError) => e.status);
     expect((tenantKey as DecodedStatus).code).toBe(status.PERMISSION_DENIED);
+  });
+});
+
+describe('a restore cut short by a crash', () => {
+  it('is repaired at the next start: the old database comes back unless the new one was in place', async () => {
+    const dataDir = freshDataDir();
+    const first = await startTestServer({ dataDir, shards: 1 }, { keepDataDir: true });
+    const oldKey = await first.createTenant('crashed-before');
+    await first.sql(oldKey, 'CREATE TABLE v (x)');
+    await first.sql(oldKey, "INSERT INTO v VALUES ('old')");
+    const newKey = await first.createTenant('crashed-after');
+    await first.sql(newKey, 'CREATE TABLE v (x)');
+    await first.sql(newKey, "INSERT INTO v VALUES ('new')");
+    await first.stop();
+
+    // The states a crash can leave: the old directory set aside and the new one empty,
+    // or the new database already in place with the old directory still aside.
+    const tenants = join(dataDir, 'tenants');
+    renameSync(join(tenants, 'crashed-before'), join(tenants, 'crashed-before.replaced'));
+    mkdirSync(join(tenants, 'crashed-before'));
+    cpSync(join(tenants, 'crashed-after'), join(tenants, 'crashed-after.replaced'), { recursive: true });
+
+    const second = await startTestServer({ dataDir, shards: 1 });
+    try {
+      expect(rowsOf(await second.sql(oldKey, 'SELECT x FROM v'))).toEqual([['old']]);
+      expect(rowsOf(await second.sql(newKey, 'SELECT x FROM v'))).toEqual([['new']]);
+      expect(readdirSync(tenants).filter((name) => name.endsWith('.replaced'))).toEqual([]);
+    } finally {
+      await second.stop();
+    }
   });
 });

@@ -8,6 +8,7 @@ import { dirname } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import type { SyncMode } from '../src/config.ts';
 import { tenantDbPath, type MigrationStep } from '../src/protocol.ts';
+import { REPLACED_SUFFIX } from '../src/tenants/restoreFiles.ts';
 import { ShardError, TenantDb } from './tenantDb.ts';
 
 export class DbPool {
@@ -64,50 +65,51 @@ export class DbPool {
   }
 
   /**
-   * Puts `file` (a database under the data directory) in the tenant's place,
-   * checks it and brings it to the latest schema. The tenant's current files,
-   * if any, are set aside first and put back if anything fails, so a bad
-   * backup never costs the tenant its data. Returns the schema version.
+   * Puts `file` (a database under the data directory) in the tenant's place.
+   * The file is checked (integrity_check) and migrated where it lies, before
+   * anything of the tenant is touched; then the directories are swapped by
+   * rename, the tenant's old one set aside as `<dir>.replaced` until the new
+   * one is in place. A crash in between is repaired at the next start
+   * (src/tenants/restoreFiles.ts). Returns the schema version.
    */
   restore(tenantId: string, file: string, migrations: readonly MigrationStep[]): number {
+    const staged = openRestored(file, tenantId, this.sync);
+    let version: number;
+    try {
+      const problems = staged.integrityProblems();
+      if (problems.length > 0) {
+        throw new ShardError({
+          code: Status.INVALID_ARGUMENT,
+          reason: 'BACKUP_CORRUPT',
+          message: `the backup fails integrity_check: ${problems.slice(0, 5).join('; ')}`,
+        });
+      }
+      version = staged.migrate(migrations);
+    } catch (error) {
+      if (error instanceof ShardError) throw error;
+      throw new ShardError({
+        code: Status.INVALID_ARGUMENT,
+        reason: 'BACKUP_UNUSABLE',
+        message: `the backup is not a database tenantd can use: ${(error as Error).message}`,
+      });
+    } finally {
+      // Closing checkpoints everything into the file itself.
+      staged.close();
+      rmSync(`${file}-wal`, { force: true });
+    }
+
     const path = tenantDbPath(this.dataDir, tenantId);
     const dir = dirname(path);
     this.open.get(tenantId)?.close();
     this.open.delete(tenantId);
-    const aside = existsSync(dir) ? `${dir}.replaced-${process.pid}-${Date.now()}` : null;
-    if (aside) renameSync(dir, aside);
-    try {
-      mkdirSync(dir, { recursive: true });
-      renameSync(file, path);
-      const db = openRestored(path, tenantId, this.sync);
-      let version: number;
-      try {
-        const problems = db.integrityProblems();
-        if (problems.length > 0) {
-          throw new ShardError({
-            code: Status.INVALID_ARGUMENT,
-            reason: 'BACKUP_CORRUPT',
-            message: `the backup fails integrity_check: ${problems.slice(0, 5).join('; ')}`,
-          });
-        }
-        version = db.migrate(migrations);
-      } catch (error) {
-        db.close();
-        if (error instanceof ShardError) throw error;
-        throw new ShardError({
-          code: Status.INVALID_ARGUMENT,
-          reason: 'BACKUP_UNUSABLE',
-          message: `the backup is not a database tenantd can use: ${(error as Error).message}`,
-        });
-      }
-      this.add(db);
-      if (aside) rmSync(aside, { recursive: true, force: true });
-      return version;
-    } catch (error) {
-      rmSync(dir, { recursive: true, force: true });
-      if (aside) renameSync(aside, dir);
-      throw error;
-    }
+    const aside = `${dir}${REPLACED_SUFFIX}`;
+    rmSync(aside, { recursive: true, force: true });
+    const replacing = existsSync(dir);
+    if (replacing) renameSync(dir, aside);
+    mkdirSync(dir, { recursive: true });
+    renameSync(file, path);
+    if (replacing) rmSync(aside, { recursive: true, force: true });
+    return version;
   }
 
   /** Closes the tenant's connection and deletes its directory. */
