@@ -91,6 +91,13 @@ interface Report {
   batch_rollback: { error: ObservedError; count_after: ObservedValue };
   query_stream: { messages: { columns: ObservedColumn[]; row_count: number }[]; rows: [string, string][] };
   query_values: { messages: number; samples: ObservedSample[] };
+  events: {
+    positions: string[];
+    read: { position: string; type: string; data_hex: string; metadata: Record<string, string>; time_set: boolean }[];
+    next_position: string;
+    subscribed_first: { position: string; type: string };
+  };
+  backup_restore: { chunks: number; bytes: number; total_size: string; sha256_matches: boolean; sqlite_magic: boolean; restored_name: string };
   errors: Record<
     'attach' | 'unique' | 'primary_key' | 'query_missing_table' | 'no_credentials' | 'tenant_key_on_admin_method' | 'tenant_exists',
     ObservedError
@@ -240,15 +247,18 @@ describe.skipIf(process.env.TENANTD_SKIP_INTEROP === '1')('a Python client with 
       'grpc.health.v1.health_pb2',
       'grpc.health.v1.health_pb2_grpc',
       'tenantd.v1.common_pb2',
+      'tenantd.v1.event_service_pb2',
+      'tenantd.v1.event_service_pb2_grpc',
       'tenantd.v1.sql_service_pb2',
       'tenantd.v1.sql_service_pb2_grpc',
       'tenantd.v1.tenant_service_pb2',
       'tenantd.v1.tenant_service_pb2_grpc',
     ]);
     expect(generation.module_dirs_in_temp).toBe(true);
-    // Debian 12's grpc_tools bundles a protoc too old for proto3 `optional`, which only
-    // error_details.proto uses; the script then compiles a copy without the label.
-    for (const file of generation.stripped_optional) expect(file).toBe('google/rpc/error_details.proto');
+    // Debian 12's grpc_tools bundles a protoc too old for proto3 `optional`, which
+    // error_details.proto and AppendRequest.expected_position use; the script then
+    // compiles a copy without the label.
+    for (const file of generation.stripped_optional) expect(['google/rpc/error_details.proto', 'tenantd/v1/event_service.proto']).toContain(file);
     if (generation.stripped_optional.length > 0) expect(generation.first_attempt_errors).toMatch(/optional/);
   });
 
@@ -403,6 +413,29 @@ describe.skipIf(process.env.TENANTD_SKIP_INTEROP === '1')('a Python client with 
     expectStatus(errors.no_credentials, 'UNAUTHENTICATED', 'MISSING_CREDENTIALS');
     expectStatus(errors.tenant_key_on_admin_method, 'PERMISSION_DENIED', 'ADMIN_KEY_REQUIRED');
     expectStatus(errors.tenant_exists, 'ALREADY_EXISTS', 'TENANT_EXISTS');
+  });
+
+  it('appends, reads and subscribes to events, bytes and metadata exact', () => {
+    const events = step('events');
+    expect(events.positions).toEqual(['1', '2']);
+    expect(events.read).toEqual([
+      { position: '1', type: 'created', data_hex: '0001feff', metadata: { by: 'python' }, time_set: true },
+      { position: '2', type: 'paid', data_hex: Buffer.from('café').toString('hex'), metadata: {}, time_set: true },
+    ]);
+    expect(events.next_position).toBe('3');
+    expect(events.subscribed_first).toEqual({ position: '2', type: 'paid' });
+  });
+
+  it('backs a tenant up through a server stream and restores it through a client stream', async () => {
+    const backup = step('backup_restore');
+    expect(backup.chunks).toBeGreaterThan(1);
+    expect(String(backup.bytes)).toBe(backup.total_size);
+    expect(backup.sha256_matches).toBe(true);
+    expect(backup.sqlite_magic).toBe(true);
+    expect(backup.restored_name).toBe(`tenants/${TENANT_ID}-restored`);
+    const { key } = await t!.client.call('TenantService', 'CreateApiKey', { parent: `tenants/${TENANT_ID}-restored` }, { key: t!.adminKey });
+    const rows = await t!.sql(key, 'SELECT count(*) FROM seq');
+    expect(rows.rows[0].values[0]).toMatchObject({ integer_value: '1000' });
   });
 
   it('answers grpc.health.v1.Health Check for the server and its services', () => {
