@@ -46,6 +46,11 @@ export interface Config {
   logLevel: LogLevel;
   /** Tenants and keys to create at start, if they do not exist yet. */
   tenantsFile: string | null;
+  /**
+   * A file holding the admin key to use (e.g. one secret shared by every node
+   * of a cluster); null: `<data-dir>/admin.key`, created on first start.
+   */
+  adminKeyFile: string | null;
   plans: Record<string, QuotaValues>;
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
@@ -102,6 +107,7 @@ export function defaultConfig(): Config {
     metricsListen: '127.0.0.1:9464',
     logLevel: 'info',
     tenantsFile: null,
+    adminKeyFile: null,
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
@@ -195,6 +201,12 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_TENANTS_FILE',
     yaml: 'tenants_file',
     apply: (c, r, w) => (c.tenantsFile = asString(r, w)),
+  },
+  {
+    flag: 'admin-key-file',
+    env: 'TENANTD_ADMIN_KEY_FILE',
+    yaml: 'admin_key_file',
+    apply: (c, r, w) => (c.adminKeyFile = asString(r, w)),
   },
   {
     flag: 'default-plan',

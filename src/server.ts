@@ -74,7 +74,13 @@ export async function startServer(
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
   const catalog = new Catalog(join(dataDir, 'catalog.db'));
-  const adminKey = ensureAdminKey(catalog, dataDir);
+  let adminKey: AdminKey;
+  try {
+    adminKey = ensureAdminKey(catalog, dataDir, config.adminKeyFile);
+  } catch (error) {
+    catalog.close();
+    throw error;
+  }
   // Pages made before the shards exist reach them through quotaPages() at spawn.
   let shardsForPages: ShardHandle[] = [];
   const table = new QuotaTable((pageIndex, buffers) => {

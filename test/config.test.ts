@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -95,5 +96,27 @@ describe('tenants file', () => {
   it('refuses weak keys', async () => {
     const path = file('weak.yaml', 'tenants:\n  - id: weak\n    keys:\n      - key: "password"\n');
     await expect(startTestServer({ tenantsFile: path })).rejects.toThrow(/at least 43 characters/);
+  });
+});
+
+describe('--admin-key-file', () => {
+  it('uses the key in the file as the admin key, and writes none of its own', async () => {
+    const key = randomBytes(32).toString('base64');
+    const keyFile = file('shared-admin.key', `${key}\n`);
+    expect(loadConfig(['--admin-key-file', keyFile], {}).adminKeyFile).toBe(keyFile);
+    const t = await startTestServer({ adminKeyFile: keyFile });
+    try {
+      expect(t.adminKey).toBe(key);
+      const tenant = await t.client.call('TenantService', 'CreateTenant', { tenant_id: 'shared-key' }, { key });
+      expect(tenant.tenant.name).toBe('tenants/shared-key');
+      expect(existsSync(join(t.dataDir, 'admin.key'))).toBe(false);
+    } finally {
+      await t.stop();
+    }
+  });
+
+  it('refuses to start with a missing file or a weak key', async () => {
+    await expect(startTestServer({ adminKeyFile: join(dir, 'absent.key') })).rejects.toThrow(/admin-key-file .* does not exist/);
+    await expect(startTestServer({ adminKeyFile: file('weak.key', 'password123\n') })).rejects.toThrow(/does not hold a strong key/);
   });
 });

@@ -6,7 +6,7 @@
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Catalog } from '../catalog/catalog.ts';
-import { generateKey, hashKey, newKeyId } from './keys.ts';
+import { generateKey, hashKey, isAcceptableKey, newKeyId } from './keys.ts';
 
 export interface AdminKey {
   key: string;
@@ -15,12 +15,22 @@ export interface AdminKey {
   path: string;
 }
 
-export function ensureAdminKey(catalog: Catalog, dataDir: string): AdminKey {
-  const path = join(dataDir, 'admin.key');
+/**
+ * With `keyFile` (--admin-key-file), the key in that file is the admin key;
+ * the file must exist and hold a strong key. Without it, `<data-dir>/admin.key`,
+ * created on first start.
+ */
+export function ensureAdminKey(catalog: Catalog, dataDir: string, keyFile: string | null = null): AdminKey {
+  if (keyFile !== null && !existsSync(keyFile)) throw new Error(`--admin-key-file ${keyFile} does not exist`);
+  const path = keyFile ?? join(dataDir, 'admin.key');
   if (existsSync(path)) {
     const key = readFileSync(path, 'utf8').trim();
     if (key === '') throw new Error(`${path} is empty; delete it to create a new admin key`);
-    if ((statSync(path).mode & 0o077) !== 0) chmodSync(path, 0o600);
+    if (keyFile !== null && !isAcceptableKey(key)) {
+      throw new Error(`${path} does not hold a strong key: at least 32 random bytes (e.g. \`openssl rand -base64 32\`)`);
+    }
+    // A shared secret mounted read-only is the operator's to protect; our own file we keep 0600.
+    if (keyFile === null && (statSync(path).mode & 0o077) !== 0) chmodSync(path, 0o600);
     const hash = hashKey(key);
     const known = catalog.keyByHash(hash);
     if (!known) {
