@@ -102,6 +102,7 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
       const db = pool.get(request.tenantId);
       const positions = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits);
       record(db, request.limits.slot, 0, positions.length);
+      countCommit(1);
       return { positions };
     }
     case 'readEvents': {
