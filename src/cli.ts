@@ -97,12 +97,17 @@ class AdminClient {
     });
   }
 
-  serverStream(service: string, method: string, request: unknown): grpc.ClientReadableStream<unknown> {
-    return this.client(service)[method]!(request, this.metadata) as grpc.ClientReadableStream<unknown>;
+  serverStream(service: string, method: string, request: unknown, metadata = this.metadata): grpc.ClientReadableStream<unknown> {
+    return this.client(service)[method]!(request, metadata) as grpc.ClientReadableStream<unknown>;
   }
 
-  clientStream<T>(service: string, method: string, callback: (error: grpc.ServiceError | null, response: T) => void): grpc.ClientWritableStream<unknown> {
-    return this.client(service)[method]!(this.metadata, callback) as grpc.ClientWritableStream<unknown>;
+  clientStream<T>(
+    service: string,
+    method: string,
+    metadata: grpc.Metadata,
+    callback: (error: grpc.ServiceError | null, response: T) => void,
+  ): grpc.ClientWritableStream<unknown> {
+    return this.client(service)[method]!(metadata, callback) as grpc.ClientWritableStream<unknown>;
   }
 
   close(): void {
@@ -172,31 +177,34 @@ async function run(client: AdminClient, command: string, args: string[], flags: 
       return;
     }
     const [, id] = need(args, 2, `tenants ${sub ?? '<subcommand>'} <tenant>`);
-    if (sub === 'get') return print(await client.unary('TenantService', 'GetTenant', { name: name(id!) }));
+    // Calls about one tenant name it in x-tenant-id too: a cluster proxy routes on it.
+    const md = client.withTenant(id!);
+    if (sub === 'get') return print(await client.unary('TenantService', 'GetTenant', { name: name(id!) }, md));
     if (sub === 'create') {
       const tenant = { display_name: flags.get('--display-name') ?? '', plan: flags.get('--plan') ?? '' };
-      return print(await client.unary('TenantService', 'CreateTenant', { tenant_id: id, tenant }));
+      return print(await client.unary('TenantService', 'CreateTenant', { tenant_id: id, tenant }, md));
     }
-    if (sub === 'suspend') return print(await client.unary('TenantService', 'SuspendTenant', { name: name(id!) }));
-    if (sub === 'activate') return print(await client.unary('TenantService', 'ActivateTenant', { name: name(id!) }));
+    if (sub === 'suspend') return print(await client.unary('TenantService', 'SuspendTenant', { name: name(id!) }, md));
+    if (sub === 'activate') return print(await client.unary('TenantService', 'ActivateTenant', { name: name(id!) }, md));
     if (sub === 'delete') {
-      await client.unary('TenantService', 'DeleteTenant', { name: name(id!), force: flags.has('--force') });
+      await client.unary('TenantService', 'DeleteTenant', { name: name(id!), force: flags.has('--force') }, md);
       return print({ deleted: name(id!) });
     }
     throw new UsageError(`unknown tenants subcommand ${JSON.stringify(sub)}`);
   }
   if (command === 'keys') {
     const [, id] = need(args, 2, `keys ${sub ?? '<subcommand>'} <tenant>`);
+    const md = client.withTenant(id!);
     if (sub === 'create') {
       const role = flags.has('--read-only') ? 'READ_ONLY' : 'READ_WRITE';
-      return print(await client.unary('TenantService', 'CreateApiKey', { parent: name(id!), api_key: { role } }));
+      return print(await client.unary('TenantService', 'CreateApiKey', { parent: name(id!), api_key: { role } }, md));
     }
-    if (sub === 'list') return print(await client.unary('TenantService', 'ListApiKeys', { parent: name(id!), page_size: 1000 }));
+    if (sub === 'list') return print(await client.unary('TenantService', 'ListApiKeys', { parent: name(id!), page_size: 1000 }, md));
     throw new UsageError(`unknown keys subcommand ${JSON.stringify(sub)}`);
   }
   if (command === 'usage') {
     const [id] = need(args, 1, 'usage <tenant>');
-    return print(await client.unary('TenantService', 'GetTenantUsage', { name: name(id!) }));
+    return print(await client.unary('TenantService', 'GetTenantUsage', { name: name(id!) }, client.withTenant(id!)));
   }
   if (command === 'sql') {
     const [id, sql] = need(args, 2, 'sql <tenant> <statement>');
@@ -208,7 +216,7 @@ async function run(client: AdminClient, command: string, args: string[], flags: 
     const hash = createHash('sha256');
     let expected = '';
     let bytes = 0;
-    const stream = client.serverStream('TenantService', 'BackupTenant', { name: name(id!) });
+    const stream = client.serverStream('TenantService', 'BackupTenant', { name: name(id!) }, client.withTenant(id!));
     for await (const chunk of stream as AsyncIterable<{ data: Buffer; sha256: string }>) {
       hash.update(chunk.data);
       bytes += chunk.data.length;
@@ -225,7 +233,9 @@ async function run(client: AdminClient, command: string, args: string[], flags: 
     const [id, file] = need(args, 2, 'restore <tenant> <file>');
     const sha256 = createHash('sha256').update(readFileSync(file!)).digest('hex');
     const restored = await new Promise<unknown>((resolve, reject) => {
-      const call = client.clientStream('TenantService', 'RestoreTenant', (error, response) => (error ? reject(error) : resolve(response)));
+      const call = client.clientStream('TenantService', 'RestoreTenant', client.withTenant(id!), (error, response) =>
+        error ? reject(error) : resolve(response),
+      );
       const tenant = flags.has('--plan') ? { plan: flags.get('--plan') } : null;
       call.write({ header: { tenant_id: id, tenant, sha256 } });
       const input = createReadStream(file!, { highWaterMark: 1024 * 1024 });
@@ -246,7 +256,9 @@ async function run(client: AdminClient, command: string, args: string[], flags: 
   if (command === 'maintain') {
     const [id, operation] = need(args, 2, 'maintain <tenant|-> <operation>');
     let failed = false;
-    for await (const line of client.serverStream('TenantService', 'RunMaintenance', { name: name(id!), operation: operation!.toUpperCase() }) as AsyncIterable<{ ok: boolean }>) {
+    const md = id === '-' ? undefined : client.withTenant(id!);
+    const request = { name: name(id!), operation: operation!.toUpperCase() };
+    for await (const line of client.serverStream('TenantService', 'RunMaintenance', request, md) as AsyncIterable<{ ok: boolean }>) {
       print(line);
       failed ||= !line.ok;
     }

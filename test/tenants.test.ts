@@ -235,3 +235,18 @@ describe('API keys', () => {
     expect(unnamed.code).toBe(status.INVALID_ARGUMENT);
   });
 });
+
+describe('x-tenant-id on admin calls', () => {
+  it('must name the tenant the request is about, as the cluster proxy routes on it', async () => {
+    await t.createTenant('routed');
+    const named = { key: t.adminKey, tenantId: 'routed' };
+    expect((await t.client.call('TenantService', 'GetTenant', { name: 'tenants/routed' }, named)).name).toBe('tenants/routed');
+    const elsewhere = { key: t.adminKey, tenantId: 'someone-else' };
+    const wrong = await t.client.failure('TenantService', 'GetTenant', { name: 'tenants/routed' }, elsewhere);
+    expect(wrong.code).toBe(status.PERMISSION_DENIED);
+    expect(wrong.reason).toBe('TENANT_MISMATCH');
+    const create = await t.client.failure('TenantService', 'CreateTenant', { tenant_id: 'misrouted' }, elsewhere);
+    expect(create.reason).toBe('TENANT_MISMATCH');
+    expect((await t.client.failure('TenantService', 'GetTenant', { name: 'tenants/misrouted' }, admin())).code).toBe(status.NOT_FOUND);
+  });
+});

@@ -30,6 +30,24 @@ export class Access {
     return principal;
   }
 
+  /**
+   * An admin call about `tenantId`: when it carries `x-tenant-id` (as it must
+   * behind the cluster proxy, which routes on it), the header has to name
+   * that tenant, or the call would have reached the wrong node.
+   */
+  sameTenant(metadata: Metadata, tenantId: string): string {
+    const header = metadata.get('x-tenant-id');
+    if (header.length > 0 && String(header[0]) !== tenantId) {
+      throw new TenantdError(
+        Status.PERMISSION_DENIED,
+        'TENANT_MISMATCH',
+        `x-tenant-id names ${JSON.stringify(String(header[0]).slice(0, 64))} but the request is about tenants/${tenantId}`,
+        { metadata: { x_tenant_id: String(header[0]).slice(0, 64), tenant: tenantId } },
+      );
+    }
+    return tenantId;
+  }
+
   tenant(metadata: Metadata): TenantCall {
     const principal = this.auth.authenticate(metadata);
     const header = metadata.get('x-tenant-id');

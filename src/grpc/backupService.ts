@@ -40,7 +40,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
       'BackupTenant',
       async (call: ServerWritableStream<{ name: string; chunk_size: number }, BackupChunk>, _trailer, rpc) => {
         access.admin(call.metadata);
-        const tenantId = parseTenantName(call.request.name);
+        const tenantId = access.sameTenant(call.metadata, parseTenantName(call.request.name));
         const requested = call.request.chunk_size;
         if (requested < 0 || requested > MAX_CHUNK_BYTES) {
           throw invalidArgument('chunk_size', `from 1 to ${MAX_CHUNK_BYTES} bytes, or 0 for ${DEFAULT_CHUNK_BYTES}`);
@@ -93,7 +93,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
             if (message.part !== 'header') throw invalidArgument('header', 'the first message must be the header', 'RESTORE_HEADER_MISSING');
             header = message.header;
             const fields = header.tenant ? fieldsFromProto(header.tenant) : null;
-            limit = manager.restoreLimit(parseTenantName(`tenants/${header.tenant_id}`, 'header.tenant_id'), fields);
+            limit = manager.restoreLimit(access.sameTenant(call.metadata, parseTenantName(`tenants/${header.tenant_id}`, 'header.tenant_id')), fields);
             rpc.routed(header.tenant_id, backups.shardOf(header.tenant_id));
             handle = await open(file, 'wx+');
             continue;
@@ -145,7 +145,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
         }
         let tenantIds: string[] | null = null;
         if (call.request.name !== 'tenants/-') {
-          const tenantId = parseTenantName(call.request.name);
+          const tenantId = access.sameTenant(call.metadata, parseTenantName(call.request.name));
           manager.get(tenantId);
           rpc.routed(tenantId, backups.shardOf(tenantId));
           tenantIds = [tenantId];

@@ -45,14 +45,14 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
         access.admin(call.metadata);
         const { tenant_id, tenant, source_tenant } = call.request;
         const source = source_tenant === '' ? null : parseTenantName(source_tenant, 'source_tenant');
-        const created = await manager.create(tenant_id, fieldsFromProto(tenant), source);
+        const created = await manager.create(access.sameTenant(call.metadata, tenant_id), fieldsFromProto(tenant), source);
         return { tenant: tenantToProto(created.tenant), api_key: keyToProto(created.key, created.secret) };
       },
     ),
 
     GetTenant: unary(service, 'GetTenant', (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
-      return tenantToProto(manager.get(parseTenantName(call.request.name)));
+      return tenantToProto(manager.get(access.sameTenant(call.metadata, parseTenantName(call.request.name))));
     }),
 
     ListTenants: unary(service, 'ListTenants', (call: Call<{ page_size: number; page_token: string; state: string }>) => {
@@ -75,7 +75,7 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
         access.admin(call.metadata);
         const { tenant, update_mask } = call.request;
         if (!tenant) throw invalidArgument('tenant', 'required');
-        const tenantId = parseTenantName(tenant.name, 'tenant.name');
+        const tenantId = access.sameTenant(call.metadata, parseTenantName(tenant.name, 'tenant.name'));
         const paths = update_mask && update_mask.paths.length > 0 ? update_mask.paths : ALL_UPDATABLE;
         return tenantToProto(manager.update(tenantId, tenant.etag, paths, fieldsFromProto(tenant)));
       },
@@ -83,23 +83,23 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
 
     SuspendTenant: unary(service, 'SuspendTenant', async (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
-      return tenantToProto(await manager.setState(parseTenantName(call.request.name), 'SUSPENDED'));
+      return tenantToProto(await manager.setState(access.sameTenant(call.metadata, parseTenantName(call.request.name)), 'SUSPENDED'));
     }),
 
     ActivateTenant: unary(service, 'ActivateTenant', async (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
-      return tenantToProto(await manager.setState(parseTenantName(call.request.name), 'ACTIVE'));
+      return tenantToProto(await manager.setState(access.sameTenant(call.metadata, parseTenantName(call.request.name)), 'ACTIVE'));
     }),
 
     DeleteTenant: unary(service, 'DeleteTenant', async (call: Call<{ name: string; force: boolean; etag: string }>) => {
       access.admin(call.metadata);
-      await manager.delete(parseTenantName(call.request.name), call.request.force, call.request.etag);
+      await manager.delete(access.sameTenant(call.metadata, parseTenantName(call.request.name)), call.request.force, call.request.etag);
       return {};
     }),
 
     CreateApiKey: unary(service, 'CreateApiKey', (call: Call<{ parent: string; api_key: ProtoApiKey | null }>) => {
       access.admin(call.metadata);
-      const tenantId = parseTenantName(call.request.parent, 'parent');
+      const tenantId = access.sameTenant(call.metadata, parseTenantName(call.request.parent, 'parent'));
       const input = call.request.api_key;
       const created = manager.createKey(tenantId, role(input?.role ?? ''), input?.display_name ?? '');
       return keyToProto(created.key, created.secret);
@@ -110,7 +110,7 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
       'ListApiKeys',
       (call: Call<{ parent: string; page_size: number; page_token: string; show_revoked: boolean }>) => {
         access.admin(call.metadata);
-        const tenantId = parseTenantName(call.request.parent, 'parent');
+        const tenantId = access.sameTenant(call.metadata, parseTenantName(call.request.parent, 'parent'));
         const size = pageSize(call.request.page_size);
         const keys = manager.listKeys(tenantId, decodePageToken(call.request.page_token), size + 1, call.request.show_revoked);
         const page = keys.slice(0, size);
@@ -124,6 +124,7 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
     RevokeApiKey: unary(service, 'RevokeApiKey', (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
       const [tenantId, keyId] = parseKeyName(call.request.name);
+      access.sameTenant(call.metadata, tenantId);
       return keyToProto(manager.revokeKey(tenantId, keyId));
     }),
   };

@@ -53,11 +53,13 @@ export function usageService(
   return {
     GetTenantUsage: unary(service, 'GetTenantUsage', (call: ServerUnaryCall<{ name: string }, unknown>) => {
       access.admin(call.metadata);
+      access.sameTenant(call.metadata, parseTenantName(call.request.name));
       return usageOf(call.request.name);
     }),
 
     WatchUsage: serverStream(service, 'WatchUsage', (call: ServerWritableStream<{ name: string; interval_ms: number }, unknown>) => {
       access.admin(call.metadata);
+      access.sameTenant(call.metadata, parseTenantName(call.request.name));
       const requested = call.request.interval_ms;
       if (requested !== 0 && requested < MIN_INTERVAL_MS) {
         throw invalidArgument('interval_ms', `at least ${MIN_INTERVAL_MS}, or 0 for ${DEFAULT_INTERVAL_MS}`);
