@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition, rpcTypes } from './protos.ts';
 
-export const CLI_USAGE = `usage: tenantd <command> [--address 127.0.0.1:7070] [--admin-key-file ./data/admin.key]
+export const CLI_USAGE = `usage: tenantd <command> [--address 127.0.0.1:7070[,node2:7070,...]] [--admin-key-file ./data/admin.key]
   tenants list [--state ACTIVE|SUSPENDED]
   tenants get <tenant>
   tenants create <tenant> [--plan P] [--display-name N]
@@ -25,6 +25,7 @@ export const CLI_USAGE = `usage: tenantd <command> [--address 127.0.0.1:7070] [-
   backup <tenant> <file>
   restore <tenant> <file> [--plan P]       (a new tenant, or over a suspended one)
   maintain <tenant|-> VACUUM|ANALYZE|OPTIMIZE|INTEGRITY_CHECK
+Several --address values (a cluster's nodes) serve tenants list and maintain -, node by node.
 The admin key: TENANTD_ADMIN_KEY, or the file --admin-key-file names.`;
 
 /** Commands this module serves; `serve` is main.ts's own. */
@@ -154,8 +155,16 @@ function need(args: string[], count: number, what: string): string[] {
   return args;
 }
 
+const bytesAsBase64 = (_key: string, value: unknown) => (Buffer.isBuffer(value) ? value.toString('base64') : value);
+
+/** One answer, indented. */
 function print(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, (_k, v) => (Buffer.isBuffer(v) ? v.toString('base64') : v), 2)}\n`);
+  process.stdout.write(`${JSON.stringify(value, bytesAsBase64, 2)}\n`);
+}
+
+/** One item of a listing or a stream: a JSON line each, for jq and grep. */
+function printLine(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, bytesAsBase64)}\n`);
 }
 
 async function run(client: AdminClient, command: string, args: string[], flags: Map<string, string>): Promise<void> {
@@ -171,7 +180,7 @@ async function run(client: AdminClient, command: string, args: string[], flags: 
           page_token: token,
           state,
         });
-        for (const tenant of page.tenants) print(tenant);
+        for (const tenant of page.tenants) printLine(tenant);
         token = page.next_page_token;
       } while (token !== '');
       return;
@@ -259,7 +268,7 @@ async function run(client: AdminClient, command: string, args: string[], flags: 
     const md = id === '-' ? undefined : client.withTenant(id!);
     const request = { name: name(id!), operation: operation!.toUpperCase() };
     for await (const line of client.serverStream('TenantService', 'RunMaintenance', request, md) as AsyncIterable<{ ok: boolean }>) {
-      print(line);
+      printLine(line);
       failed ||= !line.ok;
     }
     if (failed) process.exitCode = 1;
@@ -270,11 +279,21 @@ async function run(client: AdminClient, command: string, args: string[], flags: 
 
 /** Runs one CLI command; returns the exit code. */
 export async function cli(command: string, argv: string[]): Promise<number> {
-  let client: AdminClient | null = null;
+  const clients: AdminClient[] = [];
   try {
     const { positional, flags } = parse(argv);
-    client = new AdminClient(flags.get('--address') ?? '127.0.0.1:7070', adminKey(flags));
-    await run(client, command, positional, flags);
+    const key = adminKey(flags);
+    const addresses = (flags.get('--address') ?? '127.0.0.1:7070').split(',').filter((a) => a !== '');
+    // Several addresses: the nodes of a cluster, for the commands that span it.
+    const clusterWide = (command === 'tenants' && positional[0] === 'list') || (command === 'maintain' && positional[0] === '-');
+    if (addresses.length > 1 && !clusterWide) {
+      throw new UsageError('several --address values are for `tenants list` and `maintain -`; other commands go through one address');
+    }
+    for (const address of addresses) {
+      const client = new AdminClient(address, key);
+      clients.push(client);
+      await run(client, command, positional, flags);
+    }
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (error) {
     if (error instanceof UsageError) {
@@ -285,6 +304,6 @@ export async function cli(command: string, argv: string[]): Promise<number> {
     process.stderr.write(`tenantd: ${typeof serviceError.code === 'number' ? describeError(serviceError) : (error as Error).message}\n`);
     return 1;
   } finally {
-    client?.close();
+    for (const client of clients) client.close();
   }
 }

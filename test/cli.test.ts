@@ -60,7 +60,9 @@ describe('tenantd CLI', () => {
 
     const check = await tenantd(['maintain', '-', 'integrity_check']);
     expect(check.code).toBe(0);
-    expect(check.stdout).toContain('"tenant": "tenants/cli-b"');
+    const lines = check.stdout.trim().split('\n').map((line) => JSON.parse(line));
+    expect(lines.map((l) => l.tenant).sort()).toEqual(['tenants/cli-a', 'tenants/cli-b']);
+    expect(lines.every((l) => l.ok)).toBe(true);
   });
 
   it('prints the error reason and exits 1 on a failed call, 2 on bad usage or no key', async () => {

@@ -161,6 +161,19 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster of three no
     }
   });
 
+  it('lists the tenants of every node with the CLI given the nodes’ addresses', async () => {
+    const addresses = nodes.map((n) => `127.0.0.1:${n.port}`).join(',');
+    const child = spawn(process.execPath, [BIN, 'tenants', 'list', '--address', addresses], {
+      env: { ...process.env, TENANTD_ADMIN_KEY: adminKey },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    expect(await new Promise((resolve) => child.on('exit', resolve))).toBe(0);
+    const listed = out.trim().split('\n').map((line) => (JSON.parse(line) as { tenant_id: string }).tenant_id);
+    expect(listed.sort()).toEqual([...TENANTS].sort());
+  });
+
   it('makes a stopped node’s tenants UNAVAILABLE, never re-homes them, and keeps serving the others', async () => {
     const placement = new Map(await Promise.all(TENANTS.map(async (id) => [id, (await homes(id))[0]!] as const)));
     const victim = placement.get(TENANTS[0]!)!;
