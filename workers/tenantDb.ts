@@ -112,20 +112,18 @@ export class TenantDb {
   private readonly cache = new Map<string, Database.Statement>();
   /** Column descriptions of cached readers; statement.columns() costs ~2.5 µs a call. */
   private columnsOf = new WeakMap<Database.Statement, ColumnInfo[]>();
-  private readonly begin: Database.Statement;
-  private readonly commit: Database.Statement;
-  private readonly rollback: Database.Statement;
-  private readonly savepoint: Database.Statement;
-  private readonly release: Database.Statement;
-  private readonly rollbackTo: Database.Statement;
-  private readonly changes: Database.Statement;
-  private readonly pageSize: number;
+  /**
+   * The service's own statements, prepared on first use: a tenant that is
+   * only read never needs the transaction ones, and every statement object
+   * made on open is garbage the shard's GC pays for when the LRU closes it.
+   */
+  private readonly own = new Map<string, Database.Statement>();
+  private pageBytes = 0;
   private storageLimit = Number.NaN;
   /** Set when the file may have grown or shrunk since the size was last read. */
   private sizeChanged = true;
   /** A statement that is not read-only ran since the last takeWrote(). */
   private wrote = false;
-  private readonly pageCount: Database.Statement;
   /** Bytes of rows the current call has produced so far. */
   private resultBytes = 0;
   /** The request field of the statement running now, for error details. */
@@ -135,15 +133,20 @@ export class TenantDb {
     this.db = db;
     this.tenantId = tenantId;
     this.guard = Guard.attach(db);
-    this.begin = db.prepare('BEGIN IMMEDIATE');
-    this.commit = db.prepare('COMMIT');
-    this.rollback = db.prepare('ROLLBACK');
-    this.savepoint = db.prepare('SAVEPOINT tenantd_call');
-    this.release = db.prepare('RELEASE tenantd_call');
-    this.rollbackTo = db.prepare('ROLLBACK TO tenantd_call');
-    this.changes = db.prepare('SELECT changes(), last_insert_rowid()').raw(true);
-    this.pageSize = Number(db.pragma('page_size', { simple: true }));
-    this.pageCount = db.prepare('PRAGMA page_count').pluck();
+  }
+
+  private ownStatement(sql: string): Database.Statement {
+    let statement = this.own.get(sql);
+    if (statement === undefined) {
+      statement = this.db.prepare(sql);
+      this.own.set(sql, statement);
+    }
+    return statement;
+  }
+
+  private get pageSize(): number {
+    this.pageBytes ||= Number(this.ownStatement('PRAGMA page_size').pluck().get());
+    return this.pageBytes;
   }
 
   static open(options: OpenOptions): TenantDb {
@@ -157,19 +160,19 @@ export class TenantDb {
       // may hold the lock for good: SQLite then keeps the WAL index in heap
       // memory and skips two fcntl calls per transaction (2-5x faster point
       // reads, measured). Set before the first WAL access for that to apply.
-      db.pragma('locking_mode = EXCLUSIVE');
-      db.pragma('journal_mode = WAL');
-      // The guard keeps the -wal file when the connection closes; this
-      // empties it then (and caps what it keeps after a checkpoint).
-      db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`);
-      // WAL + FULL syncs the log on every commit: an acknowledged write
-      // survives power loss. NORMAL syncs only at checkpoints: it survives
-      // the process dying, not the machine.
-      db.pragma(`synchronous = ${options.sync === 'full' ? 'FULL' : 'NORMAL'}`);
-      db.pragma('foreign_keys = ON');
-      // One connection per tenant per process: nobody else can hold the lock.
-      db.pragma('busy_timeout = 0');
-      db.exec('CREATE TABLE IF NOT EXISTS _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT');
+      //
+      // The guard keeps the -wal file when the connection closes;
+      // journal_size_limit empties it then (and caps what it keeps after a
+      // checkpoint). WAL + FULL syncs the log on every commit: an
+      // acknowledged write survives power loss. NORMAL syncs only at
+      // checkpoints: it survives the process dying, not the machine. One
+      // connection per tenant per process: nobody else can hold the lock.
+      // One exec for all of it: no statement objects to collect later.
+      db.exec(
+        `PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT_BYTES};
+         PRAGMA synchronous = ${options.sync === 'full' ? 'FULL' : 'NORMAL'}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 0;
+         CREATE TABLE IF NOT EXISTS _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT;`,
+      );
       return new TenantDb(db, options.tenantId);
     } catch (error) {
       db.close();
@@ -196,7 +199,7 @@ export class TenantDb {
   }
 
   sizeBytes(): number {
-    return Number(this.pageCount.get()) * this.pageSize;
+    return Number(this.ownStatement('PRAGMA page_count').pluck().get()) * this.pageSize;
   }
 
   get schemaVersion(): number {
@@ -432,20 +435,20 @@ export class TenantDb {
   }
 
   beginGroup(): void {
-    this.begin.run();
+    this.ownStatement('BEGIN IMMEDIATE').run();
   }
 
   /** Commits the open transaction; a failure (disk full, I/O) is the status of every call in it. */
   commitGroup(limits: CallLimits): void {
     try {
-      this.commit.run();
+      this.ownStatement('COMMIT').run();
     } catch (error) {
       throw new ShardError(toWireError(error, this.failure('statements', limits, null, false)));
     }
   }
 
   rollbackGroup(): void {
-    if (this.db.inTransaction) this.rollback.run();
+    if (this.db.inTransaction) this.ownStatement('ROLLBACK').run();
   }
 
   /**
@@ -454,15 +457,15 @@ export class TenantDb {
    * (an interrupted write does): the caller checks `inTransaction`.
    */
   inSavepoint<T>(fn: () => T): T {
-    this.savepoint.run();
+    this.ownStatement('SAVEPOINT tenantd_call').run();
     try {
       const result = fn();
-      this.release.run();
+      this.ownStatement('RELEASE tenantd_call').run();
       return result;
     } catch (error) {
       if (this.db.inTransaction) {
-        this.rollbackTo.run();
-        this.release.run();
+        this.ownStatement('ROLLBACK TO tenantd_call').run();
+        this.ownStatement('RELEASE tenantd_call').run();
       }
       throw error;
     }
@@ -547,7 +550,7 @@ export class TenantDb {
     }
     if (statement.readonly) return { columns, rows, rowsAffected: 0, lastInsertRowid: 0n };
     // INSERT ... RETURNING and friends: rows and a change count.
-    const [changes, rowid] = this.changes.get() as [bigint, bigint];
+    const [changes, rowid] = this.ownStatement('SELECT changes(), last_insert_rowid()').raw(true).get() as [bigint, bigint];
     return { columns, rows, rowsAffected: Number(changes), lastInsertRowid: rowid };
   }
 
@@ -630,7 +633,7 @@ export class TenantDb {
   private applyStorageLimit(limitBytes: number): void {
     if (limitBytes === this.storageLimit) return;
     const pages = limitBytes < 0 ? UNLIMITED_PAGES : Math.max(1, Math.floor(limitBytes / this.pageSize));
-    this.db.pragma(`max_page_count = ${pages}`);
+    this.db.exec(`PRAGMA max_page_count = ${pages}`);
     this.storageLimit = limitBytes;
   }
 }
