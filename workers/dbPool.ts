@@ -9,7 +9,8 @@ import { status as Status } from '@grpc/grpc-js';
 import type { SyncMode } from '../src/config.ts';
 import { tenantDbPath, type MigrationStep } from '../src/protocol.ts';
 import { REPLACED_SUFFIX } from '../src/tenants/restoreFiles.ts';
-import { ShardError, TenantDb } from './tenantDb.ts';
+import { ShardError } from './shardError.ts';
+import { TenantDb } from './tenantDb.ts';
 
 export class DbPool {
   private readonly open = new Map<string, TenantDb>();

@@ -8,7 +8,8 @@
 import { status as Status } from '@grpc/grpc-js';
 import type { WireError } from '../src/errors.ts';
 import type { ExecuteResult, ShardRequest } from '../src/protocol.ts';
-import { ShardError, type TenantDb } from './tenantDb.ts';
+import { ShardError } from './shardError.ts';
+import type { TenantDb } from './tenantDb.ts';
 
 export type WriteRequest = Extract<ShardRequest, { op: 'execute' | 'batch' }>;
 

@@ -28,7 +28,8 @@ import { addRows, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes,
 import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome } from './groupCommit.ts';
 import { countCommit, reportGroupSpans, reportStats, shardClock, withShardSpan } from './telemetry.ts';
-import { ShardError, type TenantDb } from './tenantDb.ts';
+import { ShardError } from './shardError.ts';
+import type { TenantDb } from './tenantDb.ts';
 
 const data = workerData as ShardWorkerData;
 const port = parentPort!;

@@ -13,7 +13,6 @@ import { dirname } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import type { SyncMode } from '../src/config.ts';
-import type { WireError } from '../src/errors.ts';
 import type {
   CallLimits,
   ColumnInfo,
@@ -28,20 +27,11 @@ import type {
 } from '../src/protocol.ts';
 import { Guard } from './guard.ts';
 import { toWireError } from './sqlErrors.ts';
+import { ShardError } from './shardError.ts';
+import { EventLog } from './eventLog.ts';
 
-/** A failure already expressed as a status, thrown through the shard's handlers. */
-export class ShardError extends Error {
-  constructor(readonly wire: WireError) {
-    super(wire.message);
-  }
-}
 
 const STATEMENT_CACHE_SIZE = 128;
-/**
- * An event read (a Read, a page of a Subscribe backlog) stops at about this
- * many bytes: under the 4 MiB that gRPC clients accept by default.
- */
-const MAX_EVENT_PAGE_BYTES = 3 * 1024 * 1024;
 /**
  * After a checkpoint the WAL file is cut back to this size, and to zero when
  * the connection closes: a tenant at rest keeps an empty -wal file, not up to
@@ -238,46 +228,26 @@ export class TenantDb {
     return version;
   }
 
-  // ---- the event log: _tenantd_events, which tenant SQL cannot touch ----
+  // ---- the event log (eventLog.ts) ----
 
-  /**
-   * Appends `events` in one transaction and returns their positions. The
-   * last position given is kept in _tenantd_meta (not in sqlite_sequence,
-   * which tenant SQL may write), so positions start at 1 and never repeat,
-   * not even after old events are removed. With `expected`, nothing is
-   * written unless the log's last position is it.
-   */
-  appendEvents(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, limits: CallLimits): bigint[] {
-    this.eventRetentionMs = retentionMs;
-    return this.eventsCall(limits, () => {
-      this.ensureEventLog();
-      this.sizeChanged = true;
-      return this.db.transaction(() => {
-        const last = this.lastEventPosition();
-        if (expected !== null && expected !== last) {
-          throw new ShardError({
-            code: Status.ABORTED,
-            reason: 'POSITION_MISMATCH',
-            message: `the log's last position is ${last}, not the expected ${expected}; nothing was written`,
-            metadata: { expected_position: String(expected), last_position: String(last) },
-          });
-        }
-        if (retentionMs > 0) this.db.prepare('DELETE FROM _tenantd_events WHERE time < ?').run(Date.now() - retentionMs);
-        const insert = this.db.prepare('INSERT INTO _tenantd_events (position, type, data, metadata, time) VALUES (?, ?, ?, ?, ?)');
-        const positions = events.map((e, i) => {
-          const position = last + BigInt(i + 1);
-          insert.run(position, e.type, e.data, JSON.stringify(e.metadata), e.time);
-          return position;
-        });
-        this.db
-          .prepare("INSERT INTO _tenantd_meta (key, value) VALUES ('events_last_position', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-          .run(last + BigInt(events.length));
-        return positions;
-      }).immediate();
+  private events: EventLog | null = null;
+
+  private get eventLog(): EventLog {
+    this.events ??= new EventLog({
+      db: this.db,
+      statement: (sql) => this.ownStatement(sql),
+      sizeChanged: () => {
+        this.sizeChanged = true;
+      },
+      schemaChanged: () => this.schemaChanged(),
     });
+    return this.events;
   }
 
-  /** Up to `limit` events from `from` (only `types`, when given) and where the next read starts. */
+  appendEvents(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, limits: CallLimits): bigint[] {
+    return this.eventsCall(limits, () => this.eventLog.append(events, expected, retentionMs));
+  }
+
   readEvents(
     from: bigint,
     limit: number,
@@ -285,74 +255,12 @@ export class TenantDb {
     retentionMs: number,
     limits: CallLimits,
   ): { events: LogEvent[]; nextPosition: bigint; complete: boolean } {
-    this.eventRetentionMs = retentionMs;
-    return this.eventsCall(limits, () => {
-      if (!this.hasEventLog()) return { events: [], nextPosition: from < 1n ? 1n : from, complete: true };
-      // Expired events not yet swept away are never shown.
-      const notBefore = retentionMs > 0 ? Date.now() - retentionMs : 0;
-      const statement =
-        types.length === 0
-          ? this.db.prepare('SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND time >= ? ORDER BY position LIMIT ?')
-          : this.db.prepare(
-              'SELECT position, type, data, metadata, time FROM _tenantd_events WHERE position >= ? AND time >= ? AND type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?',
-            );
-      const args = types.length === 0 ? [from, notBefore, limit] : [from, notBefore, JSON.stringify(types), limit];
-      const events: LogEvent[] = [];
-      let bytes = 0;
-      let cut = false;
-      for (const [position, type, data, metadata, time] of statement.raw(true).iterate(...args) as IterableIterator<[bigint, string, Uint8Array, string, bigint]>) {
-        // A page stops at MAX_EVENT_PAGE_BYTES (but always holds one event), like a Query chunk.
-        const size = data.length + metadata.length + type.length;
-        if (events.length > 0 && bytes + size > MAX_EVENT_PAGE_BYTES) {
-          cut = true;
-          break;
-        }
-        bytes += size;
-        events.push({ position, type, data, metadata: JSON.parse(metadata) as Record<string, string>, time: Number(time) });
-      }
-      if (cut || events.length === limit) return { events, nextPosition: events.at(-1)!.position + 1n, complete: false };
-      // A short page read everything there is: the next read starts after the last position ever given.
-      return { events, nextPosition: bigMax(from, this.lastEventPosition() + 1n), complete: true };
-    });
+    return this.eventsCall(limits, () => this.eventLog.read(from, limit, types, retentionMs));
   }
 
-  /**
-   * Removes the events older than the retention the tenant's last events
-   * call carried (the shard's background sweep); returns how many.
-   */
+  /** The shard's background sweep of expired events; a tenant without an events call since it opened has none to sweep. */
   sweepExpiredEvents(): number {
-    if (this.eventRetentionMs <= 0 || !this.eventLog) return 0;
-    const removed = this.db.prepare('DELETE FROM _tenantd_events WHERE time < ?').run(Date.now() - this.eventRetentionMs).changes;
-    if (removed > 0) this.sizeChanged = true;
-    return removed;
-  }
-
-  private eventLog = false;
-  /** The tenant's event_retention_hours in ms as its last events call carried it; 0: keep everything. */
-  private eventRetentionMs = 0;
-
-  private hasEventLog(): boolean {
-    this.eventLog ||= this.db.prepare("SELECT 1 FROM sqlite_schema WHERE name = '_tenantd_events'").get() !== undefined;
-    return this.eventLog;
-  }
-
-  private ensureEventLog(): void {
-    if (this.hasEventLog()) return;
-    this.db.exec(`CREATE TABLE IF NOT EXISTS _tenantd_events (
-      position INTEGER PRIMARY KEY,
-      type TEXT NOT NULL,
-      data BLOB NOT NULL,
-      metadata TEXT NOT NULL,
-      time INTEGER NOT NULL
-    ) STRICT;
-    CREATE INDEX IF NOT EXISTS _tenantd_events_time ON _tenantd_events (time);`);
-    this.eventLog = true;
-    this.schemaChanged();
-  }
-
-  private lastEventPosition(): bigint {
-    const last = this.db.prepare("SELECT value FROM _tenantd_meta WHERE key = 'events_last_position'").pluck().get() as bigint | undefined;
-    return last ?? 0n;
+    return this.events?.sweep() ?? 0;
   }
 
   /** The service's own statements: the guard stays off, the storage quota holds, SQLite errors map as for SQL. */
@@ -643,8 +551,4 @@ const PLAIN_DML = /^\s*(INSERT|UPDATE|DELETE|REPLACE)\b/i;
 
 function describeColumns(statement: Database.Statement): ColumnInfo[] {
   return statement.columns().map((c) => ({ name: c.name, declType: c.type ?? '' }));
-}
-
-function bigMax(a: bigint, b: bigint): bigint {
-  return a > b ? a : b;
 }
