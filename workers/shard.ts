@@ -27,6 +27,7 @@ import {
 import { addRows, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes, type QuotaPage } from '../src/quota/layout.ts';
 import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome } from './groupCommit.ts';
+import { Replies } from './replies.ts';
 import { countCommit, reportGroupSpans, reportStats, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
 import type { TenantDb } from './tenantDb.ts';
@@ -145,62 +146,7 @@ function toWire(request: ShardRequest, error: unknown): WireError {
   return { code: Status.INTERNAL, reason: 'INTERNAL', message: 'internal error in the shard; see the server log' };
 }
 
-/**
- * Answers of read-only Executes wait in `held` while the worker goes on with
- * calls it has already received, and reach the front end as one message:
- * the main thread pays about 4 µs for each message it receives (bench/sql.ts,
- * the dispatch line). An answer must not wait behind work that may be slow,
- * so `held` is posted before a call for a tenant whose database is not open
- * or whose recent calls ran ≥ 0.5 ms (recentRunMs), once its oldest answer has waited 0.5 ms,
- * at 64 answers, and whenever the worker has nothing left to run. Answers of
- * calls that wrote, errors and every other op are posted at once, so a
- * worker that dies never takes an acknowledged write's answer with it.
- */
-const HOLD_MS = 0.5;
-const MAX_HELD = 64;
-let held: (PackedResult | ShardResponse)[] = [];
-let heldSince = 0;
-/**
- * How slow each open tenant's calls have been lately, in ms: the longest of
- * its recent calls, halved with each call after it, so a tenant cannot hide
- * a slow call behind one quick one.
- */
-const recentRunMs = new WeakMap<TenantDb, number>();
-
-function noteRun(tenantId: string, ms: number): void {
-  const db = pool.peek(tenantId);
-  if (db !== undefined) recentRunMs.set(db, Math.max(ms, (recentRunMs.get(db) ?? 0) / 2));
-}
-
-function flushHeld(): void {
-  if (held.length === 0) return;
-  port.postMessage(held);
-  held = [];
-}
-
-/** Posts `answer` now, after whatever is held (so that answers keep their order). */
-function post(answer: PackedResult | ShardResponse): void {
-  if (held.length > 0) {
-    held.push(answer);
-    flushHeld();
-  } else {
-    port.postMessage(answer);
-  }
-}
-
-function hold(answer: PackedResult): void {
-  if (held.length === 0) heldSince = performance.now();
-  held.push(answer);
-  if (held.length >= MAX_HELD) flushHeld();
-}
-
-/** Before running `request`: posts what is held unless the call is known to be quick. */
-function beforeRun(request: ShardRequest): void {
-  if (held.length === 0) return;
-  const db = pool.peek(request.tenantId);
-  const recent = db === undefined ? undefined : recentRunMs.get(db);
-  if (recent === undefined || recent >= HOLD_MS || performance.now() - heldSince >= HOLD_MS) flushHeld();
-}
+const replies = new Replies(port);
 
 function answer(request: ShardRequest): void {
   const start = performance.now();
@@ -208,33 +154,31 @@ function answer(request: ShardRequest): void {
   try {
     result = withShardSpan(request, () => handle(request));
   } catch (error) {
-    noteRun(request.tenantId, performance.now() - start);
-    post({ id: request.id, kind: 'error', error: toWire(request, error) });
+    replies.ran(pool.peek(request.tenantId), performance.now() - start);
+    replies.post({ id: request.id, kind: 'error', error: toWire(request, error) });
     return;
   }
-  noteRun(request.tenantId, performance.now() - start);
   const db = pool.peek(request.tenantId);
+  replies.ran(db, performance.now() - start);
   // An Execute or Batch that wrote committed on its own (no group around it).
   const wrote = db !== undefined && isWrite(request) && db.takeWrote();
   if (wrote) countCommit(1);
-  if (request.op !== 'execute') post({ id: request.id, kind: 'ok', result });
-  else if (wrote || db === undefined) post(packResult(request.id, result as ExecuteResult));
-  else hold(packResult(request.id, result as ExecuteResult));
+  if (request.op !== 'execute') replies.post({ id: request.id, kind: 'ok', result });
+  else if (wrote || db === undefined) replies.post(packResult(request.id, result as ExecuteResult));
+  else replies.hold(packResult(request.id, result as ExecuteResult));
 }
 
 /** A group's answers: the group committed (or not) as a whole, so they go at once. */
 function answerGroup(db: TenantDb, outcomes: Outcome[]): void {
   const succeeded = outcomes.filter((o) => o.error === undefined).length;
   if (db.takeWrote() && succeeded > 0) countCommit(succeeded);
-  for (const { request, result, error } of outcomes) {
-    if (error === undefined) {
+  replies.postAll(
+    outcomes.map(({ request, result, error }): PackedResult | ShardResponse => {
+      if (error !== undefined) return { id: request.id, kind: 'error', error: toWire(request, error) };
       recordResults(db, request.limits.slot, result!);
-      held.push(request.op === 'execute' ? packResult(request.id, result as ExecuteResult) : { id: request.id, kind: 'ok', result: result! });
-    } else {
-      held.push({ id: request.id, kind: 'error', error: toWire(request, error) });
-    }
-  }
-  flushHeld();
+      return request.op === 'execute' ? packResult(request.id, result as ExecuteResult) : { id: request.id, kind: 'ok', result: result! };
+    }),
+  );
 }
 
 /**
@@ -298,7 +242,7 @@ function drain(initial: ShardRequest): void {
   while (pending !== undefined) {
     const request: ShardRequest = pending;
     pending = undefined;
-    beforeRun(request);
+    replies.beforeRun(pool.peek(request.tenantId));
     if (!data.groupCommit || !isWrite(request)) {
       answer(request);
       continue;
@@ -320,7 +264,7 @@ function drain(initial: ShardRequest): void {
     }
     const groupStart = shardClock();
     const { outcomes, leftover } = runGroup(db, request, next, takeQueued);
-    noteRun(request.tenantId, shardClock() - groupStart);
+    replies.ran(db, shardClock() - groupStart);
     reportGroupSpans(outcomes, groupStart);
     answerGroup(db, outcomes);
     pending = leftover;
@@ -346,6 +290,6 @@ setInterval(() => {
 port.on('message', (message: ShardInbound) => {
   enqueue(message);
   for (let request = takeLocal(); request !== undefined; request = takeLocal()) drain(request);
-  flushHeld();
+  replies.flush();
   reportStats(pool.size);
 });
