@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { replacedDir } from '../src/tenants/restoreFiles.ts';
 import { RpcError, freshDataDir, rowsOf, startTestServer, v, type DecodedStatus, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -260,15 +261,16 @@ describe('a restore cut short by a crash', () => {
     // The states a crash can leave: the old directory set aside and the new one empty,
     // or the new database already in place with the old directory still aside.
     const tenants = join(dataDir, 'tenants');
-    renameSync(join(tenants, 'crashed-before'), join(tenants, 'crashed-before.replaced'));
+    mkdirSync(join(dataDir, 'replaced'));
+    renameSync(join(tenants, 'crashed-before'), replacedDir(dataDir, 'crashed-before'));
     mkdirSync(join(tenants, 'crashed-before'));
-    cpSync(join(tenants, 'crashed-after'), join(tenants, 'crashed-after.replaced'), { recursive: true });
+    cpSync(join(tenants, 'crashed-after'), replacedDir(dataDir, 'crashed-after'), { recursive: true });
 
     const second = await startTestServer({ dataDir, shards: 1 });
     try {
       expect(rowsOf(await second.sql(oldKey, 'SELECT x FROM v'))).toEqual([['old']]);
       expect(rowsOf(await second.sql(newKey, 'SELECT x FROM v'))).toEqual([['new']]);
-      expect(readdirSync(tenants).filter((name) => name.endsWith('.replaced'))).toEqual([]);
+      expect(readdirSync(join(dataDir, 'replaced'))).toEqual([]);
     } finally {
       await second.stop();
     }

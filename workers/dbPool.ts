@@ -8,7 +8,7 @@ import { dirname } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import type { SyncMode } from '../src/config.ts';
 import { tenantDbPath, type MigrationStep } from '../src/protocol.ts';
-import { REPLACED_SUFFIX } from '../src/tenants/restoreFiles.ts';
+import { replacedDir } from '../src/tenants/restoreFiles.ts';
 import { ShardError } from './shardError.ts';
 import { TenantDb } from './tenantDb.ts';
 
@@ -69,7 +69,7 @@ export class DbPool {
    * Puts `file` (a database under the data directory) in the tenant's place.
    * The file is checked (integrity_check) and migrated where it lies, before
    * anything of the tenant is touched; then the directories are swapped by
-   * rename, the tenant's old one set aside as `<dir>.replaced` until the new
+   * rename, the tenant's old one set aside (restoreFiles.ts) until the new
    * one is in place. A crash in between is repaired at the next start
    * (src/tenants/restoreFiles.ts). Returns the schema version.
    */
@@ -103,8 +103,9 @@ export class DbPool {
     const dir = dirname(path);
     this.open.get(tenantId)?.close();
     this.open.delete(tenantId);
-    const aside = `${dir}${REPLACED_SUFFIX}`;
+    const aside = replacedDir(this.dataDir, tenantId);
     rmSync(aside, { recursive: true, force: true });
+    mkdirSync(dirname(aside), { recursive: true });
     const replacing = existsSync(dir);
     if (replacing) renameSync(dir, aside);
     mkdirSync(dir, { recursive: true });

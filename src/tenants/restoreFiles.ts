@@ -1,30 +1,37 @@
 /**
- * What a restore leaves in `tenants/` while it swaps a tenant's directory,
- * shared by the shard that does the swap and the start-up that repairs a
- * swap a crash cut short. Only file names: nothing here opens a database.
+ * Where a restore sets a tenant's old directory aside while it swaps in the
+ * new one: `<data-dir>/replaced/<tenant_id>`, outside `tenants/`, so the
+ * start-up repair lists a directory that is empty but for a crash, not one
+ * entry per tenant. Shared by the shard that does the swap and the start-up
+ * that repairs a swap a crash cut short. Only file names: nothing here opens
+ * a database.
  */
-import { existsSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
-/** Marks a tenant directory set aside by a restore that has not finished swapping. */
-export const REPLACED_SUFFIX = '.replaced';
+/** The set-aside directory of `tenantId`'s old files during a restore. */
+export function replacedDir(dataDir: string, tenantId: string): string {
+  return join(dataDir, 'replaced', tenantId);
+}
 
 /**
  * Repairs what a crash in the middle of a restore's swap left: with the new
  * database in place the old directory goes, without it the old one comes
- * back. Runs at start, before any shard opens a tenant.
+ * back. Runs at start, before any shard opens a tenant. Returns the tenant
+ * directories it repaired.
  */
-export function recoverInterruptedRestores(tenantsDir: string): string[] {
+export function recoverInterruptedRestores(dataDir: string): string[] {
+  const asideRoot = join(dataDir, 'replaced');
   const repaired: string[] = [];
-  if (!existsSync(tenantsDir)) return repaired;
-  for (const name of readdirSync(tenantsDir)) {
-    if (!name.endsWith(REPLACED_SUFFIX)) continue;
-    const aside = join(tenantsDir, name);
-    const dir = join(tenantsDir, name.slice(0, -REPLACED_SUFFIX.length));
+  if (!existsSync(asideRoot)) return repaired;
+  for (const tenantId of readdirSync(asideRoot)) {
+    const aside = join(asideRoot, tenantId);
+    const dir = join(dataDir, 'tenants', tenantId);
     if (existsSync(join(dir, 'db.sqlite'))) {
       rmSync(aside, { recursive: true, force: true });
     } else {
       rmSync(dir, { recursive: true, force: true });
+      mkdirSync(join(dataDir, 'tenants'), { recursive: true });
       renameSync(aside, dir);
     }
     repaired.push(dir);
