@@ -20,6 +20,22 @@ export class ShardRouter {
     return this.shards[shardOf(tenantId, this.shards.length)]!;
   }
 
+  /**
+   * Runs `each` on every tenant: the shards in parallel, each shard's
+   * tenants one after another, so a background pass (migrations,
+   * maintenance) keeps at most one call of its own in a shard's queue, ahead
+   * of the tenants' calls.
+   */
+  async eachByShard(tenantIds: Iterable<string>, each: (tenantId: string) => Promise<void>): Promise<void> {
+    const byShard: string[][] = this.shards.map(() => []);
+    for (const tenantId of tenantIds) byShard[shardOf(tenantId, this.shards.length)]!.push(tenantId);
+    await Promise.all(
+      byShard.map(async (tenants) => {
+        for (const tenantId of tenants) await each(tenantId);
+      }),
+    );
+  }
+
   async stop(): Promise<void> {
     await Promise.all(this.shards.map((shard) => shard.stop()));
   }

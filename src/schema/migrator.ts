@@ -79,24 +79,14 @@ export class Migrator {
     const target = this.latest;
     if (target === 0) return this.pass;
     this.pass = this.pass.then(async () => {
-      const byShard = new Map<number, string[]>();
-      for (const record of this.catalog.eachTenant()) {
-        if (record.schemaVersion >= target) continue;
-        const shard = this.router.forTenant(record.tenantId).index;
-        let tenants = byShard.get(shard);
-        if (!tenants) byShard.set(shard, (tenants = []));
-        tenants.push(record.tenantId);
-      }
-      await Promise.all(
-        [...byShard.values()].map(async (tenants) => {
-          for (const tenantId of tenants) {
-            if (this.stopping) return;
-            const live = this.registry.get(tenantId);
-            if (live && !live.deleting) await this.migrate(live, true);
-          }
-        }),
-      );
-      if (byShard.size > 0) this.logger.info('migration pass done', { version: target });
+      const behind: string[] = [];
+      for (const record of this.catalog.eachTenant()) if (record.schemaVersion < target) behind.push(record.tenantId);
+      await this.router.eachByShard(behind, async (tenantId) => {
+        if (this.stopping) return;
+        const live = this.registry.get(tenantId);
+        if (live && !live.deleting) await this.migrate(live, true);
+      });
+      if (behind.length > 0) this.logger.info('migration pass done', { version: target });
     }).catch((error: unknown) => {
       // The next ApplyMigration or restart starts another pass; calls still migrate lazily.
       this.logger.error('migration pass stopped', { version: target, error: (error as Error).message });

@@ -67,33 +67,22 @@ export class Backups {
     stopped: () => boolean,
   ): Promise<void> {
     const ids = tenantIds ?? Array.from(this.catalog.eachTenant(), (r) => r.tenantId);
-    const byShard = new Map<number, string[]>();
-    for (const tenantId of ids) {
-      const shard = this.router.forTenant(tenantId).index;
-      let list = byShard.get(shard);
-      if (!list) byShard.set(shard, (list = []));
-      list.push(tenantId);
-    }
     let done = 0;
-    await Promise.all(
-      [...byShard.values()].map(async (tenants) => {
-        for (const tenantId of tenants) {
-          if (stopped()) return;
-          const live = this.registry.get(tenantId);
-          let result: MaintenanceResult;
-          if (!live || live.deleting) {
-            result = { tenantId, ok: false, message: 'the tenant was deleted' };
-          } else {
-            try {
-              const outcome = await this.router.forTenant(tenantId).call({ op: 'maintain', tenantId, operation, slot: live.slot.slot });
-              result = { tenantId, ...outcome };
-            } catch (error) {
-              result = { tenantId, ok: false, message: (error as Error).message };
-            }
-          }
-          progress(result, ++done, ids.length);
+    await this.router.eachByShard(ids, async (tenantId) => {
+      if (stopped()) return;
+      const live = this.registry.get(tenantId);
+      let result: MaintenanceResult;
+      if (!live || live.deleting) {
+        result = { tenantId, ok: false, message: 'the tenant was deleted' };
+      } else {
+        try {
+          const outcome = await this.router.forTenant(tenantId).call({ op: 'maintain', tenantId, operation, slot: live.slot.slot });
+          result = { tenantId, ...outcome };
+        } catch (error) {
+          result = { tenantId, ok: false, message: (error as Error).message };
         }
-      }),
-    );
+      }
+      progress(result, ++done, ids.length);
+    });
   }
 }
