@@ -140,6 +140,7 @@ export class Migrator {
   }
 }
 
-function toSteps(records: MigrationRecord[]): MigrationStep[] {
+/** The catalog's migrations as a shard applies them. */
+export function toSteps(records: MigrationRecord[]): MigrationStep[] {
   return records.map((m) => ({ version: m.version, migrationId: m.migrationId, sql: m.sql }));
 }

@@ -16,6 +16,7 @@ import { generateKey } from '../auth/keys.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { LiveTenant, TenantRegistry } from './registry.ts';
 import type { EventHub } from '../events/hub.ts';
+import { toSteps } from '../schema/migrator.ts';
 
 export const TENANT_ID_PATTERN = /^[a-z][a-z0-9_-]{0,62}$/;
 
@@ -63,6 +64,12 @@ export function checkTenantId(tenantId: string, field: string): void {
 
 function newEtag(): string {
   return randomBytes(8).toString('hex');
+}
+
+/** The catalog record of a tenant that starts now, ACTIVE, at `schemaVersion`. */
+function newRecord(tenantId: string, fields: TenantFields, schemaVersion: number): TenantRecord {
+  const now = Date.now();
+  return { tenantId, ...fields, state: 'ACTIVE', createTime: now, updateTime: now, etag: newEtag(), schemaVersion };
 }
 
 export class TenantManager {
@@ -142,18 +149,9 @@ export class TenantManager {
         op: 'create',
         tenantId,
         adoptExisting: source !== null,
-        migrations: this.catalog.migrations().map((m) => ({ version: m.version, migrationId: m.migrationId, sql: m.sql })),
+        migrations: toSteps(this.catalog.migrations()),
       });
-      const now = Date.now();
-      const record: TenantRecord = {
-        tenantId,
-        ...fields,
-        state: 'ACTIVE',
-        createTime: now,
-        updateTime: now,
-        etag: newEtag(),
-        schemaVersion,
-      };
+      const record = newRecord(tenantId, fields, schemaVersion);
       // An operator's tenants.yaml brings its own keys; otherwise one is made.
       const newKey = providedKeys.length === 0 ? generateKey('tenant') : null;
       const keys: KeyRecord[] = (newKey ? [{ hash: newKey.hash, role: 'READ_WRITE' as KeyRole, keyId: newKey.keyId }] : providedKeys).map(
@@ -163,7 +161,7 @@ export class TenantManager {
           role: k.role,
           displayName: newKey ? 'first key' : 'tenants file',
           hash: k.hash,
-          createTime: now,
+          createTime: record.createTime,
           revokeTime: null,
         }),
       );
@@ -241,8 +239,7 @@ export class TenantManager {
   restoreLimit(tenantId: string, fields: TenantFields | null): number {
     const live = this.registry.get(tenantId);
     if (live && !live.deleting) return live.quotas.storageBytes;
-    const record = { plan: fields?.plan ?? '', quotas: fields?.quotas ?? emptyOverrides() } as TenantRecord;
-    return this.registry.effectiveQuotas(record).storageBytes;
+    return this.registry.effectiveQuotas({ plan: fields?.plan ?? '', quotas: fields?.quotas ?? emptyOverrides() }).storageBytes;
   }
 
   /**
@@ -260,7 +257,7 @@ export class TenantManager {
       });
     }
     const existing = this.registry.get(tenantId);
-    const migrations = this.catalog.migrations().map((m) => ({ version: m.version, migrationId: m.migrationId, sql: m.sql }));
+    const migrations = toSteps(this.catalog.migrations());
     const shard = this.router.forTenant(tenantId);
     this.creating.add(tenantId);
     try {
@@ -283,16 +280,7 @@ export class TenantManager {
       const newFields = fields ?? { displayName: '', labels: {}, plan: '', quotas: emptyOverrides() };
       this.validateFields(newFields, 'header.tenant');
       const { schemaVersion } = await shard.call({ op: 'restore', tenantId, file, migrations });
-      const now = Date.now();
-      const record: TenantRecord = {
-        tenantId,
-        ...newFields,
-        state: 'ACTIVE',
-        createTime: now,
-        updateTime: now,
-        etag: newEtag(),
-        schemaVersion,
-      };
+      const record = newRecord(tenantId, newFields, schemaVersion);
       try {
         this.catalog.insertTenant(record);
       } catch (error) {

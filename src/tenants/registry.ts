@@ -73,7 +73,7 @@ export class TenantRegistry {
     return plan === '' || this.config.plans[plan] !== undefined;
   }
 
-  effectiveQuotas(record: TenantRecord): QuotaValues {
+  effectiveQuotas(record: Pick<TenantRecord, 'plan' | 'quotas'>): QuotaValues {
     const plan = this.config.plans[record.plan] ?? this.config.plans[this.config.defaultPlan]!;
     let quotas: QuotaValues | null = null;
     for (const field of QUOTA_FIELDS) {
