@@ -139,10 +139,11 @@ export async function startServer(
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
   });
   const admitter = new Admitter(table);
+  const tenantObserver = observer.service('tenantd.v1.TenantService');
   server.addService(loaded.tenantd.v1.TenantService!.service, {
-    ...tenantService(access, manager, catalog, observer.service('tenantd.v1.TenantService')),
-    ...usageService(access, manager, table, admitter, dataDir, observer.service('tenantd.v1.TenantService')),
-    ...backupService(access, manager, backups, observer.service('tenantd.v1.TenantService')),
+    ...tenantService(access, manager, catalog, tenantObserver),
+    ...usageService(access, manager, table, admitter, dataDir, tenantObserver),
+    ...backupService(access, manager, backups, tenantObserver),
   });
   const admit = createAdmit(admitter, registry, metrics);
   server.addService(

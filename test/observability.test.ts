@@ -189,6 +189,16 @@ describe('logs', () => {
     expect(String(access.sql).length).toBeLessThanOrEqual(201);
     expect(String(access.sql).startsWith('SELECT body FROM notes')).toBe(true);
 
+    // A Batch logs its statements joined (made only when the debug line is written).
+    const batch = await t.client.callWithTrailers(
+      'SqlService',
+      'Batch',
+      { statements: [{ sql: 'INSERT INTO notes (body) VALUES (?)', params: [v.text(SECRET_PARAM)] }, { sql: 'SELECT count(*) FROM notes' }] },
+      { key },
+    );
+    const batchLine = logged().find((e) => e.request_id === batch.trailers['x-request-id'])!;
+    expect(batchLine.sql).toBe('INSERT INTO notes (body) VALUES (?); SELECT count(*) FROM notes');
+
     // Failures are logged at info, with the status and reason.
     expect(entries).toContainEqual(
       expect.objectContaining({ level: 'info', msg: 'rpc', method: 'tenantd.v1.SqlService/Execute', tenant: 'limited', code: 'RESOURCE_EXHAUSTED', reason: 'QUOTA_EXCEEDED' }),

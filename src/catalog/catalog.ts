@@ -231,10 +231,6 @@ export class Catalog {
     return this.statements.listTenants.all(afterId, state, state, limit).map(toTenant);
   }
 
-  allTenants(): TenantRecord[] {
-    return this.statements.allTenants.all().map(toTenant);
-  }
-
   /** Every tenant, one at a time: no array of 100,000 rows at start-up. */
   *eachTenant(): Generator<TenantRecord> {
     for (const row of this.statements.allTenants.iterate()) yield toTenant(row);

@@ -10,7 +10,7 @@ import { status as Status, type ServerReadableStream, type ServerWritableStream 
 import { TenantdError, invalidArgument } from '../errors.ts';
 import type { MaintenanceOperation } from '../protocol.ts';
 import type { Backups } from '../tenants/backups.ts';
-import type { TenantManager } from '../tenants/manager.ts';
+import { checkTenantId, type TenantFields, type TenantManager } from '../tenants/manager.ts';
 import type { Access } from './access.ts';
 import { clientStream, serverStream, whenWritable, type Handlers } from './handlers.ts';
 import type { ServiceObserver } from './rpcObserver.ts';
@@ -82,6 +82,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
       // A client that goes away ends the loop below with an error, so the file is removed.
       call.on('cancelled', () => call.destroy(new TenantdError(Status.CANCELLED, 'CANCELLED', 'the client cancelled the restore')));
       let header: Extract<RestorePart, { part: 'header' }>['header'] | null = null;
+      let fields: TenantFields | null = null;
       let limit = -1;
       let bytes = 0;
       const hash = createHash('sha256');
@@ -92,8 +93,9 @@ export function backupService(access: Access, manager: TenantManager, backups: B
           if (header === null) {
             if (message.part !== 'header') throw invalidArgument('header', 'the first message must be the header', 'RESTORE_HEADER_MISSING');
             header = message.header;
-            const fields = header.tenant ? fieldsFromProto(header.tenant) : null;
-            limit = manager.restoreLimit(access.sameTenant(call.metadata, parseTenantName(`tenants/${header.tenant_id}`, 'header.tenant_id')), fields);
+            checkTenantId(header.tenant_id, 'header.tenant_id');
+            fields = header.tenant ? fieldsFromProto(header.tenant) : null;
+            limit = manager.restoreLimit(access.sameTenant(call.metadata, header.tenant_id), fields);
             rpc.routed(header.tenant_id, backups.shardOf(header.tenant_id));
             handle = await open(file, 'wx+');
             continue;
@@ -126,7 +128,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
         if (header.sha256 !== '' && header.sha256.toLowerCase() !== digest) {
           throw invalidArgument('header.sha256', `the bytes received hash to ${digest}, not ${header.sha256}`, 'CHECKSUM_MISMATCH');
         }
-        const live = await manager.restore(header.tenant_id, header.tenant ? fieldsFromProto(header.tenant) : null, file);
+        const live = await manager.restore(header.tenant_id, fields, file);
         return tenantToProto(live);
       } finally {
         await handle?.close();

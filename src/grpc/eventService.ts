@@ -134,10 +134,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
           router.forTenant(tenantId).call({ op: 'appendEvents', tenantId, limits, events, expectedPosition, retentionMs: retentionMs(tenantCall) }),
         );
         live.eventsTotal += positions.length;
-        hub.publish(
-          tenantId,
-          events.map((e, i) => ({ ...e, position: positions[i]! })),
-        );
+        if (hub.count(tenantId) > 0) hub.publish(tenantId, events.map((e, i) => ({ ...e, position: positions[i]! })));
         return { positions: positions.map(String) };
       },
     ),

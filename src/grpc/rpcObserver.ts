@@ -34,6 +34,11 @@ const UNOBSERVED: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 /** SQL text goes to debug logs only, and only this much of it. */
 const MAX_LOGGED_SQL = 200;
 
+function loggedSql(sql: string | (() => string)): string {
+  const text = typeof sql === 'string' ? sql : sql();
+  return text.length > MAX_LOGGED_SQL ? `${text.slice(0, MAX_LOGGED_SQL)}…` : text;
+}
+
 const metadataGetter: TextMapGetter<Metadata> = {
   keys: (metadata) => Object.keys(metadata.getMap()),
   get: (metadata, key) => {
@@ -91,7 +96,8 @@ export class ObservedCall {
   private readonly parent: Context = ROOT_CONTEXT;
   private tenantId: string | null = null;
   private shard: number | null = null;
-  private sql: string | null = null;
+  /** The SQL text, or how to make it: a Batch's statements are joined only if a debug line is written. */
+  private sql: string | (() => string) | null = null;
   private ended = false;
 
   constructor(
@@ -125,7 +131,7 @@ export class ObservedCall {
   }
 
   /** The statement, for debug logs (never its parameters). */
-  statement(sql: string): void {
+  statement(sql: string | (() => string)): void {
     this.sql = sql;
   }
 
@@ -176,7 +182,7 @@ export class ObservedCall {
       duration_ms: Math.round(durationMs * 1000) / 1000,
       peer: this.peer(),
       ...(traceId === null ? {} : { trace_id: traceId }),
-      ...(this.sql !== null && logger.enabled('debug') ? { sql: this.sql.length > MAX_LOGGED_SQL ? `${this.sql.slice(0, MAX_LOGGED_SQL)}…` : this.sql } : {}),
+      ...(this.sql !== null && logger.enabled('debug') ? { sql: loggedSql(this.sql) } : {}),
     });
   }
 }

@@ -88,7 +88,7 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter, mi
         throw invalidArgument('statements', `at most ${MAX_BATCH_STATEMENTS} statements`, 'INVALID_SQL');
       }
       const inputs = statements.map((s, i) => toStatement(s, `statements[${i}]`));
-      rpc.statement(inputs.map((s) => s.sql).join('; '));
+      rpc.statement(() => inputs.map((s) => s.sql).join('; '));
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);

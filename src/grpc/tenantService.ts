@@ -1,6 +1,6 @@
 /** tenantd.v1.TenantService: admin calls on tenants and their keys. */
-import { status as Status, type ServerUnaryCall } from '@grpc/grpc-js';
-import { TenantdError, invalidArgument } from '../errors.ts';
+import type { ServerUnaryCall } from '@grpc/grpc-js';
+import { invalidArgument } from '../errors.ts';
 import type { KeyRole, TenantState } from '../catalog/catalog.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 import type { TenantManager } from '../tenants/manager.ts';
@@ -128,9 +128,4 @@ export function tenantService(access: Access, manager: TenantManager, catalog: C
       return keyToProto(manager.revokeKey(tenantId, keyId));
     }),
   };
-}
-
-/** For methods of the contract that this build does not serve yet. */
-export function notYetServed(method: string): TenantdError {
-  return new TenantdError(Status.UNIMPLEMENTED, 'NOT_IMPLEMENTED', `${method} is not implemented by this server yet`);
 }
