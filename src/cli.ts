@@ -7,7 +7,7 @@
  * (default ./data/admin.key); never from a flag, which `ps` would show.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition, rpcTypes } from './protos.ts';
@@ -221,22 +221,31 @@ async function run(client: AdminClient, command: string, args: string[], flags: 
   }
   if (command === 'backup') {
     const [id, file] = need(args, 2, 'backup <tenant> <file>');
-    const out = createWriteStream(file!, { flags: 'wx' });
-    const hash = createHash('sha256');
-    let expected = '';
-    let bytes = 0;
-    const stream = client.serverStream('TenantService', 'BackupTenant', { name: name(id!) }, client.withTenant(id!));
-    for await (const chunk of stream as AsyncIterable<{ data: Buffer; sha256: string }>) {
-      hash.update(chunk.data);
-      bytes += chunk.data.length;
-      if (chunk.sha256) expected = chunk.sha256;
-      if (!out.write(chunk.data)) await once(out, 'drain');
+    if (existsSync(file!)) throw new UsageError(`${file} exists; a backup never overwrites a file`);
+    // Written beside the target and renamed at the end: a failed backup leaves no file to mistake for one.
+    const partial = `${file}.partial`;
+    const out = createWriteStream(partial, { flags: 'wx' });
+    try {
+      const hash = createHash('sha256');
+      let expected = '';
+      let bytes = 0;
+      const stream = client.serverStream('TenantService', 'BackupTenant', { name: name(id!) }, client.withTenant(id!));
+      for await (const chunk of stream as AsyncIterable<{ data: Buffer; sha256: string }>) {
+        hash.update(chunk.data);
+        bytes += chunk.data.length;
+        if (chunk.sha256) expected = chunk.sha256;
+        if (!out.write(chunk.data)) await once(out, 'drain');
+      }
+      out.end();
+      await once(out, 'finish');
+      const actual = hash.digest('hex');
+      if (expected !== actual) throw new Error(`the backup's SHA-256 is ${actual}, the server said ${expected || 'nothing'}`);
+      renameSync(partial, file!);
+      return print({ tenant: name(id!), file, bytes, sha256: actual });
+    } finally {
+      out.destroy();
+      rmSync(partial, { force: true });
     }
-    out.end();
-    await once(out, 'finish');
-    const actual = hash.digest('hex');
-    if (expected !== actual) throw new Error(`the backup's SHA-256 is ${actual}, the server said ${expected || 'nothing'}`);
-    return print({ tenant: name(id!), file, bytes, sha256: actual });
   }
   if (command === 'restore') {
     const [id, file] = need(args, 2, 'restore <tenant> <file>');

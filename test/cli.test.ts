@@ -4,7 +4,7 @@
  * and exit codes.
  */
 import { spawn } from 'node:child_process';
-import { rmSync, statSync } from 'node:fs';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -73,6 +73,12 @@ describe('tenantd CLI', () => {
     expect(badId.code).toBe(1);
     expect(badId.stderr).toContain('INVALID_ARGUMENT');
     expect(badId.stderr).toContain('tenant_id:');
+    // A backup that fails leaves no file behind to be mistaken for one.
+    const failedBackup = join(files, 'nobody.sqlite');
+    const backup = await tenantd(['backup', 'nobody', failedBackup]);
+    expect(backup.code).toBe(1);
+    expect(backup.stderr).toContain('NOT_FOUND TENANT_NOT_FOUND');
+    expect(existsSync(failedBackup)).toBe(false);
     const usage = await tenantd(['tenants', 'frobnicate', 'x']);
     expect(usage.code).toBe(2);
     const noKey = await tenantd(['tenants', 'list', '--admin-key-file', join(files, 'absent.key')], {});
