@@ -111,6 +111,18 @@ describe('BackupTenant', () => {
     expect(readdirSync(join(t.dataDir, 'tmp'))).toEqual([]);
   });
 
+  it('keeps 4 MiB chunks within the 4 MiB message a default gRPC client accepts', async () => {
+    const bigKey = await t.createTenant('big', { quotas: { write_bytes_per_second: '-1', storage_bytes: '-1' } });
+    await t.sql(bigKey, 'CREATE TABLE blobs (b BLOB)');
+    await t.sql(bigKey, 'INSERT INTO blobs VALUES (randomblob(6 * 1024 * 1024))');
+    // The test client has grpc-js's default 4 MiB receive limit.
+    const { bytes, chunks } = await backup('tenants/big', 4 * 1024 * 1024);
+    expect(chunks.length).toBe(2);
+    expect(chunks[0]!.data.length).toBe(4 * 1024 * 1024 - 1024);
+    expect(rowsIn(bytes, 'SELECT length(b) FROM blobs')).toEqual([[6n * 1024n * 1024n]]);
+    await t.client.call('TenantService', 'DeleteTenant', { name: 'tenants/big', force: true }, admin());
+  });
+
   it('refuses bad chunk sizes, unknown tenants and tenant keys', async () => {
     const tooBig = await t.client.stream('TenantService', 'BackupTenant', { name: 'tenants/origin', chunk_size: 5 * 1024 * 1024 }, admin()).catch((e: RpcError) => e.status);
     expect((tooBig as DecodedStatus).code).toBe(status.INVALID_ARGUMENT);

@@ -4,10 +4,12 @@
  * from tenant SQL and other tenants, and Subscribe (backlog, then live).
  */
 import { rmSync } from 'node:fs';
+import { connect } from 'node:http2';
 import Database from 'better-sqlite3';
 import type * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { packageDefinition } from '../src/protos.ts';
 import { RpcError, decodeStatus, startTestServer, type DecodedStatus, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -193,6 +195,57 @@ describe('Subscribe', () => {
     const error = await ended;
     expect(error?.code).toBe(status.FAILED_PRECONDITION);
     expect(error?.reason).toBe('TENANT_SUSPENDED');
+  });
+});
+
+describe('Subscribe limits', () => {
+  it('allows 16 subscriptions per tenant at a time', async () => {
+    const key = await t.createTenant('popular', UNLIMITED);
+    await append(key, [event('hello', 'x')]);
+    const streams = Array.from({ length: 16 }, () => t.client.openStream('EventService', 'Subscribe', { from_position: '1' }, { key }));
+    // Each has its first event, so each is registered.
+    await Promise.all(streams.map((stream) => new Promise((resolve) => stream.once('data', resolve))));
+    const extra = t.client.openStream('EventService', 'Subscribe', { from_position: '1' }, { key });
+    const refused = await collect(extra, 1).then(
+      () => null,
+      (e: RpcError) => e.status,
+    );
+    expect(refused?.code).toBe(status.RESOURCE_EXHAUSTED);
+    expect(refused?.reason).toBe('TOO_MANY_SUBSCRIBERS');
+    for (const stream of streams) {
+      stream.on('error', () => undefined);
+      stream.cancel();
+    }
+  });
+
+  it('ends a subscriber that stops reading before the events waiting for it pass 8 MiB', async () => {
+    const key = await t.createTenant('firehose', UNLIMITED);
+    // A client that really stops reading: plain HTTP/2, the stream paused, so flow control
+    // holds the server's writes back (grpc-js clients keep reading into their own memory).
+    const session = connect(`http://127.0.0.1:${t.server.port}`);
+    const method = (packageDefinition()['tenantd.v1.EventService'] as Record<string, { path: string; requestSerialize(v: object): Buffer }>).Subscribe!;
+    const body = method.requestSerialize({ from_position: '1' });
+    const frame = Buffer.concat([Buffer.from([0]), Buffer.from(new Uint32Array([body.length]).buffer).reverse(), body]);
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': method.path,
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      authorization: `Bearer ${key}`,
+    });
+    const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once('trailers', (headers) => resolve(headers)));
+    stream.end(frame);
+    stream.pause();
+    await new Promise((r) => setTimeout(r, 200));
+    const mib = Buffer.alloc(1024 * 1024 - 64, 7);
+    for (let i = 0; i < 6; i++) await append(key, Array.from({ length: 8 }, () => ({ type: 'big', data: mib, metadata: {} })));
+    // Read what was sent until the server ends the call.
+    stream.on('data', () => undefined);
+    stream.resume();
+    const ended = await trailers;
+    expect(ended['grpc-status']).toBe(String(status.RESOURCE_EXHAUSTED));
+    expect(decodeURIComponent(String(ended['grpc-message']))).toContain('waited for this subscriber');
+    session.close();
   });
 });
 

@@ -11,9 +11,9 @@ import type { LogEvent } from '../protocol.ts';
 /** How many events a subscriber may have waiting (backlog phase or a slow reader) before it is ended. */
 export const MAX_PENDING_EVENTS = 10_000;
 /** The same in bytes of event data. */
-export const MAX_PENDING_BYTES = 32 * 1024 * 1024;
+export const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 /** Subscriptions one tenant may hold open at a time. */
-export const MAX_SUBSCRIBERS_PER_TENANT = 32;
+export const MAX_SUBSCRIBERS_PER_TENANT = 16;
 
 /** Why the hub ended a subscription. */
 export type SubscriptionEnd = 'shutdown' | 'suspended' | 'deleted' | 'too_slow';
