@@ -111,7 +111,7 @@ export async function startServer(
   const migrator = new Migrator(catalog, registry, router, logger);
   const hub = new EventHub();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, hub);
-  const backups = new Backups(dataDir, catalog, registry, router);
+  const backups = new Backups(dataDir, registry, router);
   if (config.tenantsFile) {
     try {
       await bootstrapTenants(config.tenantsFile, manager, catalog, logger);

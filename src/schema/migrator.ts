@@ -80,7 +80,8 @@ export class Migrator {
     if (target === 0) return this.pass;
     this.pass = this.pass.then(async () => {
       const behind: string[] = [];
-      for (const record of this.catalog.eachTenant()) if (record.schemaVersion < target) behind.push(record.tenantId);
+      // The registry holds every tenant's record: no catalog scan at start.
+      for (const live of this.registry.all()) if (live.record.schemaVersion < target) behind.push(live.record.tenantId);
       await this.router.eachByShard(behind, async (tenantId) => {
         if (this.stopping) return;
         const live = this.registry.get(tenantId);

@@ -7,7 +7,6 @@
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Catalog } from '../catalog/catalog.ts';
 import type { MaintenanceOperation } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { TenantRegistry } from './registry.ts';
@@ -23,7 +22,6 @@ export class Backups {
 
   constructor(
     dataDir: string,
-    private readonly catalog: Catalog,
     private readonly registry: TenantRegistry,
     private readonly router: ShardRouter,
   ) {
@@ -55,7 +53,7 @@ export class Backups {
   }
 
   /**
-   * Runs `operation` on each tenant (every tenant in the catalog when
+   * Runs `operation` on each tenant (every tenant when
    * `tenantIds` is null), the shards in parallel and each shard's tenants
    * one after another, calling `progress` as each one finishes. Stops
    * starting new ones once `stopped()` says so.
@@ -66,7 +64,7 @@ export class Backups {
     progress: (result: MaintenanceResult, done: number, total: number) => void,
     stopped: () => boolean,
   ): Promise<void> {
-    const ids = tenantIds ?? Array.from(this.catalog.eachTenant(), (r) => r.tenantId);
+    const ids = tenantIds ?? Array.from(this.registry.all(), (live) => live.record.tenantId);
     let done = 0;
     await this.router.eachByShard(ids, async (tenantId) => {
       if (stopped()) return;

@@ -38,6 +38,11 @@ export class TenantRegistry {
     catalog.shrinkMemory();
   }
 
+  /** Every tenant, as the registry holds them (the catalog's rows, in memory). */
+  all(): IterableIterator<LiveTenant> {
+    return this.tenants.values();
+  }
+
   get size(): number {
     return this.tenants.size;
   }
