@@ -221,6 +221,14 @@ describe('RestoreTenant', () => {
       expect(twice.reason).toBe('RESTORE_HEADER_REPEATED');
     });
 
+    it('refuses a header with bad tenant fields and creates nothing', async () => {
+      const failure = await restoreFailure(restoreMessages('badplan', good, { tenant: { plan: 'platinum' } }));
+      expect(failure.code).toBe(status.INVALID_ARGUMENT);
+      expect(failure.reason).toBe('UNKNOWN_PLAN');
+      expect(failure.fieldViolations.map((f) => f.field)).toEqual(['header.tenant.plan']);
+      expect((await t.client.failure('TenantService', 'GetTenant', { name: 'tenants/badplan' }, admin())).code).toBe(status.NOT_FOUND);
+    });
+
     it('refuses a backup larger than the tenant’s storage quota', async () => {
       const failure = await restoreFailure(restoreMessages('tiny', good, { tenant: { quotas: { storage_bytes: '8192' } } }));
       expect(failure.code).toBe(status.RESOURCE_EXHAUSTED);

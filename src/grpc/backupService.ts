@@ -95,6 +95,8 @@ export function backupService(access: Access, manager: TenantManager, backups: B
             header = message.header;
             checkTenantId(header.tenant_id, 'header.tenant_id');
             fields = header.tenant ? fieldsFromProto(header.tenant) : null;
+            // Refused before any byte is taken, not after the whole upload.
+            if (fields) manager.validateFields(fields, 'header.tenant');
             limit = manager.restoreLimit(access.sameTenant(call.metadata, header.tenant_id), fields);
             rpc.routed(header.tenant_id, backups.shardOf(header.tenant_id));
             handle = await open(file, 'wx+');
