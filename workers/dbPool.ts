@@ -14,6 +14,8 @@ import { TenantDb } from './tenantDb.ts';
 
 export class DbPool {
   private readonly open = new Map<string, TenantDb>();
+  /** Tenants whose connection must not be closed to make room: a snapshot is reading it. */
+  private readonly pinned = new Map<string, number>();
 
   constructor(
     private readonly dataDir: string,
@@ -124,6 +126,17 @@ export class DbPool {
     return existed;
   }
 
+  /** Keeps the tenant's connection open (unless removed, restored or shut down) until unpin. */
+  pin(tenantId: string): void {
+    this.pinned.set(tenantId, (this.pinned.get(tenantId) ?? 0) + 1);
+  }
+
+  unpin(tenantId: string): void {
+    const count = (this.pinned.get(tenantId) ?? 0) - 1;
+    if (count > 0) this.pinned.set(tenantId, count);
+    else this.pinned.delete(tenantId);
+  }
+
   closeAll(): number {
     const count = this.open.size;
     for (const db of this.open.values()) db.close();
@@ -133,10 +146,13 @@ export class DbPool {
 
   private add(db: TenantDb): TenantDb {
     this.open.set(db.tenantId, db);
-    while (this.open.size > this.maxOpen) {
-      const [oldest, victim] = this.open.entries().next().value!;
+    // The least recently used first; pinned ones are passed over, so the
+    // pool may hold more than maxOpen while snapshots run.
+    for (const [tenantId, victim] of this.open) {
+      if (this.open.size <= this.maxOpen) break;
+      if (this.pinned.has(tenantId) || victim === db) continue;
       victim.close();
-      this.open.delete(oldest);
+      this.open.delete(tenantId);
     }
     return db;
   }

@@ -28,7 +28,7 @@ import { addRows, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes,
 import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome } from './groupCommit.ts';
 import { Replies } from './replies.ts';
-import { countCommit, reportGroupSpans, reportStats, shardClock, withShardSpan } from './telemetry.ts';
+import { countCommit, reportGroupSpans, reportSpanSince, reportStats, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
 import type { TenantDb } from './tenantDb.ts';
 
@@ -94,10 +94,9 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
     }
     case 'migrate':
       return { schemaVersion: pool.get(request.tenantId).migrate(request.migrations) };
-    case 'snapshot': {
-      pool.get(request.tenantId).snapshot(request.file);
-      return { bytes: 0 };
-    }
+    case 'snapshot':
+      // Runs across turns of the event loop: see startSnapshot.
+      throw new Error('snapshot is not run by handle()');
     case 'restore':
       return { schemaVersion: pool.restore(request.tenantId, request.file, request.migrations) };
     case 'appendEvents': {
@@ -182,6 +181,46 @@ function answerGroup(db: TenantDb, outcomes: Outcome[]): void {
 }
 
 /**
+ * A snapshot (BackupTenant, a copy for CreateTenant or an integrity check)
+ * copies the database a step per turn of the event loop
+ * (TenantDb.snapshot): the shard runs its other calls in between and
+ * answers this one when the copy is done. The connection stays open until
+ * then unless the tenant is removed or restored or the shard stops, which
+ * ends the snapshot with ABORTED.
+ */
+function startSnapshot(request: Extract<ShardRequest, { op: 'snapshot' }>): void {
+  const startMs = shardClock();
+  let db: TenantDb;
+  try {
+    db = pool.get(request.tenantId);
+  } catch (error) {
+    replies.post({ id: request.id, kind: 'error', error: toWire(request, error) });
+    return;
+  }
+  pool.pin(request.tenantId);
+  db.snapshot(request.file).then(
+    () => {
+      pool.unpin(request.tenantId);
+      reportSpanSince(request, startMs);
+      replies.post({ id: request.id, kind: 'ok', result: { bytes: 0 } });
+    },
+    (error: unknown) => {
+      pool.unpin(request.tenantId);
+      reportSpanSince(request, startMs);
+      const wire: WireError = db.isOpen
+        ? toWire(request, error)
+        : {
+            code: Status.ABORTED,
+            reason: 'SNAPSHOT_INTERRUPTED',
+            message: `the database of tenant ${request.tenantId} was closed (deleted, restored or the server is stopping) before its snapshot was complete; retry`,
+            metadata: { tenant: request.tenantId },
+          };
+      replies.post({ id: request.id, kind: 'error', error: wire });
+    },
+  );
+}
+
+/**
  * Requests received and not yet run, in arrival order. The front end posts
  * the calls of one of its event-loop turns as one array.
  */
@@ -243,6 +282,10 @@ function drain(initial: ShardRequest): void {
     const request: ShardRequest = pending;
     pending = undefined;
     replies.beforeRun(pool.peek(request.tenantId));
+    if (request.op === 'snapshot') {
+      startSnapshot(request);
+      continue;
+    }
     if (!data.groupCommit || !isWrite(request)) {
       answer(request);
       continue;

@@ -44,6 +44,11 @@ export function withShardSpan<T>(request: ShardRequest, fn: () => T): T {
   }
 }
 
+/** For work that spans turns of the event loop (a snapshot): reports it from `startMs` to now, when traced. */
+export function reportSpanSince(request: ShardRequest, startMs: number): void {
+  if (request.trace !== undefined) reportSpan(request, { startMs, endMs: shardClock() });
+}
+
 /**
  * For calls that ran together and share one commit: reports each traced one
  * with the group's start (`shardClock()` taken before the group ran) and end
