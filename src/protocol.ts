@@ -53,6 +53,8 @@ export interface LogEvent {
 export type NewEvent = Omit<LogEvent, 'position'>;
 
 export type MaintenanceOperation = 'VACUUM' | 'ANALYZE' | 'OPTIMIZE' | 'INTEGRITY_CHECK';
+/** What a shard runs on the tenant's live database itself. */
+export type ShardMaintenance = Exclude<MaintenanceOperation, 'INTEGRITY_CHECK'>;
 
 export interface MigrationStep {
   version: number;
@@ -83,12 +85,11 @@ export type ShardRequest =
   /** Writes a consistent copy of the tenant's database to `file` (which must not exist). */
   | (RequestBase & { op: 'snapshot'; file: string })
   /**
-   * Puts the database file `file` (a restored backup, under the data
-   * directory) in the tenant's place, replacing its current database if it
-   * has one, checks it with integrity_check and applies the migrations above
-   * its version. On any failure the tenant keeps what it had.
+   * Puts the database file `file` (a restored backup under the data
+   * directory, already checked and migrated: src/tenants/fileChecks.ts) in
+   * the tenant's place, replacing its current database if it has one.
    */
-  | (RequestBase & { op: 'restore'; file: string; migrations: MigrationStep[] })
+  | (RequestBase & { op: 'restore'; file: string })
   /**
    * Appends to the tenant's event log in one transaction; with
    * `expectedPosition`, only if the log's last position is that. Events older
@@ -97,8 +98,8 @@ export type ShardRequest =
   | (RequestBase & { op: 'appendEvents'; limits: CallLimits; events: NewEvent[]; expectedPosition: bigint | null; retentionMs: number })
   /** Up to `limit` events from `fromPosition`, only `types` when not empty, none older than `retentionMs` (when > 0). */
   | (RequestBase & { op: 'readEvents'; limits: CallLimits; fromPosition: bigint; limit: number; types: string[]; retentionMs: number })
-  /** VACUUM, ANALYZE, OPTIMIZE or INTEGRITY_CHECK on the tenant's database; `slot` to record a new size. */
-  | (RequestBase & { op: 'maintain'; operation: MaintenanceOperation; slot: number })
+  /** VACUUM, ANALYZE or OPTIMIZE on the tenant's database (INTEGRITY_CHECK checks a snapshot, off the shard); `slot` to record a new size. */
+  | (RequestBase & { op: 'maintain'; operation: ShardMaintenance; slot: number })
   | (RequestBase & { op: 'drop' })
   /** Closes every database; the worker is terminated after it answers. */
   | (RequestBase & { op: 'shutdown' })
@@ -210,7 +211,7 @@ export interface ShardResults {
   query: { rowCount: number };
   create: { schemaVersion: number };
   snapshot: { bytes: number };
-  restore: { schemaVersion: number };
+  restore: { replaced: boolean };
   appendEvents: { positions: bigint[] };
   /** `complete`: the read reached the end of the log (not cut by its limit or its size). */
   readEvents: { events: LogEvent[]; nextPosition: bigint; complete: boolean };

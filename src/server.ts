@@ -25,6 +25,7 @@ import { backupService } from './grpc/backupService.ts';
 import { eventService } from './grpc/eventService.ts';
 import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
+import { FileChecks } from './tenants/fileChecks.ts';
 import { recoverInterruptedRestores } from './tenants/restoreFiles.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
@@ -110,13 +111,15 @@ export async function startServer(
   const router = new ShardRouter(shards);
   const migrator = new Migrator(catalog, registry, router, logger);
   const hub = new EventHub();
-  const manager = new TenantManager(catalog, registry, router, auth, dataDir, hub);
-  const backups = new Backups(dataDir, registry, router);
+  const fileChecks = new FileChecks(config.sync);
+  const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
+  const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
     try {
       await bootstrapTenants(config.tenantsFile, manager, catalog, logger);
     } catch (error) {
       await router.stop();
+      await fileChecks.close();
       catalog.close();
       throw error;
     }
@@ -204,6 +207,7 @@ export async function startServer(
       });
       await migrator.stopped();
       await router.stop();
+      await fileChecks.close();
       metrics?.close();
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));

@@ -7,11 +7,12 @@
  * the whole VACUUM INTO (~300 ms for 100 MB here).
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tenantDbPath } from '../src/protocol.ts';
 import { freshDataDir, startTestServer, v, type TestServer } from './support/server.ts';
 
 const BLOB_BYTES = 256 * 1024;
@@ -29,7 +30,7 @@ beforeAll(async () => {
   for (let done = 0; done < BLOBS; done += 64) {
     await t.sql(bigKey, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 64) INSERT INTO blobs (b) SELECT randomblob(?) FROM c', [v.int(BLOB_BYTES)]);
   }
-  smallKey = await t.createTenant('small');
+  smallKey = await t.createTenant('small', { quotas: { requests_per_second: '-1' } });
   await t.sql(smallKey, 'CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)');
   await t.sql(smallKey, "INSERT INTO kv VALUES (1, 'one')");
 }, 120_000);
@@ -87,8 +88,11 @@ describe('heavy operator work on one tenant', () => {
     expect(createHash('sha256').update(bytes).digest('hex')).toBe(sha);
     const file = join(scratch, 'big.sqlite');
     writeFileSync(file, bytes);
+    // A rollback-journal database, as VACUUM INTO made them: it opens read-only without a -wal or -shm file.
+    expect([bytes[18], bytes[19]]).toEqual([1, 1]);
     const copy = new Database(file, { readonly: true });
     try {
+      expect(copy.pragma('journal_mode', { simple: true })).toBe('delete');
       expect(copy.pragma('integrity_check', { simple: true })).toBe('ok');
       expect(copy.prepare('SELECT count(*) FROM blobs').pluck().get()).toBe(BLOBS);
     } finally {
@@ -130,5 +134,44 @@ describe('heavy operator work on one tenant', () => {
       copy.close();
     }
     await t.sql(bigKey, 'DELETE FROM blobs WHERE id > ?', [v.int(BLOBS)]);
+  }, 60_000);
+
+  it('RunMaintenance INTEGRITY_CHECK checks a snapshot off the shard: its other tenants keep being answered', async () => {
+    const started = performance.now();
+    const lines = t.client.stream('TenantService', 'RunMaintenance', { name: 'tenants/big', operation: 'INTEGRITY_CHECK' }, admin());
+    const latencies = await readsUntil(lines);
+    const checkMs = performance.now() - started;
+    expect(await lines).toMatchObject([{ tenant: 'tenants/big', ok: true, message: 'ok' }]);
+    expect(latencies.length).toBeGreaterThanOrEqual(5);
+    expect(Math.max(...latencies)).toBeLessThan(checkMs / 3);
+    expect(readdirSync(join(t.dataDir, 'tmp'))).toEqual([]);
+  }, 60_000);
+
+  it('RunMaintenance INTEGRITY_CHECK still finds damage in a live database', async () => {
+    const dataDir = freshDataDir();
+    let server = await startTestServer({ dataDir, shards: 1 }, { keepDataDir: true });
+    const key = await server.createTenant('dented');
+    await server.sql(key, 'CREATE TABLE notes (id INTEGER PRIMARY KEY, n INTEGER)');
+    await server.sql(key, 'CREATE INDEX notes_n ON notes (n)');
+    await server.sql(key, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000) INSERT INTO notes (n) SELECT x FROM c');
+    await server.stop();
+    // The index's root page overwritten with zeros while the server is down.
+    const file = tenantDbPath(dataDir, 'dented');
+    const db = new Database(file);
+    const root = db.prepare("SELECT rootpage FROM sqlite_schema WHERE name = 'notes_n'").pluck().get() as number;
+    const pageSize = db.pragma('page_size', { simple: true }) as number;
+    db.close();
+    const bytes = readFileSync(file);
+    bytes.fill(0, (root - 1) * pageSize, root * pageSize);
+    writeFileSync(file, bytes);
+    server = await startTestServer({ dataDir, shards: 1 });
+    try {
+      const [line] = await server.client.stream('TenantService', 'RunMaintenance', { name: 'tenants/dented', operation: 'INTEGRITY_CHECK' }, { key: server.adminKey });
+      expect(line).toMatchObject({ tenant: 'tenants/dented', ok: false });
+      expect(line.message).not.toBe('ok');
+      expect(line.message.length).toBeGreaterThan(0);
+    } finally {
+      await server.stop();
+    }
   }, 60_000);
 });

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import type { SyncMode } from '../src/config.ts';
-import { tenantDbPath, type MigrationStep } from '../src/protocol.ts';
+import { tenantDbPath } from '../src/protocol.ts';
 import { replacedDir } from '../src/tenants/restoreFiles.ts';
 import { ShardError } from './shardError.ts';
 import { TenantDb } from './tenantDb.ts';
@@ -68,39 +68,14 @@ export class DbPool {
   }
 
   /**
-   * Puts `file` (a database under the data directory) in the tenant's place.
-   * The file is checked (integrity_check) and migrated where it lies, before
-   * anything of the tenant is touched; then the directories are swapped by
-   * rename, the tenant's old one set aside (restoreFiles.ts) until the new
-   * one is in place. A crash in between is repaired at the next start
-   * (src/tenants/restoreFiles.ts). Returns the schema version.
+   * Puts `file` (a database under the data directory, checked and migrated
+   * already: workers/fileTasks.ts) in the tenant's place: the directories
+   * are swapped by rename, the tenant's old one set aside
+   * (restoreFiles.ts) until the new one is in place. A crash in between is
+   * repaired at the next start (src/tenants/restoreFiles.ts). Returns whether
+   * the tenant had a database that was replaced.
    */
-  restore(tenantId: string, file: string, migrations: readonly MigrationStep[]): number {
-    const staged = openRestored(file, tenantId, this.sync);
-    let version: number;
-    try {
-      const problems = staged.integrityProblems();
-      if (problems.length > 0) {
-        throw new ShardError({
-          code: Status.INVALID_ARGUMENT,
-          reason: 'BACKUP_CORRUPT',
-          message: `the backup fails integrity_check: ${problems.slice(0, 5).join('; ')}`,
-        });
-      }
-      version = staged.migrate(migrations);
-    } catch (error) {
-      if (error instanceof ShardError) throw error;
-      throw new ShardError({
-        code: Status.INVALID_ARGUMENT,
-        reason: 'BACKUP_UNUSABLE',
-        message: `the backup is not a database tenantd can use: ${(error as Error).message}`,
-      });
-    } finally {
-      // Closing checkpoints everything into the file itself.
-      staged.close();
-      rmSync(`${file}-wal`, { force: true });
-    }
-
+  restore(tenantId: string, file: string): boolean {
     const path = tenantDbPath(this.dataDir, tenantId);
     const dir = dirname(path);
     this.open.get(tenantId)?.close();
@@ -113,7 +88,7 @@ export class DbPool {
     mkdirSync(dir, { recursive: true });
     renameSync(file, path);
     if (replacing) rmSync(aside, { recursive: true, force: true });
-    return version;
+    return replacing;
   }
 
   /** Closes the tenant's connection and deletes its directory. */
@@ -155,19 +130,5 @@ export class DbPool {
       this.open.delete(tenantId);
     }
     return db;
-  }
-}
-
-/** Opens a restored file; anything SQLite cannot open as a database is the caller's bad input. */
-function openRestored(path: string, tenantId: string, sync: SyncMode): TenantDb {
-  try {
-    return TenantDb.open({ path, tenantId, sync, create: false });
-  } catch (error) {
-    if (error instanceof ShardError) throw error;
-    throw new ShardError({
-      code: Status.INVALID_ARGUMENT,
-      reason: 'NOT_A_DATABASE',
-      message: `the backup cannot be opened as a SQLite database: ${(error as Error).message}`,
-    });
   }
 }

@@ -98,7 +98,7 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
       // Runs across turns of the event loop: see startSnapshot.
       throw new Error('snapshot is not run by handle()');
     case 'restore':
-      return { schemaVersion: pool.restore(request.tenantId, request.file, request.migrations) };
+      return { replaced: pool.restore(request.tenantId, request.file) };
     case 'appendEvents': {
       const db = pool.get(request.tenantId);
       const positions = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits);

@@ -8,7 +8,7 @@
  * our own statements (transactions, pragmas, `_tenantd_meta`) run with the
  * guard off.
  */
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
@@ -17,11 +17,11 @@ import type {
   CallLimits,
   ColumnInfo,
   LogEvent,
-  MaintenanceOperation,
   NewEvent,
   ExecuteResult,
   MigrationStep,
   QueryChunk,
+  ShardMaintenance,
   SqlValue,
   StatementInput,
 } from '../src/protocol.ts';
@@ -53,6 +53,9 @@ const MAX_QUERY_RESULT_BYTES = 256 * 1024 * 1024;
  * 2.6-3.1 ms as the longest pause, against 313 ms for VACUUM INTO at once).
  */
 const SNAPSHOT_STEP_BYTES = 1024 * 1024;
+/** The file format's write and read versions (header bytes 18 and 19): 1 for a rollback journal, 2 for WAL. */
+const FILE_FORMAT_OFFSET = 18;
+const ROLLBACK_JOURNAL_MODE = Buffer.from([1, 1]);
 /** SQLite's own ceiling for max_page_count. */
 const UNLIMITED_PAGES = 4_294_967_294;
 
@@ -288,10 +291,10 @@ export class TenantDb {
 
   /**
    * An operator's maintenance, with the guard off and no deadline (it is not
-   * tenant SQL). Returns whether the database is sound (INTEGRITY_CHECK; the
-   * others true) and a line to report.
+   * tenant SQL), and a line to report. It rewrites the live database, so it
+   * runs on the shard and the shard's other tenants wait for it.
    */
-  maintain(operation: MaintenanceOperation): { ok: boolean; message: string } {
+  maintain(operation: ShardMaintenance): { ok: boolean; message: string } {
     switch (operation) {
       case 'VACUUM': {
         const before = this.sizeBytes();
@@ -307,10 +310,6 @@ export class TenantDb {
         this.db.exec('PRAGMA optimize');
         this.schemaChanged();
         return { ok: true, message: 'optimized' };
-      case 'INTEGRITY_CHECK': {
-        const problems = this.integrityProblems();
-        return problems.length === 0 ? { ok: true, message: 'ok' } : { ok: false, message: problems.join('; ') };
-      }
     }
   }
 
@@ -326,6 +325,15 @@ export class TenantDb {
   async snapshot(file: string): Promise<void> {
     const pagesPerStep = Math.max(1, Math.ceil(SNAPSHOT_STEP_BYTES / this.pageSize));
     await this.db.backup(file, { progress: () => pagesPerStep });
+    // The copy has every page and no WAL, but its header still says WAL
+    // mode, as the source's does: marked as a rollback-journal database, as
+    // PRAGMA journal_mode = DELETE would, it opens anywhere, also read-only.
+    const fd = openSync(file, 'r+');
+    try {
+      writeSync(fd, ROLLBACK_JOURNAL_MODE, 0, ROLLBACK_JOURNAL_MODE.length, FILE_FORMAT_OFFSET);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /** False once the connection is closed (by the pool, a restore or a delete). */

@@ -1,14 +1,17 @@
 /**
  * Backups, restores and maintenance: the front end's side. A tenant's shard
- * writes its snapshots and takes restored files over (only that thread ever
- * opens the tenant's database); the front end streams the bytes, in files
- * under `<data-dir>/tmp/`, which is emptied at start.
+ * writes its snapshots, a step at a time between its other calls, and takes
+ * restored files over (only that thread ever opens the tenant's live
+ * database); the front end streams the bytes, in files under
+ * `<data-dir>/tmp/`, which is emptied at start. Checks of whole files run
+ * off the shards (fileChecks.ts).
  */
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MaintenanceOperation } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
+import type { FileChecks } from './fileChecks.ts';
 import type { TenantRegistry } from './registry.ts';
 
 export interface MaintenanceResult {
@@ -24,6 +27,7 @@ export class Backups {
     dataDir: string,
     private readonly registry: TenantRegistry,
     private readonly router: ShardRouter,
+    private readonly fileChecks: FileChecks,
   ) {
     this.tmpDir = join(dataDir, 'tmp');
     mkdirSync(this.tmpDir, { recursive: true });
@@ -53,6 +57,22 @@ export class Backups {
   }
 
   /**
+   * integrity_check of a snapshot, off the shard: the snapshot's online
+   * backup copies the pages as they are, so what is wrong in the database is
+   * wrong in the copy. Needs room for one copy of the database in tmp/.
+   */
+  private async integrityCheck(tenantId: string): Promise<{ ok: boolean; message: string }> {
+    const file = await this.snapshot(tenantId);
+    try {
+      const problems = await this.fileChecks.integrityProblems(file, tenantId);
+      return problems.length === 0 ? { ok: true, message: 'ok' } : { ok: false, message: problems.join('; ') };
+    } finally {
+      rmSync(file, { force: true });
+      rmSync(`${file}-wal`, { force: true });
+    }
+  }
+
+  /**
    * Runs `operation` on each tenant (every tenant when
    * `tenantIds` is null), the shards in parallel and each shard's tenants
    * one after another, calling `progress` as each one finishes. Stops
@@ -74,7 +94,10 @@ export class Backups {
         result = { tenantId, ok: false, message: 'the tenant was deleted' };
       } else {
         try {
-          const outcome = await this.router.forTenant(tenantId).call({ op: 'maintain', tenantId, operation, slot: live.slot.slot });
+          const outcome =
+            operation === 'INTEGRITY_CHECK'
+              ? await this.integrityCheck(tenantId)
+              : await this.router.forTenant(tenantId).call({ op: 'maintain', tenantId, operation, slot: live.slot.slot });
           result = { tenantId, ...outcome };
         } catch (error) {
           result = { tenantId, ok: false, message: (error as Error).message };

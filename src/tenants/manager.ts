@@ -16,6 +16,7 @@ import { generateKey } from '../auth/keys.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { LiveTenant, TenantRegistry } from './registry.ts';
 import type { EventHub } from '../events/hub.ts';
+import type { FileChecks } from './fileChecks.ts';
 import { toSteps } from '../schema/migrator.ts';
 
 export const TENANT_ID_PATTERN = /^[a-z][a-z0-9_-]{0,62}$/;
@@ -82,6 +83,8 @@ export class TenantManager {
     private readonly router: ShardRouter,
     private readonly auth: Authenticator,
     private readonly dataDir: string,
+    /** Where a restore's upload is checked and migrated, off the shards. */
+    private readonly fileChecks: FileChecks,
     /** Event subscriptions, ended when their tenant is suspended or deleted. */
     private readonly hub: EventHub | null = null,
   ) {}
@@ -246,8 +249,9 @@ export class TenantManager {
    * Puts a backup (`file`, a database under the data directory, taken over
    * by the shard) in place: a new tenant with `fields` and no API key yet, or
    * the database of a SUSPENDED tenant, whose record, keys and quotas stay.
-   * The shard checks the file (integrity_check) and migrates it before the
-   * tenant uses it; if that fails, an existing tenant keeps its database.
+   * The file is checked (integrity_check) and migrated off the shards
+   * (fileChecks.ts) before the tenant's shard swaps it in; if anything
+   * fails, an existing tenant keeps its database.
    */
   async restore(tenantId: string, fields: TenantFields | null, file: string): Promise<LiveTenant> {
     checkTenantId(tenantId, 'header.tenant_id');
@@ -257,7 +261,6 @@ export class TenantManager {
       });
     }
     const existing = this.registry.get(tenantId);
-    const migrations = toSteps(this.catalog.migrations());
     const shard = this.router.forTenant(tenantId);
     this.creating.add(tenantId);
     try {
@@ -270,8 +273,9 @@ export class TenantManager {
             { metadata: { tenant: tenantId } },
           );
         }
+        const schemaVersion = await this.fileChecks.checkRestore(file, tenantId, toSteps(this.catalog.migrations()));
         await this.registry.waitIdle(existing, SUSPEND_WAIT_MS);
-        const { schemaVersion } = await shard.call({ op: 'restore', tenantId, file, migrations });
+        await shard.call({ op: 'restore', tenantId, file });
         const next: TenantRecord = { ...existing.record, schemaVersion, updateTime: Date.now(), etag: newEtag() };
         this.catalog.updateTenant(next);
         return this.registry.put(next);
@@ -279,7 +283,8 @@ export class TenantManager {
       if (existing) throw new TenantdError(Status.ABORTED, 'TENANT_BUSY', `tenants/${tenantId} is being deleted; retry`);
       const newFields = fields ?? { displayName: '', labels: {}, plan: '', quotas: emptyOverrides() };
       this.validateFields(newFields, 'header.tenant');
-      const { schemaVersion } = await shard.call({ op: 'restore', tenantId, file, migrations });
+      const schemaVersion = await this.fileChecks.checkRestore(file, tenantId, toSteps(this.catalog.migrations()));
+      await shard.call({ op: 'restore', tenantId, file });
       const record = newRecord(tenantId, newFields, schemaVersion);
       try {
         this.catalog.insertTenant(record);

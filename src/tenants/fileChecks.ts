@@ -1,0 +1,60 @@
+/**
+ * The front end's side of workers/fileTasks.ts: integrity checks and a
+ * restore's migrations, which can take seconds on a large database, run in
+ * a piscina pool of their own instead of on a tenant's shard, where every
+ * other tenant of that shard would wait for them. The pool is small (these
+ * are an operator's occasional calls, and they must not take the cores the
+ * shards need) and its threads exit when idle, so it costs nothing at rest.
+ */
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { Piscina } from 'piscina';
+import type { SyncMode } from '../config.ts';
+import { TenantdError } from '../errors.ts';
+import { PACKAGE_ROOT } from '../paths.ts';
+import type { MigrationStep } from '../protocol.ts';
+import type { FileTask, FileTaskResult } from '../../workers/fileTasks.ts';
+
+const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'taskBootstrap.mjs');
+const ENTRY = new URL(`../../workers/fileTasks.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
+/** An idle thread exits after this long. */
+const IDLE_TIMEOUT_MS = 30_000;
+
+export class FileChecks {
+  private readonly pool: Piscina<FileTask, FileTaskResult>;
+
+  constructor(private readonly sync: SyncMode) {
+    this.pool = new Piscina({
+      filename: BOOTSTRAP,
+      workerData: { entry: ENTRY.href },
+      minThreads: 0,
+      maxThreads: Math.max(1, Math.floor(availableParallelism() / 4)),
+      idleTimeout: IDLE_TIMEOUT_MS,
+    });
+  }
+
+  /**
+   * Checks a restore's upload (`file`, not yet any tenant's) with
+   * integrity_check and migrates it where it lies; returns its schema
+   * version, or throws the INVALID_ARGUMENT that says what is wrong with it.
+   */
+  async checkRestore(file: string, tenantId: string, migrations: MigrationStep[]): Promise<number> {
+    const result = this.settle(await this.pool.run({ op: 'checkRestore', file, tenantId, sync: this.sync, migrations }));
+    return (result as { schemaVersion: number }).schemaVersion;
+  }
+
+  /** What integrity_check finds in `file`, a snapshot of `tenantId`; empty when sound. */
+  async integrityProblems(file: string, tenantId: string): Promise<string[]> {
+    const result = this.settle(await this.pool.run({ op: 'integrity', file, tenantId }));
+    return (result as { problems: string[] }).problems;
+  }
+
+  close(): Promise<void> {
+    return this.pool.destroy();
+  }
+
+  private settle(result: FileTaskResult): FileTaskResult {
+    if (!result.ok) throw TenantdError.fromWire(result.error);
+    return result;
+  }
+}

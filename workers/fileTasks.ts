@@ -1,0 +1,96 @@
+/**
+ * Checks that need a whole database file and may take seconds: run by a
+ * small piscina pool beside the shards (src/tenants/fileChecks.ts), never on
+ * a shard thread, so no tenant waits for them. The file is never a tenant's
+ * live database: it is a restore's upload before it is swapped in, or a
+ * snapshot copy of a live tenant. Failures come back as values (a WireError),
+ * not as thrown errors, which would lose their fields crossing threads.
+ */
+import { rmSync } from 'node:fs';
+import { status as Status } from '@grpc/grpc-js';
+import type { SyncMode } from '../src/config.ts';
+import type { WireError } from '../src/errors.ts';
+import type { MigrationStep } from '../src/protocol.ts';
+import { ShardError } from './shardError.ts';
+import { TenantDb } from './tenantDb.ts';
+
+/** Lines of integrity_check reported at most. */
+const MAX_PROBLEMS = 20;
+
+export type FileTask =
+  /** A restore's upload: sound, usable, and migrated to `migrations`, where it lies. */
+  | { op: 'checkRestore'; file: string; tenantId: string; sync: SyncMode; migrations: MigrationStep[] }
+  /** A copy of a live database: what integrity_check finds in it. */
+  | { op: 'integrity'; file: string; tenantId: string };
+
+export type FileTaskResult =
+  | { ok: true; schemaVersion: number }
+  | { ok: true; problems: string[] }
+  | { ok: false; error: WireError };
+
+export default function run(task: FileTask): FileTaskResult {
+  try {
+    return task.op === 'checkRestore' ? checkRestore(task) : { ok: true, problems: integrityProblems(task.file, task.tenantId) };
+  } catch (error) {
+    if (error instanceof ShardError) return { ok: false, error: error.wire };
+    return { ok: false, error: { code: Status.INTERNAL, reason: 'INTERNAL', message: `file check failed: ${(error as Error).message}` } };
+  }
+}
+
+/**
+ * Opens the upload as the shard would open a tenant (the guard's limits and
+ * DEFENSIVE mode apply to this untrusted file too), runs integrity_check and
+ * the migrations it predates, and closes it, which checkpoints everything
+ * into the file itself. Returns its schema version.
+ */
+function checkRestore(task: Extract<FileTask, { op: 'checkRestore' }>): FileTaskResult {
+  const staged = openRestored(task.file, task.tenantId, task.sync);
+  try {
+    const problems = staged.integrityProblems(MAX_PROBLEMS);
+    if (problems.length > 0) {
+      throw new ShardError({
+        code: Status.INVALID_ARGUMENT,
+        reason: 'BACKUP_CORRUPT',
+        message: `the backup fails integrity_check: ${problems.slice(0, 5).join('; ')}`,
+      });
+    }
+    return { ok: true, schemaVersion: staged.migrate(task.migrations) };
+  } catch (error) {
+    if (error instanceof ShardError) throw error;
+    throw new ShardError({
+      code: Status.INVALID_ARGUMENT,
+      reason: 'BACKUP_UNUSABLE',
+      message: `the backup is not a database tenantd can use: ${(error as Error).message}`,
+    });
+  } finally {
+    staged.close();
+    rmSync(`${task.file}-wal`, { force: true });
+  }
+}
+
+/** Anything SQLite cannot open as a database is the caller's bad input. */
+function openRestored(path: string, tenantId: string, sync: SyncMode): TenantDb {
+  try {
+    return TenantDb.open({ path, tenantId, sync, create: false });
+  } catch (error) {
+    if (error instanceof ShardError) throw error;
+    throw new ShardError({
+      code: Status.INVALID_ARGUMENT,
+      reason: 'NOT_A_DATABASE',
+      message: `the backup cannot be opened as a SQLite database: ${(error as Error).message}`,
+    });
+  }
+}
+
+/**
+ * The copy is ours alone, but its schema is the tenant's (CHECK expressions
+ * run during the check): opened like a tenant, under the guard's limits.
+ */
+function integrityProblems(file: string, tenantId: string): string[] {
+  const copy = TenantDb.open({ path: file, tenantId, sync: 'normal', create: false });
+  try {
+    return copy.integrityProblems(MAX_PROBLEMS);
+  } finally {
+    copy.close();
+  }
+}
