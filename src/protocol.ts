@@ -53,8 +53,8 @@ export interface LogEvent {
 export type NewEvent = Omit<LogEvent, 'position'>;
 
 export type MaintenanceOperation = 'VACUUM' | 'ANALYZE' | 'OPTIMIZE' | 'INTEGRITY_CHECK';
-/** What a shard runs on the tenant's live database itself. */
-export type ShardMaintenance = Exclude<MaintenanceOperation, 'INTEGRITY_CHECK'>;
+/** The operations that rewrite the live database; INTEGRITY_CHECK reads a snapshot. */
+export type RewriteOperation = Exclude<MaintenanceOperation, 'INTEGRITY_CHECK'>;
 
 export interface MigrationStep {
   version: number;
@@ -98,8 +98,15 @@ export type ShardRequest =
   | (RequestBase & { op: 'appendEvents'; limits: CallLimits; events: NewEvent[]; expectedPosition: bigint | null; retentionMs: number })
   /** Up to `limit` events from `fromPosition`, only `types` when not empty, none older than `retentionMs` (when > 0). */
   | (RequestBase & { op: 'readEvents'; limits: CallLimits; fromPosition: bigint; limit: number; types: string[]; retentionMs: number })
-  /** VACUUM, ANALYZE or OPTIMIZE on the tenant's database (INTEGRITY_CHECK checks a snapshot, off the shard); `slot` to record a new size. */
-  | (RequestBase & { op: 'maintain'; operation: ShardMaintenance; slot: number })
+  /**
+   * Closes the tenant's database and holds its calls, in order, until
+   * `release`, while another thread has the file to itself (VACUUM, ANALYZE
+   * or OPTIMIZE in the file-task pool). Refused while a snapshot of the
+   * tenant runs.
+   */
+  | (RequestBase & { op: 'hold' })
+  /** Runs the held calls before anything received after them; `slot` to record the database's new size. */
+  | (RequestBase & { op: 'release'; slot: number })
   | (RequestBase & { op: 'drop' })
   /** Closes every database; the worker is terminated after it answers. */
   | (RequestBase & { op: 'shutdown' })
@@ -215,7 +222,8 @@ export interface ShardResults {
   appendEvents: { positions: bigint[] };
   /** `complete`: the read reached the end of the log (not cut by its limit or its size). */
   readEvents: { events: LogEvent[]; nextPosition: bigint; complete: boolean };
-  maintain: { ok: boolean; message: string };
+  hold: { closed: boolean };
+  release: { held: number };
   migrate: { schemaVersion: number };
   drop: { removed: boolean };
   shutdown: { closed: number };

@@ -13,7 +13,8 @@ import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tenantDbPath } from '../src/protocol.ts';
-import { freshDataDir, startTestServer, v, type TestServer } from './support/server.ts';
+import { status } from '@grpc/grpc-js';
+import { RpcError, freshDataDir, rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
 
 const BLOB_BYTES = 256 * 1024;
 const BLOBS = 384; // 96 MiB
@@ -144,6 +145,57 @@ describe('heavy operator work on one tenant', () => {
     expect(await lines).toMatchObject([{ tenant: 'tenants/big', ok: true, message: 'ok' }]);
     expect(latencies.length).toBeGreaterThanOrEqual(5);
     expect(Math.max(...latencies)).toBeLessThan(checkMs / 3);
+    expect(readdirSync(join(t.dataDir, 'tmp'))).toEqual([]);
+  }, 60_000);
+
+  it('RunMaintenance VACUUM runs off the shard: the tenant\'s own calls wait for it, its neighbours do not', async () => {
+    await t.sql(bigKey, 'DELETE FROM blobs WHERE id % 2 = 0');
+    const usage = async () => Number((await t.client.call('TenantService', 'GetTenantUsage', { name: 'tenants/big' }, admin())).storage_bytes);
+    const before = await usage();
+    const started = performance.now();
+    const lines = t.client.stream('TenantService', 'RunMaintenance', { name: 'tenants/big', operation: 'VACUUM' }, admin());
+    // A write of the tenant itself, sent while its database is being vacuumed: held, then run.
+    const writeStarted = performance.now();
+    const write = t.sql(bigKey, 'INSERT INTO blobs (b) VALUES (?)', [v.text('written during VACUUM')]).then((response) => ({
+      response,
+      ms: performance.now() - writeStarted,
+    }));
+    const latencies = await readsUntil(lines);
+    const vacuumMs = performance.now() - started;
+    const [line] = await lines;
+    expect(line).toMatchObject({ tenant: 'tenants/big', ok: true });
+    expect(line.message).toMatch(/^vacuumed: \d+ -> \d+ bytes$/);
+    const written = await write;
+    expect(written.response.rows_affected).toBe('1');
+    // It reached the shard after the hold, so it ran once the VACUUM was done.
+    expect(written.ms).toBeGreaterThan(vacuumMs / 2);
+    expect(rowsOf(await t.sql(bigKey, "SELECT count(*) FROM blobs WHERE b = 'written during VACUUM'"))).toEqual([[1n]]);
+    expect(latencies.length).toBeGreaterThanOrEqual(5);
+    expect(Math.max(...latencies)).toBeLessThan(vacuumMs / 3);
+    // Half the rows went: so did about half the file, and the usage record says so at once.
+    expect(await usage()).toBeLessThan(before * 0.6);
+  }, 60_000);
+
+  it('a snapshot in progress: VACUUM of the tenant is refused as busy, deleting the tenant ends the backup ABORTED', async () => {
+    // A template copy is made by the same snapshot.
+    await t.client.call('TenantService', 'CreateTenant', { tenant_id: 'big2', source_tenant: 'tenants/big', tenant: { quotas: { storage_bytes: '-1' } } }, admin());
+    const backupOf = (name: string) => t.client.stream('TenantService', 'BackupTenant', { name }, admin());
+
+    const backup = backupOf('tenants/big2');
+    const [line] = await t.client.stream('TenantService', 'RunMaintenance', { name: 'tenants/big2', operation: 'VACUUM' }, admin());
+    expect(line).toMatchObject({ tenant: 'tenants/big2', ok: false });
+    expect(line.message).toContain('snapshot');
+    expect((await backup).length).toBeGreaterThan(0);
+
+    const cut = backupOf('tenants/big2').then(
+      () => null,
+      (error: RpcError) => error.status,
+    );
+    await t.client.call('TenantService', 'DeleteTenant', { name: 'tenants/big2', force: true }, admin());
+    const failure = await cut;
+    expect(failure).not.toBeNull();
+    expect(failure!.code).toBe(status.ABORTED);
+    expect(failure!.reason).toBe('SNAPSHOT_INTERRUPTED');
     expect(readdirSync(join(t.dataDir, 'tmp'))).toEqual([]);
   }, 60_000);
 

@@ -91,6 +91,14 @@ export class DbPool {
     return replacing;
   }
 
+  /** Closes the tenant's connection, if open; false while a snapshot needs it (pinned). */
+  close(tenantId: string): boolean {
+    if (this.pinned.has(tenantId)) return false;
+    this.open.get(tenantId)?.close();
+    this.open.delete(tenantId);
+    return true;
+  }
+
   /** Closes the tenant's connection and deletes its directory. */
   remove(tenantId: string): boolean {
     this.open.get(tenantId)?.close();

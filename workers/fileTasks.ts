@@ -1,16 +1,17 @@
 /**
- * Checks that need a whole database file and may take seconds: run by a
- * small piscina pool beside the shards (src/tenants/fileChecks.ts), never on
- * a shard thread, so no tenant waits for them. The file is never a tenant's
- * live database: it is a restore's upload before it is swapped in, or a
- * snapshot copy of a live tenant. Failures come back as values (a WireError),
+ * Work on a whole database file that may take seconds: run by a small
+ * piscina pool beside the shards (src/tenants/fileChecks.ts), never on a
+ * shard thread, so the shard's other tenants do not wait for it. The file is
+ * a restore's upload before it is swapped in, a snapshot copy of a live
+ * tenant, or a live tenant's database while its shard holds the tenant's
+ * calls (op `hold`) and has closed it. Failures come back as values (a WireError),
  * not as thrown errors, which would lose their fields crossing threads.
  */
 import { rmSync } from 'node:fs';
 import { status as Status } from '@grpc/grpc-js';
 import type { SyncMode } from '../src/config.ts';
 import type { WireError } from '../src/errors.ts';
-import type { MigrationStep } from '../src/protocol.ts';
+import type { MigrationStep, RewriteOperation } from '../src/protocol.ts';
 import { ShardError } from './shardError.ts';
 import { TenantDb } from './tenantDb.ts';
 
@@ -21,16 +22,26 @@ export type FileTask =
   /** A restore's upload: sound, usable, and migrated to `migrations`, where it lies. */
   | { op: 'checkRestore'; file: string; tenantId: string; sync: SyncMode; migrations: MigrationStep[] }
   /** A copy of a live database: what integrity_check finds in it. */
-  | { op: 'integrity'; file: string; tenantId: string };
+  | { op: 'integrity'; file: string; tenantId: string }
+  /** A live database that its shard has closed and holds the calls of. */
+  | { op: 'rewrite'; file: string; tenantId: string; sync: SyncMode; operation: RewriteOperation };
 
 export type FileTaskResult =
   | { ok: true; schemaVersion: number }
   | { ok: true; problems: string[] }
+  | { ok: true; message: string }
   | { ok: false; error: WireError };
 
 export default function run(task: FileTask): FileTaskResult {
   try {
-    return task.op === 'checkRestore' ? checkRestore(task) : { ok: true, problems: integrityProblems(task.file, task.tenantId) };
+    switch (task.op) {
+      case 'checkRestore':
+        return checkRestore(task);
+      case 'integrity':
+        return { ok: true, problems: integrityProblems(task.file, task.tenantId) };
+      case 'rewrite':
+        return { ok: true, message: rewrite(task) };
+    }
   } catch (error) {
     if (error instanceof ShardError) return { ok: false, error: error.wire };
     return { ok: false, error: { code: Status.INTERNAL, reason: 'INTERNAL', message: `file check failed: ${(error as Error).message}` } };
@@ -92,5 +103,15 @@ function integrityProblems(file: string, tenantId: string): string[] {
     return copy.integrityProblems(MAX_PROBLEMS);
   } finally {
     copy.close();
+  }
+}
+
+/** VACUUM, ANALYZE or OPTIMIZE, opened as the shard opens it; closing checkpoints it into the file. */
+function rewrite(task: Extract<FileTask, { op: 'rewrite' }>): string {
+  const db = TenantDb.open({ path: task.file, tenantId: task.tenantId, sync: task.sync, create: false });
+  try {
+    return db.maintain(task.operation).message;
+  } finally {
+    db.close();
   }
 }

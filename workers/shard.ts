@@ -112,12 +112,10 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
       record(db, request.limits.slot, read.events.length, 0);
       return read;
     }
-    case 'maintain': {
-      const db = pool.get(request.tenantId);
-      const outcome = db.maintain(request.operation);
-      record(db, request.slot, 0, 0);
-      return outcome;
-    }
+    case 'hold':
+    case 'release':
+      // They change the order of calls: see hold().
+      throw new Error(`${request.op} is not run by handle()`);
     case 'drop':
       return { removed: pool.remove(request.tenantId) };
     case 'shutdown':
@@ -221,6 +219,55 @@ function startSnapshot(request: Extract<ShardRequest, { op: 'snapshot' }>): void
 }
 
 /**
+ * Tenants whose database file another thread has to itself (VACUUM and the
+ * like, in the file-task pool): their calls wait here, in arrival order,
+ * until `release` puts them back at the head of the queue. The shard's other
+ * tenants are not held up.
+ */
+const held = new Map<string, ShardRequest[]>();
+
+/** Handles hold and release; true when `request` was one of them or was held. */
+function hold(request: ShardRequest): boolean {
+  const waiting = held.get(request.tenantId);
+  if (request.op === 'release') {
+    held.delete(request.tenantId);
+    try {
+      // The file changed size: its usage record says so before its next call.
+      record(pool.get(request.tenantId), request.slot, 0, 0);
+    } catch {
+      // Deleted meanwhile: nothing to record.
+    }
+    if (waiting !== undefined && waiting.length > 0) {
+      queue = [...waiting, ...queue.slice(queueHead)];
+      queueHead = 0;
+    }
+    replies.post({ id: request.id, kind: 'ok', result: { held: waiting?.length ?? 0 } });
+    return true;
+  }
+  if (waiting !== undefined) {
+    waiting.push(request);
+    return true;
+  }
+  if (request.op !== 'hold') return false;
+  if (!pool.close(request.tenantId)) {
+    replies.post({
+      id: request.id,
+      kind: 'error',
+      error: {
+        code: Status.ABORTED,
+        reason: 'TENANT_BUSY',
+        message: `a snapshot of tenant ${request.tenantId} is being made; retry when it is done`,
+        metadata: { tenant: request.tenantId },
+      },
+    });
+    return true;
+  }
+  held.set(request.tenantId, []);
+  replies.post({ id: request.id, kind: 'ok', result: { closed: true } });
+  return true;
+}
+
+/**
  * Requests received and not yet run, in arrival order. The front end posts
  * the calls of one of its event-loop turns as one array.
  */
@@ -281,6 +328,9 @@ function drain(initial: ShardRequest): void {
   while (pending !== undefined) {
     const request: ShardRequest = pending;
     pending = undefined;
+    if (held.size > 0 || request.op === 'hold' || request.op === 'release') {
+      if (hold(request)) continue;
+    }
     replies.beforeRun(pool.peek(request.tenantId));
     if (request.op === 'snapshot') {
       startSnapshot(request);

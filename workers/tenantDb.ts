@@ -21,7 +21,7 @@ import type {
   ExecuteResult,
   MigrationStep,
   QueryChunk,
-  ShardMaintenance,
+  RewriteOperation,
   SqlValue,
   StatementInput,
 } from '../src/protocol.ts';
@@ -291,10 +291,10 @@ export class TenantDb {
 
   /**
    * An operator's maintenance, with the guard off and no deadline (it is not
-   * tenant SQL), and a line to report. It rewrites the live database, so it
-   * runs on the shard and the shard's other tenants wait for it.
+   * tenant SQL), and a line to report. Run by the file-task pool
+   * (fileTasks.ts) while the tenant's shard holds its calls.
    */
-  maintain(operation: ShardMaintenance): { ok: boolean; message: string } {
+  maintain(operation: RewriteOperation): { ok: boolean; message: string } {
     switch (operation) {
       case 'VACUUM': {
         const before = this.sizeBytes();

@@ -9,7 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import type { MaintenanceOperation } from '../protocol.ts';
+import { tenantDbPath, type MaintenanceOperation, type RewriteOperation } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { FileChecks } from './fileChecks.ts';
 import type { TenantRegistry } from './registry.ts';
@@ -24,7 +24,7 @@ export class Backups {
   readonly tmpDir: string;
 
   constructor(
-    dataDir: string,
+    private readonly dataDir: string,
     private readonly registry: TenantRegistry,
     private readonly router: ShardRouter,
     private readonly fileChecks: FileChecks,
@@ -73,6 +73,23 @@ export class Backups {
   }
 
   /**
+   * VACUUM, ANALYZE or OPTIMIZE rewrite the live database, so they need it
+   * to themselves: the tenant's shard closes it and holds the tenant's calls
+   * (they run afterwards, in order) while the file-task pool works on it.
+   * The shard's other tenants go on meanwhile.
+   */
+  private async rewrite(tenantId: string, operation: RewriteOperation, slot: number): Promise<{ ok: boolean; message: string }> {
+    const shard = this.router.forTenant(tenantId);
+    await shard.call({ op: 'hold', tenantId });
+    try {
+      return { ok: true, message: await this.fileChecks.rewrite(tenantDbPath(this.dataDir, tenantId), tenantId, operation) };
+    } finally {
+      // A shard that died meanwhile comes back holding nothing.
+      await shard.call({ op: 'release', tenantId, slot }).catch(() => undefined);
+    }
+  }
+
+  /**
    * Runs `operation` on each tenant (every tenant when
    * `tenantIds` is null), the shards in parallel and each shard's tenants
    * one after another, calling `progress` as each one finishes. Stops
@@ -95,9 +112,7 @@ export class Backups {
       } else {
         try {
           const outcome =
-            operation === 'INTEGRITY_CHECK'
-              ? await this.integrityCheck(tenantId)
-              : await this.router.forTenant(tenantId).call({ op: 'maintain', tenantId, operation, slot: live.slot.slot });
+            operation === 'INTEGRITY_CHECK' ? await this.integrityCheck(tenantId) : await this.rewrite(tenantId, operation, live.slot.slot);
           result = { tenantId, ...outcome };
         } catch (error) {
           result = { tenantId, ok: false, message: (error as Error).message };

@@ -1,8 +1,8 @@
 /**
- * The front end's side of workers/fileTasks.ts: integrity checks and a
- * restore's migrations, which can take seconds on a large database, run in
- * a piscina pool of their own instead of on a tenant's shard, where every
- * other tenant of that shard would wait for them. The pool is small (these
+ * The front end's side of workers/fileTasks.ts: integrity checks, a
+ * restore's migrations, VACUUM, ANALYZE and OPTIMIZE, which can take seconds
+ * on a large database, run in a piscina pool of their own instead of on a
+ * tenant's shard, where every other tenant of that shard would wait for them. The pool is small (these
  * are an operator's occasional calls, and they must not take the cores the
  * shards need) and its threads exit when idle, so it costs nothing at rest.
  */
@@ -12,7 +12,7 @@ import { Piscina } from 'piscina';
 import type { SyncMode } from '../config.ts';
 import { TenantdError } from '../errors.ts';
 import { PACKAGE_ROOT } from '../paths.ts';
-import type { MigrationStep } from '../protocol.ts';
+import type { MigrationStep, RewriteOperation } from '../protocol.ts';
 import type { FileTask, FileTaskResult } from '../../workers/fileTasks.ts';
 
 const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'taskBootstrap.mjs');
@@ -47,6 +47,15 @@ export class FileChecks {
   async integrityProblems(file: string, tenantId: string): Promise<string[]> {
     const result = this.settle(await this.pool.run({ op: 'integrity', file, tenantId }));
     return (result as { problems: string[] }).problems;
+  }
+
+  /**
+   * VACUUM, ANALYZE or OPTIMIZE of a tenant's database file, which its shard
+   * has closed and holds the tenant's calls for; returns the line to report.
+   */
+  async rewrite(file: string, tenantId: string, operation: RewriteOperation): Promise<string> {
+    const result = this.settle(await this.pool.run({ op: 'rewrite', file, tenantId, sync: this.sync, operation }));
+    return (result as { message: string }).message;
   }
 
   close(): Promise<void> {
