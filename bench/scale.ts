@@ -24,7 +24,7 @@
  *      after touching `--sample` tenants (target <= 300 MB), and the shared
  *      quota state per tenant.
  *   3. Latency seen by a grpc-js client of a point read (Execute), one call at
- *      a time: on `--sample` tenants never touched since the restart (their
+ *      a time, from a process of its own (quota/probe.ts): on `--sample` tenants never touched since the restart (their
  *      database is not open, their key not yet cached; target p99 <= 5 ms),
  *      against calls to tenants whose database is open.
  *
@@ -54,6 +54,7 @@ import {
   verdict,
   type Unary,
 } from './quota/common.ts';
+import { startProbe, type ProbeCall, type ProbeResult } from './quota/probe.ts';
 import { seedTenants } from './quota/seed.ts';
 import type { ServerArgs, ServerReady } from './quota/server.ts';
 
@@ -110,15 +111,13 @@ const dataDir = mkdtempSync(join(tmpdir(), 'tenantd-bench-scale-'));
 const serverArgs: ServerArgs = { dataDir, shards, sync, maxOpenDbs };
 let child: ChildServer | null = null;
 let client: RawClient | null = null;
+/** The latency probes run in a process of their own (quota/probe.ts), the bench's big heap out of their way. */
+const probe = startProbe(runtime === 'node');
 
 async function start(execArgv: string[] = []): Promise<{ child: ChildServer; ready: ServerReady; wallMs: number }> {
   const t0 = performance.now();
   const c = await startChild(new URL('./quota/server.ts', import.meta.url), serverArgs, execArgv, runtime === 'node');
   return { child: c, ready: c.ready as ServerReady, wallMs: performance.now() - t0 };
-}
-
-function pointRead(i: number) {
-  return { sql: POINT_READ, params: [{ integer_value: String(1 + (i % ROWS)) }] };
 }
 
 async function addTable(execute: Unary, i: number, key: string): Promise<void> {
@@ -133,17 +132,15 @@ async function addTable(execute: Unary, i: number, key: string): Promise<void> {
   for (const x of [ddl, fill]) if (!x.ok) throw new Error(`Execute setup on ${idOf(i)}: ${x.error.details}`);
 }
 
-/** One call at a time; returns latencies in ms. Fails loudly on any error. */
-async function sequential(execute: Unary, calls: { key: string; i: number }[]): Promise<Float64Array> {
-  const out: number[] = [];
-  for (const { key, i } of calls) {
-    const t0 = performance.now();
-    const r = await execute<any>(pointRead(i), key);
-    out.push(performance.now() - t0);
-    if (!r.ok) throw new Error(`Execute on tenant #${i}: ${Status[r.error.code]} ${r.error.details}`);
-    if (r.response.rows.length !== 1) throw new Error(`Execute on tenant #${i}: expected one row`);
+/** One call at a time, from the probe process; latencies in ms, sorted. Fails loudly on any error. */
+async function sequential(address: string, calls: ProbeCall[], gcTotals?: ProbeResult['gc']): Promise<Float64Array> {
+  const { latencies, gc } = await probe.run(address, POINT_READ, ROWS, calls);
+  if (gcTotals) {
+    gcTotals.pauses += gc.pauses;
+    gcTotals.totalMs += gc.totalMs;
+    gcTotals.maxMs = Math.max(gcTotals.maxMs, gc.maxMs);
   }
-  return sortedCopy(out);
+  return sortedCopy(latencies);
 }
 
 const latLine = (l: Float64Array) =>
@@ -159,7 +156,7 @@ try {
   let ready = first.ready;
   client = new RawClient(`127.0.0.1:${ready.port}`);
   let createTenant = client.method('TenantService', 'CreateTenant');
-  let execute = client.method('SqlService', 'Execute');
+  const execute = client.method('SqlService', 'Execute');
 
   const keys: string[] = new Array(tenantCount);
   const createMs: number[] = [];
@@ -240,7 +237,6 @@ try {
   const atReady = rssLine(ready.pid);
   client = new RawClient(`127.0.0.1:${ready.port}`);
   createTenant = client.method('TenantService', 'CreateTenant');
-  execute = client.method('SqlService', 'Execute');
   await sleep(2_000); // let the shard workers finish starting
   const settled = rssLine(ready.pid);
 
@@ -252,7 +248,8 @@ try {
   );
   line(`   server memory at ready: ${atReady.text}; 2 s later (shard workers up): ${settled.text}`);
 
-  const touchLat = await sequential(execute, touched.map((i) => ({ key: keys[i]!, i })));
+  const address = `127.0.0.1:${ready.port}`;
+  const touchLat = await sequential(address, touched.map((i) => ({ key: keys[i]!, i })));
   const afterTouch = rssLine(ready.pid);
   line(`   after touching ${sample} tenants (first call each, one at a time): ${afterTouch.text}`);
   // The target is in MB (10^6 bytes); /proc reports KiB.
@@ -274,11 +271,12 @@ try {
   // Warm: the most recently touched tenants, whose databases are still open (LRU of 1000 over the shards).
   const recent = touched.slice(-100);
   const warmCalls = Array.from({ length: 2 * sample }, (_, k) => recent[k % recent.length]!).map((i) => ({ key: keys[i]!, i }));
-  const warm1 = await sequential(execute, warmCalls);
-  const coldLat = await sequential(execute, cold.map((i) => ({ key: keys[i]!, i })));
+  const probeGc = { pauses: 0, totalMs: 0, maxMs: 0 };
+  const warm1 = await sequential(address, warmCalls, probeGc);
+  const coldLat = await sequential(address, cold.map((i) => ({ key: keys[i]!, i })), probeGc);
   // The cold probe evicted them (LRU): open them again before measuring warm calls.
-  await sequential(execute, recent.map((i) => ({ key: keys[i]!, i })));
-  const warm2 = await sequential(execute, warmCalls);
+  await sequential(address, recent.map((i) => ({ key: keys[i]!, i })));
+  const warm2 = await sequential(address, warmCalls, probeGc);
   const afterCold = rssLine(ready.pid);
   // The server's own view of each cold call: GetTenantUsage's latency, admission to the shard's
   // answer (its latency window holds that one call; buckets are 20 % wide, the upper bound is reported).
@@ -294,7 +292,10 @@ try {
   const coldServer = await serverSide(cold);
   const warmServer = await serverSide(recent);
   line();
-  line(`3. point-read latency at the client (Execute over gRPC, one call at a time), ${ready.tenants.toLocaleString('en-US')} tenants registered:`);
+  line(
+    `3. point-read latency at the client (Execute over gRPC, one call at a time, from a probe process of its own), ` +
+      `${ready.tenants.toLocaleString('en-US')} tenants registered:`,
+  );
   line(`   warm (database open, key cached), before: ${latLine(warm1)}`);
   line(`   warm, after the cold probe:               ${latLine(warm2)}`);
   line(`   cold (first call since restart, database not open, key not cached): ${latLine(coldLat)}`);
@@ -304,12 +305,17 @@ try {
   line(`   first calls right after start (the ${sample} touched above):           ${latLine(touchLat)}`);
   const coldP99 = percentile(coldLat, 99);
   line(`   cold minus warm at p50: ${fmtMs(percentile(coldLat, 50) - percentile(warm1, 50))}`);
+  line(
+    `   the probe process's own GC during these ${warm1.length + coldLat.length + warm2.length} calls: ${probeGc.pauses} pauses, ` +
+      `${fmtMs(probeGc.totalMs)} in all, longest ${fmtMs(probeGc.maxMs)}`,
+  );
   line(`   target cold p99 <= ${COLD_P99_TARGET_MS} ms: ${fmtMs(coldP99)}  ${verdict(coldP99, COLD_P99_TARGET_MS)}`);
   line(`   server memory after the cold probe: ${afterCold.text}`);
   line();
   line(`summary: RSS ${rssVerdict}, cold p99 ${verdict(coldP99, COLD_P99_TARGET_MS)}, quota state ${kBytesPerSlot} B/slot`);
   if (flags.has('--profile')) line(`CPU profiles of the servers (one file per thread): ${profileDir}/{create,restart}`);
 } finally {
+  probe.stop();
   client?.close();
   await child?.stop();
   if (flags.has('--keep-data')) line(`data kept in ${dataDir}`);
