@@ -110,6 +110,8 @@ export type ShardRequest =
   | (RequestBase & { op: 'drop' })
   /** Closes every database; the worker is terminated after it answers. */
   | (RequestBase & { op: 'shutdown' })
+  /** The tenant's event_retention_hours changed (UpdateTenant), in ms, 0 keeps everything; no answer is sent. */
+  | (RequestBase & { op: 'retention'; retentionMs: number })
   /** A new page of shared quota state; no answer is sent. */
   | (RequestBase & { op: 'quotaPage'; pageIndex: number; buffers: QuotaPageBuffers })
   /** Fault injection for tests: the worker dies of an uncaught exception. Refused unless enabled. */
@@ -229,6 +231,7 @@ export interface ShardResults {
   shutdown: { closed: number };
   crash: never;
   quotaPage: never;
+  retention: never;
 }
 
 /** Given to each worker at start. */

@@ -274,6 +274,61 @@ describe('retention in the background', () => {
   });
 });
 
+describe('retention in the background, beyond the open tenants', () => {
+  /** The event types left in a tenant's file, read after its server stopped. */
+  function typesInFile(dataDir: string, tenantId: string): string[] {
+    const db = new Database(`${dataDir}/tenants/${tenantId}/db.sqlite`, { readonly: true });
+    try {
+      return db.prepare('SELECT type FROM _tenantd_events ORDER BY position').pluck().all() as string[];
+    } finally {
+      db.close();
+    }
+  }
+
+  const hoursAgo = (hours: number) => ({ seconds: String(Math.floor(Date.now() / 1000) - hours * 3600), nanos: 0 });
+
+  it('sweeps a tenant whose database the pool has closed, without a call from it', async () => {
+    // One open database per shard: creating the second tenant closes the first.
+    const other = await startTestServer({ shards: 1, maxOpenDbs: 1, eventSweepMs: 100 }, { keepDataDir: true });
+    try {
+      const key = await other.createTenant('closed', { quotas: { ...UNLIMITED.quotas, event_retention_hours: '1' } });
+      await other.client.call('EventService', 'Append', { events: [{ ...event('old', 'x'), time: hoursAgo(2) }, event('new', 'y')] }, { key });
+      await other.createTenant('neighbour');
+      await new Promise((r) => setTimeout(r, 400));
+    } finally {
+      await other.stop();
+    }
+    try {
+      expect(typesInFile(other.dataDir, 'closed')).toEqual(['new']);
+    } finally {
+      rmSync(other.dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('sweeps with the retention UpdateTenant set, not the one the last events call carried', async () => {
+    const other = await startTestServer({ shards: 1, eventSweepMs: 100 }, { keepDataDir: true });
+    try {
+      const key = await other.createTenant('shortened', { quotas: { ...UNLIMITED.quotas, event_retention_hours: '3' } });
+      await other.client.call('EventService', 'Append', { events: [{ ...event('two-hours-old', 'x'), time: hoursAgo(2) }, event('new', 'y')] }, { key });
+      await new Promise((r) => setTimeout(r, 300));
+      await other.client.call(
+        'TenantService',
+        'UpdateTenant',
+        { tenant: { name: 'tenants/shortened', quotas: { event_retention_hours: '1' } }, update_mask: { paths: ['quotas.event_retention_hours'] } },
+        { key: other.adminKey },
+      );
+      await new Promise((r) => setTimeout(r, 400));
+    } finally {
+      await other.stop();
+    }
+    try {
+      expect(typesInFile(other.dataDir, 'shortened')).toEqual(['new']);
+    } finally {
+      rmSync(other.dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('Subscribe at shutdown', () => {
   it('ends subscriptions with UNAVAILABLE so the drain does not wait for them', async () => {
     const other = await startTestServer({ shards: 1, drainTimeoutMs: 10_000 });

@@ -16,6 +16,14 @@ export class DbPool {
   private readonly open = new Map<string, TenantDb>();
   /** Tenants whose connection must not be closed to make room: a snapshot is reading it. */
   private readonly pinned = new Map<string, number>();
+  /**
+   * Closed tenants with events that will expire: the oldest event's time and
+   * the retention, noted as the connection closed, so that sweepClosed
+   * removes them without waiting for the tenant's next call. In memory only:
+   * after a restart a closed tenant's expired events go at its next events
+   * call (reads never show them before).
+   */
+  private readonly closedSweeps = new Map<string, { oldest: number; retentionMs: number }>();
 
   constructor(
     private readonly dataDir: string,
@@ -54,7 +62,14 @@ export class DbPool {
         message: `the database of tenant ${tenantId} does not exist`,
       });
     }
-    return this.add(TenantDb.open({ path, tenantId, sync: this.sync, create: false }));
+    const db = TenantDb.open({ path, tenantId, sync: this.sync, create: false });
+    const sweep = this.closedSweeps.get(tenantId);
+    if (sweep) {
+      // Open again: the shard's sweep of open tenants takes it from here.
+      db.setEventRetention(sweep.retentionMs);
+      this.closedSweeps.delete(tenantId);
+    }
+    return this.add(db);
   }
 
   /** Creates the tenant's database (or opens the copy already at its path). */
@@ -80,6 +95,7 @@ export class DbPool {
     const dir = dirname(path);
     this.open.get(tenantId)?.close();
     this.open.delete(tenantId);
+    this.closedSweeps.delete(tenantId);
     const aside = replacedDir(this.dataDir, tenantId);
     rmSync(aside, { recursive: true, force: true });
     mkdirSync(dirname(aside), { recursive: true });
@@ -94,8 +110,8 @@ export class DbPool {
   /** Closes the tenant's connection, if open; false while a snapshot needs it (pinned). */
   close(tenantId: string): boolean {
     if (this.pinned.has(tenantId)) return false;
-    this.open.get(tenantId)?.close();
-    this.open.delete(tenantId);
+    const db = this.open.get(tenantId);
+    if (db) this.closeConnection(tenantId, db);
     return true;
   }
 
@@ -103,6 +119,7 @@ export class DbPool {
   remove(tenantId: string): boolean {
     this.open.get(tenantId)?.close();
     this.open.delete(tenantId);
+    this.closedSweeps.delete(tenantId);
     const dir = dirname(tenantDbPath(this.dataDir, tenantId));
     const existed = existsSync(dir);
     rmSync(dir, { recursive: true, force: true });
@@ -134,9 +151,58 @@ export class DbPool {
     for (const [tenantId, victim] of this.open) {
       if (this.open.size <= this.maxOpen) break;
       if (this.pinned.has(tenantId) || victim === db) continue;
-      victim.close();
-      this.open.delete(tenantId);
+      this.closeConnection(tenantId, victim);
     }
     return db;
+  }
+
+  /** Closes a connection, first noting what its events need swept while it is closed. */
+  private closeConnection(tenantId: string, db: TenantDb): void {
+    try {
+      const sweep = db.eventSweepState();
+      if (sweep) this.closedSweeps.set(tenantId, sweep);
+    } catch {
+      // A database that cannot be read now has nothing the sweep could do either.
+    }
+    db.close();
+    this.open.delete(tenantId);
+  }
+
+  /** A tenant's new event retention (UpdateTenant): for its open connection, or for the sweep of it closed. */
+  setEventRetention(tenantId: string, retentionMs: number): void {
+    this.open.get(tenantId)?.setEventRetention(retentionMs);
+    const sweep = this.closedSweeps.get(tenantId);
+    if (sweep && retentionMs > 0) sweep.retentionMs = retentionMs;
+    else if (sweep) this.closedSweeps.delete(tenantId);
+  }
+
+  /**
+   * Opens closed tenants whose oldest event has expired, at most `limit` of
+   * them, outside the pool (no open tenant is closed for this), removes their
+   * expired events and closes them again. `skip`: tenants whose file the
+   * shard must not open now (held for the file-task pool). A tenant whose
+   * sweep fails is reported to `failed` and left to its next events call.
+   */
+  sweepClosed(now: number, skip: (tenantId: string) => boolean, limit: number, failed: (tenantId: string, error: unknown) => void): number {
+    let swept = 0;
+    for (const [tenantId, sweep] of this.closedSweeps) {
+      if (swept >= limit) break;
+      if (sweep.oldest + sweep.retentionMs > now || skip(tenantId)) continue;
+      swept++;
+      this.closedSweeps.delete(tenantId);
+      let db: TenantDb | null = null;
+      try {
+        db = TenantDb.open({ path: tenantDbPath(this.dataDir, tenantId), tenantId, sync: this.sync, create: false });
+        db.setEventRetention(sweep.retentionMs);
+        db.sweepExpiredEvents();
+        const next = db.eventSweepState();
+        if (next) this.closedSweeps.set(tenantId, next);
+      } catch (error) {
+        failed(tenantId, error);
+      } finally {
+        db?.close();
+      }
+    }
+    return swept;
   }
 }

@@ -114,9 +114,25 @@ export class EventLog {
     return { events, nextPosition: from > after ? from : after, complete: true };
   }
 
+  /** The tenant's retention as its last events call or an UpdateTenant carried it; 0 keeps everything. */
+  get retention(): number {
+    return this.retentionMs;
+  }
+
+  set retention(ms: number) {
+    this.retentionMs = ms;
+  }
+
+  /** The time (ms) of the oldest event in the log, if it has any. */
+  oldestTime(): number | null {
+    if (!this.has()) return null;
+    const oldest = this.host.statement('SELECT min(time) FROM _tenantd_events').pluck().get() as bigint | null;
+    return oldest === null ? null : Number(oldest);
+  }
+
   /** Removes the events older than the retention the last events call carried (the shard's background sweep). */
   sweep(): number {
-    if (this.retentionMs <= 0 || !this.exists) return 0;
+    if (this.retentionMs <= 0 || !this.has()) return 0;
     const removed = this.host.statement('DELETE FROM _tenantd_events WHERE time < ?').run(Date.now() - this.retentionMs).changes;
     if (removed > 0) this.host.sizeChanged();
     return removed;

@@ -122,6 +122,7 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
       return { closed: pool.closeAll() };
     case 'crash':
     case 'quotaPage':
+    case 'retention':
       throw new ShardError({ code: Status.PERMISSION_DENIED, reason: 'FAULT_INJECTION_DISABLED', message: `${request.op} is not a call` });
   }
 }
@@ -312,6 +313,10 @@ function control(request: ShardRequest): boolean {
     quotaPages[request.pageIndex] = viewPage(request.buffers);
     return true;
   }
+  if (request.op === 'retention') {
+    pool.setEventRetention(request.tenantId, request.retentionMs);
+    return true;
+  }
   if (request.op === 'crash' && data.faultInjection) {
     // Uncaught, as a real bug would be: the worker dies before it reads another message.
     throw new Error('injected shard crash');
@@ -364,20 +369,28 @@ function drain(initial: ShardRequest): void {
   }
 }
 
+/** Closed tenants opened per sweep tick at most, so one tick never holds up calls for long. */
+const CLOSED_SWEEPS_PER_TICK = 16;
+
 /**
  * Event retention in the background: between calls, the expired events of
- * the open tenants go (a read never shows them even before). A tenant whose
- * database is closed is swept after its next Append or Read, which brings
- * its retention along.
+ * the open tenants go (a read never shows them even before), and those of
+ * closed tenants whose oldest event has expired (the pool noted it as it
+ * closed them), a few per tick.
  */
+function logSweepFailure(tenantId: string, error: unknown): void {
+  process.stderr.write(`${JSON.stringify({ level: 'warn', msg: 'event sweep failed', shard: data.shardIndex, tenant: tenantId, error: String(error) })}\n`);
+}
+
 setInterval(() => {
   for (const db of pool.openDatabases()) {
     try {
       db.sweepExpiredEvents();
     } catch (error) {
-      process.stderr.write(`${JSON.stringify({ level: 'warn', msg: 'event sweep failed', shard: data.shardIndex, tenant: db.tenantId, error: String(error) })}\n`);
+      logSweepFailure(db.tenantId, error);
     }
   }
+  pool.sweepClosed(Date.now(), (tenantId) => held.has(tenantId), CLOSED_SWEEPS_PER_TICK, logSweepFailure);
 }, data.eventSweepMs).unref();
 
 port.on('message', (message: ShardInbound) => {

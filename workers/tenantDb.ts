@@ -272,6 +272,23 @@ export class TenantDb {
     return this.events?.sweep() ?? 0;
   }
 
+  /** The retention the background sweep uses until the next events call brings one (ms; 0 keeps everything). */
+  setEventRetention(ms: number): void {
+    this.eventLog.retention = ms;
+  }
+
+  /**
+   * What the shard must remember to sweep this tenant's events while its
+   * database is closed: the oldest event's time and the retention. Null when
+   * there is nothing that can expire.
+   */
+  eventSweepState(): { oldest: number; retentionMs: number } | null {
+    const retentionMs = this.events?.retention ?? 0;
+    if (retentionMs <= 0) return null;
+    const oldest = this.events!.oldestTime();
+    return oldest === null ? null : { oldest, retentionMs };
+  }
+
   /** The service's own statements: the guard stays off, the storage quota holds, SQLite errors map as for SQL. */
   private eventsCall<T>(limits: CallLimits, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);

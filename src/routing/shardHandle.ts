@@ -156,6 +156,15 @@ export class ShardHandle implements ObservedShard {
     if (this.alive) this.worker.postMessage({ op: 'quotaPage', id: 0, tenantId: '', pageIndex, buffers } satisfies ShardRequest);
   }
 
+  /**
+   * Tells the shard a tenant's new event retention, for its background
+   * sweep. Ahead of calls still in the outbox, which is fine: they carry it
+   * too. A worker that is restarting learns it from the tenant's next events call.
+   */
+  setEventRetention(tenantId: string, retentionMs: number): void {
+    if (this.alive) this.worker.postMessage({ op: 'retention', id: 0, tenantId, retentionMs } satisfies ShardRequest);
+  }
+
   /** Closes every database in the shard cleanly, then ends the thread. */
   async stop(): Promise<void> {
     try {

@@ -212,7 +212,13 @@ export class TenantManager {
     next.updateTime = Date.now();
     next.etag = newEtag();
     this.catalog.updateTenant(next);
-    return this.registry.put(next);
+    const retentionBefore = live.quotas.eventRetentionHours;
+    const updated = this.registry.put(next);
+    const hours = updated.quotas.eventRetentionHours;
+    // The shard sweeps expired events in the background with the retention it
+    // knows, which must not stay longer than the tenant's new one.
+    if (hours !== retentionBefore) this.router.forTenant(tenantId).setEventRetention(tenantId, hours > 0 ? hours * 3_600_000 : 0);
+    return updated;
   }
 
   /**
