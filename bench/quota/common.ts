@@ -152,6 +152,28 @@ export class RawClient {
       });
   }
 
+  /** A server-streaming method: resolves with every message, or rejects with the call's error. */
+  serverStream(service: 'TenantService', name: string): <T = any>(request: object, key: string) => Promise<T[]> {
+    const m = (packageDefinition()[`tenantd.v1.${service}`] as Record<string, MethodDefinition<object, object>>)[name];
+    if (!m) throw new Error(`tenantd.v1.${service} has no method ${name}`);
+    return <T>(request: object, key: string) =>
+      new Promise<T[]>((resolve, reject) => {
+        const md = new grpc.Metadata();
+        md.set('authorization', `Bearer ${key}`);
+        const call = this.client.makeServerStreamRequest(
+          m.path,
+          m.requestSerialize as (v: object) => Buffer,
+          m.responseDeserialize as (b: Buffer) => object,
+          request,
+          md,
+        );
+        const messages: T[] = [];
+        call.on('data', (message: T) => messages.push(message));
+        call.on('error', reject);
+        call.on('end', () => resolve(messages));
+      });
+  }
+
   close(): void {
     this.client.close();
   }

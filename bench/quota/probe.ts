@@ -23,6 +23,8 @@ export interface ProbeCall {
 
 export interface ProbeResult {
   latencies: number[];
+  /** Per call: whether a GC pause of this process overlapped it (the client stopped, not the server). */
+  inGc: boolean[];
   gc: { pauses: number; totalMs: number; maxMs: number };
 }
 
@@ -55,27 +57,35 @@ export function startProbe(compiled: boolean): {
 async function run(message: Extract<ToProbe, { type: 'run' }>, client: RawClient): Promise<ProbeResult> {
   const execute = client.method('SqlService', 'Execute');
   const gc = { pauses: 0, totalMs: 0, maxMs: 0 };
+  const pauses: [start: number, end: number][] = [];
   const observer = new PerformanceObserver((list) => {
     for (const entry of list.getEntries()) {
       gc.pauses++;
       gc.totalMs += entry.duration;
       gc.maxMs = Math.max(gc.maxMs, entry.duration);
+      pauses.push([entry.startTime, entry.startTime + entry.duration]);
     }
   });
   observer.observe({ entryTypes: ['gc'] });
   const latencies: number[] = [];
+  const spans: [start: number, end: number][] = [];
   try {
     for (const { key, i } of message.calls) {
       const t0 = performance.now();
       const r = await execute<any>({ sql: message.sql, params: [{ integer_value: String(1 + (i % message.rows)) }] }, key);
-      latencies.push(performance.now() - t0);
+      const t1 = performance.now();
+      latencies.push(t1 - t0);
+      spans.push([t0, t1]);
       if (!r.ok) throw new Error(`Execute on tenant #${i}: ${Status[r.error.code]} ${r.error.details}`);
       if (r.response.rows.length !== 1) throw new Error(`Execute on tenant #${i}: expected one row`);
     }
   } finally {
+    // Entries still buffered are delivered before disconnecting.
+    await new Promise((resolve) => setImmediate(resolve));
     observer.disconnect();
   }
-  return { latencies, gc };
+  const inGc = spans.map(([start, end]) => pauses.some(([from, to]) => from < end && to > start));
+  return { latencies, inGc, gc };
 }
 
 if (process.argv[2] === '--probe') {
