@@ -26,7 +26,7 @@ import { eventService } from './grpc/eventService.ts';
 import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
 import { FileChecks } from './tenants/fileChecks.ts';
-import { recoverInterruptedRestores } from './tenants/restoreFiles.ts';
+import { emptyTrash, recoverInterruptedRestores } from './tenants/restoreFiles.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
@@ -72,6 +72,7 @@ export async function startServer(
   const dataDir = resolve(config.dataDir);
   mkdirSync(join(dataDir, 'tenants'), { recursive: true });
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
+  emptyTrash(dataDir);
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
   const catalog = new Catalog(join(dataDir, 'catalog.db'));

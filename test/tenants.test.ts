@@ -140,8 +140,12 @@ describe('tenant lifecycle', () => {
 
     await t.client.call('TenantService', 'SuspendTenant', { name: 'tenants/doomed' }, admin());
     await t.client.call('TenantService', 'DeleteTenant', { name: 'tenants/doomed' }, admin());
-    const { existsSync } = await import('node:fs');
+    const { existsSync, readdirSync } = await import('node:fs');
     expect(existsSync(`${t.dataDir}/tenants/doomed`)).toBe(false);
+    // Moved to the trash at once, its files unlinked in the background.
+    const inTrash = () => (existsSync(`${t.dataDir}/trash`) ? readdirSync(`${t.dataDir}/trash`).filter((name) => name.startsWith('doomed-')) : []);
+    for (let waited = 0; inTrash().length > 0 && waited < 5_000; waited += 50) await new Promise((r) => setTimeout(r, 50));
+    expect(inTrash()).toEqual([]);
     const gone = await t.client.failure('TenantService', 'GetTenant', { name: 'tenants/doomed' }, admin());
     expect(gone.code).toBe(status.NOT_FOUND);
     const keyGone = await t.client.failure('SqlService', 'Execute', { sql: 'SELECT 1' }, { key });

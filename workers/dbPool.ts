@@ -3,12 +3,14 @@
  * recently used closed first. Only this shard's thread ever opens these
  * files, so closing one never races with another thread.
  */
+import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import type { SyncMode } from '../src/config.ts';
 import { tenantDbPath } from '../src/protocol.ts';
-import { replacedDir } from '../src/tenants/restoreFiles.ts';
+import { replacedDir, trashDir } from '../src/tenants/restoreFiles.ts';
 import { ShardError } from './shardError.ts';
 import { TenantDb } from './tenantDb.ts';
 
@@ -103,7 +105,7 @@ export class DbPool {
     if (replacing) renameSync(dir, aside);
     mkdirSync(dir, { recursive: true });
     renameSync(file, path);
-    if (replacing) rmSync(aside, { recursive: true, force: true });
+    if (replacing) this.discard(aside, tenantId);
     return replacing;
   }
 
@@ -122,8 +124,18 @@ export class DbPool {
     this.closedSweeps.delete(tenantId);
     const dir = dirname(tenantDbPath(this.dataDir, tenantId));
     const existed = existsSync(dir);
-    rmSync(dir, { recursive: true, force: true });
+    if (existed) this.discard(dir, tenantId);
     return existed;
+  }
+
+  /** Moves a directory to the trash at once and unlinks its files in the background. */
+  private discard(dir: string, tenantId: string): void {
+    const trash = join(trashDir(this.dataDir), `${tenantId}-${randomUUID()}`);
+    mkdirSync(dirname(trash), { recursive: true });
+    renameSync(dir, trash);
+    rm(trash, { recursive: true, force: true }).catch((error: unknown) => {
+      process.stderr.write(`${JSON.stringify({ level: 'warn', msg: 'could not remove a discarded tenant directory', dir: trash, error: String(error) })}\n`);
+    });
   }
 
   /** Keeps the tenant's connection open (unless removed, restored or shut down) until unpin. */

@@ -9,6 +9,7 @@
  * guard off.
  */
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
@@ -53,6 +54,8 @@ const MAX_QUERY_RESULT_BYTES = 256 * 1024 * 1024;
  * 2.6-3.1 ms as the longest pause, against 313 ms for VACUUM INTO at once).
  */
 const SNAPSHOT_STEP_BYTES = 1024 * 1024;
+/** A snapshot's copy is flushed to disk in the background after every this many bytes. */
+const SNAPSHOT_FLUSH_BYTES = 8 * 1024 * 1024;
 /** The file format's write and read versions (header bytes 18 and 19): 1 for a rollback journal, 2 for WAL. */
 const FILE_FORMAT_OFFSET = 18;
 const ROLLBACK_JOURNAL_MODE = Buffer.from([1, 1]);
@@ -341,7 +344,36 @@ export class TenantDb {
    */
   async snapshot(file: string): Promise<void> {
     const pagesPerStep = Math.max(1, Math.ceil(SNAPSHOT_STEP_BYTES / this.pageSize));
-    await this.db.backup(file, { progress: () => pagesPerStep });
+    const stepBytes = pagesPerStep * this.pageSize;
+    // The copy's last step commits it, with an fsync of everything written
+    // that is still dirty: 215 ms for 256 MiB here, on the shard's thread.
+    // Flushing the copy as it grows, on libuv's threads, leaves ~30 ms.
+    // Our descriptor is closed only after SQLite's, so its locks stay.
+    const copy: { handle: FileHandle | null } = { handle: null };
+    let flushing: Promise<void> | null = null;
+    let unflushed = 0;
+    const flush = async () => {
+      copy.handle ??= await open(file, 'r');
+      await copy.handle.datasync();
+    };
+    try {
+      await this.db.backup(file, {
+        progress: () => {
+          unflushed += stepBytes;
+          if (unflushed >= SNAPSHOT_FLUSH_BYTES && flushing === null) {
+            unflushed = 0;
+            // A flush that fails only leaves more to the final commit.
+            flushing = flush()
+              .catch(() => undefined)
+              .finally(() => (flushing = null));
+          }
+          return pagesPerStep;
+        },
+      });
+    } finally {
+      await flushing;
+      await copy.handle?.close();
+    }
     // The copy has every page and no WAL, but its header still says WAL
     // mode, as the source's does: marked as a rollback-journal database, as
     // PRAGMA journal_mode = DELETE would, it opens anywhere, also read-only.

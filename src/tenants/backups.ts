@@ -8,6 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tenantDbPath, type MaintenanceOperation, type RewriteOperation } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
@@ -67,8 +68,8 @@ export class Backups {
       const problems = await this.fileChecks.integrityProblems(file, tenantId);
       return problems.length === 0 ? { ok: true, message: 'ok' } : { ok: false, message: problems.join('; ') };
     } finally {
-      rmSync(file, { force: true });
-      rmSync(`${file}-wal`, { force: true });
+      // Unlinking a large file takes a while: not on the main thread.
+      await Promise.all([rm(file, { force: true }), rm(`${file}-wal`, { force: true })]);
     }
   }
 

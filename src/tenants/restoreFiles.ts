@@ -9,6 +9,21 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
+/**
+ * Where a shard moves a tenant directory it is done with (deleted, or
+ * replaced by a restore): renaming is instant, and the files, which may be
+ * gigabytes, are then unlinked in the background instead of on the shard's
+ * thread. Emptied at start for what a crash left.
+ */
+export function trashDir(dataDir: string): string {
+  return join(dataDir, 'trash');
+}
+
+/** Removes what a previous run left in the trash. Runs at start. */
+export function emptyTrash(dataDir: string): void {
+  rmSync(trashDir(dataDir), { recursive: true, force: true });
+}
+
 /** The set-aside directory of `tenantId`'s old files during a restore. */
 export function replacedDir(dataDir: string, tenantId: string): string {
   return join(dataDir, 'replaced', tenantId);
