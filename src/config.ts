@@ -17,6 +17,12 @@ export interface QuotaValues {
   storageBytes: number;
   queryTimeoutMs: number;
   eventRetentionHours: number;
+  /**
+   * Milliseconds of its shard thread's time a tenant may use per second, on
+   * average, with bursts of up to one second's worth: what keeps one
+   * tenant's heavy queries from taking the shard from its neighbours.
+   */
+  shardMsPerSecond: number;
 }
 
 export const QUOTA_FIELDS = [
@@ -26,6 +32,7 @@ export const QUOTA_FIELDS = [
   'storageBytes',
   'queryTimeoutMs',
   'eventRetentionHours',
+  'shardMsPerSecond',
 ] as const satisfies readonly (keyof QuotaValues)[];
 
 export type QuotaField = (typeof QUOTA_FIELDS)[number];
@@ -77,6 +84,7 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     storageBytes: 100 * MIB,
     queryTimeoutMs: 5_000,
     eventRetentionHours: 24 * 7,
+    shardMsPerSecond: 200,
   },
   pro: {
     requestsPerSecond: 2_000,
@@ -85,6 +93,7 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     storageBytes: 10 * 1024 * MIB,
     queryTimeoutMs: 10_000,
     eventRetentionHours: 24 * 30,
+    shardMsPerSecond: 500,
   },
   enterprise: {
     requestsPerSecond: -1,
@@ -93,6 +102,7 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     storageBytes: -1,
     queryTimeoutMs: 30_000,
     eventRetentionHours: -1,
+    shardMsPerSecond: 1_000,
   },
 };
 

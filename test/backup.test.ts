@@ -112,7 +112,7 @@ describe('BackupTenant', () => {
   });
 
   it('keeps 4 MiB chunks within the 4 MiB message a default gRPC client accepts', async () => {
-    const bigKey = await t.createTenant('big', { quotas: { write_bytes_per_second: '-1', storage_bytes: '-1' } });
+    const bigKey = await t.createTenant('big', { quotas: { write_bytes_per_second: '-1', storage_bytes: '-1', shard_ms_per_second: '-1' } });
     await t.sql(bigKey, 'CREATE TABLE blobs (b BLOB)');
     await t.sql(bigKey, 'INSERT INTO blobs VALUES (randomblob(6 * 1024 * 1024))');
     // The test client has grpc-js's default 4 MiB receive limit.

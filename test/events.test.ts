@@ -14,7 +14,7 @@ import { RpcError, decodeStatus, startTestServer, type DecodedStatus, type TestS
 
 let t: TestServer;
 const admin = () => ({ key: t.adminKey });
-const UNLIMITED = { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1', concurrent_requests: '-1' } };
+const UNLIMITED = { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1', concurrent_requests: '-1', shard_ms_per_second: '-1' } };
 
 beforeAll(async () => {
   t = await startTestServer({ shards: 2 });

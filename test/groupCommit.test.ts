@@ -3,7 +3,7 @@ import { status } from '@grpc/grpc-js';
 import { RpcError, rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
 
 let t: TestServer;
-const UNLIMITED = { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1', concurrent_requests: '-1' } };
+const UNLIMITED = { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1', concurrent_requests: '-1', shard_ms_per_second: '-1' } };
 
 beforeAll(async () => {
   t = await startTestServer({ shards: 1, sync: 'full' });

@@ -26,7 +26,7 @@ const scratch = freshDataDir();
 
 beforeAll(async () => {
   t = await startTestServer({ shards: 1 });
-  bigKey = await t.createTenant('big', { quotas: { write_bytes_per_second: '-1', storage_bytes: '-1', query_timeout_ms: '30000' } });
+  bigKey = await t.createTenant('big', { quotas: { write_bytes_per_second: '-1', storage_bytes: '-1', query_timeout_ms: '30000', shard_ms_per_second: '-1' } });
   await t.sql(bigKey, 'CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB)');
   for (let done = 0; done < BLOBS; done += 64) {
     await t.sql(bigKey, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 64) INSERT INTO blobs (b) SELECT randomblob(?) FROM c', [v.int(BLOB_BYTES)]);

@@ -100,7 +100,7 @@ describe('the guard', () => {
 describe('runaway statements', () => {
   it('stops a runaway recursive CTE at query_timeout_ms while a tenant on the same shard keeps being served', async () => {
     const [slowId, fastId] = sameShardPair('cte');
-    await t.createTenant(slowId, { quotas: { query_timeout_ms: '400' } });
+    await t.createTenant(slowId, { quotas: { query_timeout_ms: '400', shard_ms_per_second: '-1' } });
     const fast = await t.createTenant(fastId);
     const { key: slowKey } = await t.client
       .call('TenantService', 'CreateApiKey', { parent: `tenants/${slowId}` }, { key: t.adminKey });
@@ -122,7 +122,7 @@ describe('runaway statements', () => {
 
   it('answers a quick call at once even when a known-slow tenant’s call is right behind it on the shard', async () => {
     const [slowId, fastId] = sameShardPair('held');
-    await t.createTenant(slowId, { quotas: { query_timeout_ms: '500' } });
+    await t.createTenant(slowId, { quotas: { query_timeout_ms: '500', shard_ms_per_second: '-1' } });
     const fast = await t.createTenant(fastId);
     const { key: slowKey } = await t.client.call('TenantService', 'CreateApiKey', { parent: `tenants/${slowId}` }, { key: t.adminKey });
     await t.sql(fast, 'SELECT 1');
@@ -141,7 +141,7 @@ describe('runaway statements', () => {
   });
 
   it('stops a statement at the client’s deadline when that comes first', async () => {
-    const key = await t.createTenant('deadline', { quotas: { query_timeout_ms: '60000' } });
+    const key = await t.createTenant('deadline', { quotas: { query_timeout_ms: '60000', shard_ms_per_second: '-1' } });
     const started = Date.now();
     const failure = await t.client.failure('SqlService', 'Execute', { sql: RUNAWAY }, { key, deadlineMs: 300 });
     expect(failure.code).toBe(status.DEADLINE_EXCEEDED);
@@ -153,7 +153,7 @@ describe('runaway statements', () => {
   });
 
   it('rolls back a write interrupted by the timeout', async () => {
-    const key = await t.createTenant('rollback', { quotas: { query_timeout_ms: '300' } });
+    const key = await t.createTenant('rollback', { quotas: { query_timeout_ms: '300', shard_ms_per_second: '-1' } });
     await t.sql(key, 'CREATE TABLE n (x)');
     const failure = await t.client.failure(
       'SqlService',

@@ -26,7 +26,7 @@ beforeAll(async () => {
     spanProcessors: [new SimpleSpanProcessor(spans)],
   })!;
   t = await startTestServer({ metricsListen: '127.0.0.1:0', logLevel: 'debug' }, { logger, metricsHandler: telemetry.metricsHandler });
-  key = await t.createTenant('obs', { quotas: { requests_per_second: '-1' } });
+  key = await t.createTenant('obs', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
   await t.sql(key, 'CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)');
   await t.sql(key, 'INSERT INTO notes (body) VALUES (?)', [v.text(SECRET_PARAM)]);
   expect(rowsOf(await t.sql(key, 'SELECT body FROM notes WHERE body = ?', [v.text(SECRET_PARAM)]))).toEqual([[SECRET_PARAM]]);

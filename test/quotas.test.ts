@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import { kBytesPerSlot } from '../src/quota/layout.ts';
@@ -18,6 +19,7 @@ beforeAll(async () => {
         storageBytes: 256 * 1024,
         queryTimeoutMs: 5000,
         eventRetentionHours: 24,
+        shardMsPerSecond: -1,
       },
     },
   });
@@ -92,6 +94,47 @@ describe('write_bytes_per_second', () => {
     expect(never.errorMetadata.quota).toBe('write_bytes_per_second');
     expect(never.retryDelayMs).toBeNull();
   });
+});
+
+describe('shard_ms_per_second', () => {
+  it('charges a heavy query to its tenant: the next call is refused with RetryInfo until the bucket refills, a neighbour is not', async () => {
+    // How long the heavy query takes on this machine, on a tenant without the limit.
+    const calibrate = await t.createTenant('calibrate', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
+    let heavyMs = Infinity;
+    for (let run = 0; run < 2; run++) {
+      const started = performance.now();
+      await t.sql(calibrate, SLOW);
+      heavyMs = Math.min(heavyMs, performance.now() - started);
+    }
+    // A limit well under one query's time (other test files share the cores, so
+    // runs vary): one query puts the tenant behind by more than a second's worth.
+    const limit = Math.max(20, Math.round(heavyMs / 3));
+
+    const hog = await t.createTenant('hog', { quotas: { requests_per_second: '-1', shard_ms_per_second: String(limit) } });
+    const neighbour = await t.createTenant('neighbour', { quotas: { requests_per_second: '-1' } });
+    await t.sql(hog, SLOW);
+    const refused = await t.client.failure('SqlService', 'Execute', { sql: 'SELECT 1' }, { key: hog });
+    expect(refused.code).toBe(status.RESOURCE_EXHAUSTED);
+    expect(refused.reason).toBe('QUOTA_EXCEEDED');
+    expect(refused.errorMetadata).toMatchObject({ quota: 'shard_ms_per_second', limit: String(limit) });
+    expect(Number(refused.errorMetadata.current)).toBeGreaterThanOrEqual(limit);
+    expect(refused.quotaViolations[0]).toMatchObject({ quota_id: 'shard_ms_per_second', quota_value: String(limit), subject: 'tenants/hog' });
+    // Behind by about one query less what refilled since: (heavy - limit) / limit seconds to wait.
+    expect(refused.retryDelayMs).toBeGreaterThan(0);
+    expect(refused.retryDelayMs).toBeLessThan(15_000);
+
+    // The shard time is the hog's alone: its neighbour is admitted at once.
+    expect(rowsOf(await t.sql(neighbour, 'SELECT 1'))).toEqual([[1n]]);
+
+    const usage = await t.client.call('TenantService', 'GetTenantUsage', { name: 'tenants/hog' }, admin());
+    const shardQuota = usage.quotas.find((q: { quota: string }) => q.quota === 'shard_ms_per_second');
+    expect(Number(shardQuota.limit)).toBe(limit);
+    expect(shardQuota.utilization_percent).toBeGreaterThanOrEqual(100);
+    expect(usage.shard_ms_total).toBeGreaterThanOrEqual(limit);
+
+    await new Promise((r) => setTimeout(r, refused.retryDelayMs! + 20));
+    expect(rowsOf(await t.sql(hog, 'SELECT 1'))).toEqual([[1n]]);
+  }, 30_000);
 });
 
 describe('concurrent_requests', () => {

@@ -24,7 +24,7 @@ import {
   type ShardResults,
   type ShardWorkerData,
 } from '../src/protocol.ts';
-import { addRows, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes, type QuotaPage } from '../src/quota/layout.ts';
+import { addRows, addShardTime, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes, type QuotaPage } from '../src/quota/layout.ts';
 import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome } from './groupCommit.ts';
 import { Replies } from './replies.ts';
@@ -45,6 +45,18 @@ function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: numbe
   addRows(page, index, rowsRead, rowsWritten);
   // The size changes only when something was written (or on first open).
   if (db.takeSizeChanged()) storeStoragePages(page, index, Math.ceil(db.sizeBytes() / kStoragePageBytes));
+}
+
+/**
+ * Charges a call's time on this thread to its tenant (shard_ms_per_second;
+ * the front end takes it at the tenant's next admission). Only the tenant's
+ * own calls carry limits; an operator's work is not charged.
+ */
+function chargeTime(request: ShardRequest, ms: number): void {
+  if (!('limits' in request)) return;
+  const slot = request.limits.slot;
+  const page = quotaPages[Math.floor(slot / kSlotsPerPage)];
+  if (page) addShardTime(page, slot % kSlotsPerPage, ms * 1000);
 }
 
 function recordResults(db: TenantDb, slot: number, result: ExecuteResult | ExecuteResult[]): void {
@@ -152,12 +164,16 @@ function answer(request: ShardRequest): void {
   try {
     result = withShardSpan(request, () => handle(request));
   } catch (error) {
-    replies.ran(pool.peek(request.tenantId), performance.now() - start);
+    const ms = performance.now() - start;
+    chargeTime(request, ms);
+    replies.ran(pool.peek(request.tenantId), ms);
     replies.post({ id: request.id, kind: 'error', error: toWire(request, error) });
     return;
   }
   const db = pool.peek(request.tenantId);
-  replies.ran(db, performance.now() - start);
+  const ms = performance.now() - start;
+  chargeTime(request, ms);
+  replies.ran(db, ms);
   // An Execute or Batch that wrote committed on its own (no group around it).
   const wrote = db !== undefined && isWrite(request) && db.takeWrote();
   if (wrote) countCommit(1);
@@ -362,6 +378,8 @@ function drain(initial: ShardRequest): void {
     }
     const groupStart = shardClock();
     const { outcomes, leftover } = runGroup(db, request, next, takeQueued);
+    // One tenant's calls, one commit: the whole group is its time.
+    chargeTime(request, shardClock() - groupStart);
     replies.ran(db, shardClock() - groupStart);
     reportGroupSpans(outcomes, groupStart);
     answerGroup(db, outcomes);

@@ -10,6 +10,7 @@ export const UNLIMITED: QuotaValues = {
   storageBytes: -1,
   queryTimeoutMs: -1,
   eventRetentionHours: -1,
+  shardMsPerSecond: -1,
 };
 
 /** The same overrides as they go on the wire in a Tenant's `quotas`. */
@@ -20,6 +21,7 @@ export const UNLIMITED_PROTO_QUOTAS = {
   storage_bytes: '-1',
   query_timeout_ms: '-1',
   event_retention_hours: '-1',
+  shard_ms_per_second: '-1',
 };
 
 export interface BenchServerArgs {

@@ -20,7 +20,8 @@ export type Admit = <T>(call: TenantCall, writeBytes: number, trailer: Metadata 
 export function createAdmit(admitter: Admitter, registry: TenantRegistry, metrics: ServerMetrics | null = null): Admit {
   return async (call, writeBytes, trailer, fn) => {
     const live = call.tenant;
-    const admission = admitter.admit(live.slot, writeBytes);
+    const admission = admitter.admit(live.slot, writeBytes, Date.now(), live.quotas.shardMsPerSecond);
+    live.shardMicrosTotal += admitter.lastChargedUs;
     if (isRefusal(admission)) {
       registry.refused(live, 'RESOURCE_EXHAUSTED');
       metrics?.quotaRefused(admission.quota);

@@ -30,6 +30,7 @@ function toProto(name: string, usage: Usage) {
     rows_read_total: usage.rowsReadTotal.toString(),
     rows_written_total: usage.rowsWrittenTotal.toString(),
     events_total: String(usage.eventsTotal),
+    shard_ms_total: usage.shardMsTotal,
     storage_bytes: String(usage.storageBytes),
     latency_p50_ms: usage.latencyMs.p50,
     latency_p95_ms: usage.latencyMs.p95,

@@ -1,7 +1,9 @@
 /**
  * Admission on the front end, before a call reaches a worker: calls in
  * flight, requests per second and write bytes per second, each over a
- * sliding one-second window of ten 100 ms buckets kept in shared memory.
+ * sliding one-second window of ten 100 ms buckets kept in shared memory,
+ * and shard_ms_per_second, a bucket of shard time that the shard drains
+ * (it adds each call's time to the slot) and admission refills.
  *
  * Only the front end's thread runs this, so a check-then-increment here is
  * not racy; Atomics keep the counters coherent for the workers and the
@@ -15,6 +17,11 @@ import {
   kMaxBucketCount,
   kRequestBuckets,
   kRpsLimit,
+  kShardDebtUs,
+  kShardFields,
+  kShardPendingUs,
+  kShardRefillTick,
+  kShardTickMs,
   kUint16Fields,
   kWindowEpoch,
   kWriteBpsLimit,
@@ -22,7 +29,7 @@ import {
 } from './layout.ts';
 import type { QuotaTable, SlotRef } from './quotaTable.ts';
 
-export type RateQuota = 'requests_per_second' | 'write_bytes_per_second';
+export type RateQuota = 'requests_per_second' | 'write_bytes_per_second' | 'shard_ms_per_second';
 
 export interface Refusal {
   quota: RateQuota | 'concurrent_requests';
@@ -46,9 +53,16 @@ export interface WindowState {
   oldestBusyEpoch: number;
 }
 
+/** Shard time is charged once a tenant has used this much since the last charge (µs). */
+const CHARGE_MIN_US = 1000;
+/** Past this many ms per second the bucket (one second's worth, in µs) would not fit an int32: as good as unlimited. */
+const MAX_SHARD_MS_LIMIT = 2_000_000;
+
 export class Admitter {
   /** Epochs count from here so they fit in an int32 slot. */
   private readonly baseMs: number;
+  /** Shard time (µs) the last admit() charged to its tenant: what its calls took since the one before. */
+  lastChargedUs = 0;
 
   constructor(
     private readonly table: QuotaTable,
@@ -94,6 +108,46 @@ export class Admitter {
     return { requests, writeBytes, oldestBusyEpoch };
   }
 
+  /**
+   * The tenant's shard-time debt in µs: the time its calls took that the
+   * limit (ms per second) has not refilled yet. With `charge`, takes the
+   * time the shard reported since the last call and stores the new state
+   * (admission); without, only looks (usage).
+   */
+  shardDebtUs(ref: SlotRef, limitMs: number, nowMs: number, charge: boolean): number {
+    const int32 = ref.page.shard;
+    const base = ref.index * kShardFields;
+    // The common case, a tenant of quick calls with its bucket full: two
+    // loads. What it used stays pending until it adds up to a millisecond.
+    if (charge && Atomics.load(int32, base + kShardDebtUs) === 0) {
+      const pending = Atomics.load(int32, base + kShardPendingUs);
+      if (pending >= 0 && pending < CHARGE_MIN_US) {
+        this.lastChargedUs = 0;
+        return 0;
+      }
+    }
+    const taken = charge ? Atomics.exchange(int32, base + kShardPendingUs, 0) : Atomics.load(int32, base + kShardPendingUs);
+    // Past int32 (36 minutes of shard time between two calls) the counter wrapped.
+    const pending = taken < 0 ? 0x7fffffff : taken;
+    if (charge) this.lastChargedUs = pending;
+    if (limitMs < 0 || limitMs > MAX_SHARD_MS_LIMIT) return 0;
+    const tick = Math.floor((nowMs - this.baseMs) / kShardTickMs) | 0;
+    const elapsedTicks = Math.max(0, (tick - Atomics.load(int32, base + kShardRefillTick)) | 0);
+    // limitMs ms per second is limitMs µs per ms.
+    const refilled = Math.max(0, Atomics.load(int32, base + kShardDebtUs) - elapsedTicks * kShardTickMs * limitMs);
+    const debt = Math.min(0x7fffffff, refilled + pending);
+    if (charge) {
+      Atomics.store(int32, base + kShardDebtUs, debt);
+      Atomics.store(int32, base + kShardRefillTick, tick);
+    }
+    return debt;
+  }
+
+  /** Shard time the shard reported that no admission has charged yet (µs). */
+  pendingShardUs(ref: SlotRef): number {
+    return Atomics.load(ref.page.shard, ref.index * kShardFields + kShardPendingUs);
+  }
+
   /** Milliseconds until the bucket of `epoch` leaves the window. */
   private untilExpiry(epoch: number, nowMs: number): number {
     if (epoch < 0) return 0;
@@ -104,14 +158,29 @@ export class Admitter {
    * Admits the call (counting it in flight and in the window) or says which
    * quota refuses it. `release` must follow every admission exactly once.
    */
-  admit(ref: SlotRef, writeBytes: number, nowMs: number = Date.now()): Admission | Refusal {
+  admit(ref: SlotRef, writeBytes: number, nowMs: number = Date.now(), shardMsLimit = -1): Admission | Refusal {
     const { int32, uint16 } = ref.page;
     const base = ref.index * kInt32Fields;
 
     const concurrency = Atomics.load(int32, base + kConcurrencyLimit);
     const inFlight = this.table.inFlight(ref);
     if (concurrency >= 0 && inFlight >= concurrency) {
+      this.lastChargedUs = 0;
       return { quota: 'concurrent_requests', current: inFlight, limit: concurrency, retryAfterMs: null };
+    }
+
+    // A call's shard time is known only once it ran: the bucket may go deep
+    // into debt (one long query), and the tenant waits until it is refilled
+    // to less than a second's worth.
+    const debt = this.shardDebtUs(ref, shardMsLimit, nowMs, true);
+    if (debt > 0 && debt >= shardMsLimit * 1000) {
+      return {
+        quota: 'shard_ms_per_second',
+        current: Math.ceil(debt / 1000),
+        limit: shardMsLimit,
+        // Refills come in ticks: one more, so that the retry is not refused again by a hair.
+        retryAfterMs: Math.ceil((debt - shardMsLimit * 1000 + 1) / shardMsLimit) + kShardTickMs,
+      };
     }
 
     const state = this.window(ref, nowMs);

@@ -2,8 +2,8 @@
  * The shared-memory layout of per-tenant quota and usage state.
  *
  * Every tenant has a slot. Slots live in pages of kSlotsPerPage; a page is
- * three SharedArrayBuffers (one per element width) holding a fixed record per
- * slot. Adding tenants adds pages, it never moves a slot, so no thread ever
+ * four SharedArrayBuffers (one per element width, the shard-time record
+ * apart) holding a fixed record per slot. Adding tenants adds pages, it never moves a slot, so no thread ever
  * has to stop or re-read a buffer it already holds: the front end posts each
  * new page to every worker before the first call that uses it.
  *
@@ -19,6 +19,10 @@
  *   in flight             front end (admit/release)   front end (admission, usage,
  *                                                       suspend/delete waits)
  *   storage pages         owning shard (after writes) front end (usage, refusals)
+ *   shard time pending    owning shard (adds each     front end (takes it with
+ *                           call's µs)                  Atomics.exchange at admission)
+ *   shard time debt,      front end (admission)       front end (admission, usage)
+ *     refill tick
  *   rows read/written     owning shard                front end (usage)
  *   requests/errors       front end                   front end (usage)
  *
@@ -42,7 +46,21 @@ export const kStoragePages = 5;
 export const kWriteBuckets = 6;
 export const kBuckets = 10;
 export const kBucketMs = 100;
+/** 16 fields: 64 bytes, one cache line per tenant for everything admission reads. */
 export const kInt32Fields = kWriteBuckets + kBuckets;
+
+// ---- Int32 shard-time record (shard_ms_per_second), apart so the record above stays 64 bytes ----
+/** Microseconds of shard time the tenant's calls took that admission has not charged yet. */
+export const kShardPendingUs = 0;
+/**
+ * shard_ms_per_second as a bucket that refills at the limit and holds one
+ * second's worth: how far it is drawn down, in µs (0 = full); and the tick
+ * (kShardTickMs units since the Admitter's base) it was last refilled at.
+ */
+export const kShardDebtUs = 1;
+export const kShardRefillTick = 2;
+export const kShardFields = 3;
+export const kShardTickMs = 10;
 
 // ---- Uint16 record: request counts per 100 ms bucket (≤ 65,535 per bucket per tenant) ----
 export const kRequestBuckets = 0;
@@ -61,6 +79,7 @@ export const kStoragePageBytes = 4096;
 /** Bytes of shared state per tenant: the figure the quotas issue budgets (≤ 128). */
 export const kBytesPerSlot =
   kInt32Fields * Int32Array.BYTES_PER_ELEMENT +
+  kShardFields * Int32Array.BYTES_PER_ELEMENT +
   kUint16Fields * Uint16Array.BYTES_PER_ELEMENT +
   kBigFields * BigInt64Array.BYTES_PER_ELEMENT;
 
@@ -69,6 +88,7 @@ export const kUnlimited = -1;
 
 export interface QuotaPageBuffers {
   int32: SharedArrayBuffer;
+  shard: SharedArrayBuffer;
   uint16: SharedArrayBuffer;
   big: SharedArrayBuffer;
 }
@@ -76,6 +96,7 @@ export interface QuotaPageBuffers {
 /** Views over one page; created once per page per thread. */
 export interface QuotaPage {
   int32: Int32Array;
+  shard: Int32Array;
   uint16: Uint16Array;
   big: BigInt64Array;
 }
@@ -83,6 +104,7 @@ export interface QuotaPage {
 export function allocatePage(): QuotaPageBuffers {
   return {
     int32: new SharedArrayBuffer(kSlotsPerPage * kInt32Fields * Int32Array.BYTES_PER_ELEMENT),
+    shard: new SharedArrayBuffer(kSlotsPerPage * kShardFields * Int32Array.BYTES_PER_ELEMENT),
     uint16: new SharedArrayBuffer(kSlotsPerPage * kUint16Fields * Uint16Array.BYTES_PER_ELEMENT),
     big: new SharedArrayBuffer(kSlotsPerPage * kBigFields * BigInt64Array.BYTES_PER_ELEMENT),
   };
@@ -91,6 +113,7 @@ export function allocatePage(): QuotaPageBuffers {
 export function viewPage(buffers: QuotaPageBuffers): QuotaPage {
   return {
     int32: new Int32Array(buffers.int32),
+    shard: new Int32Array(buffers.shard),
     uint16: new Uint16Array(buffers.uint16),
     big: new BigInt64Array(buffers.big),
   };
@@ -100,6 +123,11 @@ export function viewPage(buffers: QuotaPageBuffers): QuotaPage {
 
 export function storeStoragePages(page: QuotaPage, index: number, pages: number): void {
   Atomics.store(page.int32, index * kInt32Fields + kStoragePages, pages);
+}
+
+/** Adds a call's time on the shard (µs; wraps past int32, which admission takes every call anyway). */
+export function addShardTime(page: QuotaPage, index: number, micros: number): void {
+  if (micros > 0) Atomics.add(page.shard, index * kShardFields + kShardPendingUs, Math.min(0x7fffffff, Math.round(micros)));
 }
 
 export function addRows(page: QuotaPage, index: number, read: number, written: number): void {

@@ -16,6 +16,7 @@ import {
   kRowsReadTotal,
   kRowsWrittenTotal,
   kRpsLimit,
+  kShardFields,
   kSlotsPerPage,
   kStoragePageBytes,
   kStoragePages,
@@ -75,8 +76,9 @@ export class QuotaTable {
 
   /** Zeroes the slot and returns it to the free list. */
   release(ref: SlotRef): void {
-    const { int32, uint16, big } = ref.page;
+    const { int32, shard, uint16, big } = ref.page;
     for (let i = 0; i < kInt32Fields; i++) Atomics.store(int32, ref.index * kInt32Fields + i, 0);
+    for (let i = 0; i < kShardFields; i++) Atomics.store(shard, ref.index * kShardFields + i, 0);
     for (let i = 0; i < kUint16Fields; i++) Atomics.store(uint16, ref.index * kUint16Fields + i, 0);
     for (let i = 0; i < kBigFields; i++) Atomics.store(big, ref.index * kBigFields + i, 0n);
     this.free.push(ref.slot);

@@ -22,6 +22,8 @@ export interface Usage {
   /** Events appended since the server started (kept by the front end, not persisted). */
   eventsTotal: number;
   storageBytes: number;
+  /** Shard time the tenant's calls took since the server started, in ms. */
+  shardMsTotal: number;
   latencyMs: { p50: number; p95: number; p99: number };
 }
 
@@ -50,6 +52,8 @@ export function tenantUsage(live: LiveTenant, table: QuotaTable, admitter: Admit
       use('write_bytes_per_second', window.writeBytes, q.writeBytesPerSecond),
       use('concurrent_requests', table.inFlight(live.slot), q.concurrentRequests),
       use('storage_bytes', storageBytes, q.storageBytes),
+      // How far its shard-time bucket is drawn down (refused at 100 %).
+      use('shard_ms_per_second', Math.ceil(admitter.shardDebtUs(live.slot, q.shardMsPerSecond, now, false) / 1000), q.shardMsPerSecond),
     ],
     requestsTotal: totals.requests,
     errorsTotal: totals.errors,
@@ -58,6 +62,7 @@ export function tenantUsage(live: LiveTenant, table: QuotaTable, admitter: Admit
     rowsWrittenTotal: totals.rowsWritten,
     eventsTotal: live.eventsTotal,
     storageBytes,
+    shardMsTotal: (live.shardMicrosTotal + Math.max(0, admitter.pendingShardUs(live.slot))) / 1000,
     latencyMs: { p50: p50!, p95: p95!, p99: p99! },
   };
 }

@@ -50,6 +50,7 @@ export function emptyOverrides(): QuotaOverrides {
     storageBytes: 0,
     queryTimeoutMs: 0,
     eventRetentionHours: 0,
+    shardMsPerSecond: 0,
   };
 }
 

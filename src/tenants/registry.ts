@@ -23,6 +23,8 @@ export interface LiveTenant {
   errorsByCode: Map<string, number> | null;
   /** Events appended since the server started. */
   eventsTotal: number;
+  /** Microseconds of shard time charged to the tenant since the server started (admission takes them from its slot). */
+  shardMicrosTotal: number;
 }
 
 export class TenantRegistry {
@@ -59,7 +61,7 @@ export class TenantRegistry {
       live.record = record;
       live.quotas = quotas;
     } else {
-      live = { record, quotas, slot: this.table.allocate(), deleting: false, idleWaiters: null, latency: null, errorsByCode: null, eventsTotal: 0 };
+      live = { record, quotas, slot: this.table.allocate(), deleting: false, idleWaiters: null, latency: null, errorsByCode: null, eventsTotal: 0, shardMicrosTotal: 0 };
       this.tenants.set(record.tenantId, live);
     }
     // Takes effect on the next admission: there is no other copy of the limits.
