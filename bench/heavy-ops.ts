@@ -13,6 +13,9 @@
  *                 piscina file-task pool
  *   VACUUM        RunMaintenance VACUUM after half the rows are deleted: in
  *                 the pool, with only the big tenant's calls held
+ *   heavy queries another tenant runs ~100 ms queries back to back for 5 s,
+ *                 first without shard_ms_per_second, then with 200 ms/s (the
+ *                 free plan's): how much of the shard it gets
  *
  * For each phase: its duration and the neighbour's latency (p50, p99, max).
  * When the work ran on the shard itself (before), the neighbour's longest
@@ -24,7 +27,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { status as Status } from '@grpc/grpc-js';
 import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
-import { fmtMs, line, loadLine, machineLine, numberFlag, parseFlags, percentile, RawClient, sortedCopy, UNLIMITED_QUOTAS } from './quota/common.ts';
+import { decodeFailure, fmtMs, line, loadLine, machineLine, numberFlag, parseFlags, percentile, RawClient, sortedCopy, UNLIMITED_QUOTAS } from './quota/common.ts';
 import type { ServerArgs, ServerReady } from './quota/server.ts';
 
 const flags = parseFlags(process.argv.slice(2), ['--mb', '--runtime'], []);
@@ -35,6 +38,9 @@ if (runtime === 'node') buildCompiled();
 
 const BLOB_BYTES = 256 * 1024;
 const BLOBS_PER_CALL = 64; // 16 MiB
+/** ~100 ms of one thread's time here. */
+const HEAVY_QUERY = 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000) SELECT count(*) FROM c';
+const HOG_MS = 5_000;
 
 line(machineLine());
 const dataDir = mkdtempSync(join(tmpdir(), 'tenantd-bench-heavy-'));
@@ -119,6 +125,33 @@ try {
     const [result] = await stream<{ ok: boolean; message: string }>({ name: 'tenants/big', operation: 'VACUUM' }, ready.adminKey);
     return `ok=${result?.ok} ${result?.message}`;
   });
+
+  // A tenant that runs heavy queries back to back for HOG_MS, retrying when refused as its RetryInfo says.
+  const hogPhase = async (id: string, shardMs: string) => {
+    const created = await must<any>(
+      `CreateTenant ${id}`,
+      createTenant({ tenant_id: id, tenant: { quotas: { requests_per_second: '-1', shard_ms_per_second: shardMs } } }, ready.adminKey),
+    );
+    const key = created.api_key.key as string;
+    await phase(`${id}: heavy queries, shard_ms_per_second ${shardMs}`, async () => {
+      let ran = 0;
+      let refused = 0;
+      const until = performance.now() + HOG_MS;
+      while (performance.now() < until) {
+        const r = await execute({ sql: HEAVY_QUERY }, key);
+        if (r.ok) ran++;
+        else {
+          const failure = decodeFailure(r.error);
+          if (failure.reason !== 'QUOTA_EXCEEDED') throw new Error(`heavy query: ${failure.reason} ${failure.message}`);
+          refused++;
+          await new Promise((resolve) => setTimeout(resolve, Math.min(failure.retryDelayMs ?? 100, until - performance.now())));
+        }
+      }
+      return `${ran} heavy queries ran, ${refused} refused`;
+    });
+  };
+  await hogPhase('hog-unlimited', '-1');
+  await hogPhase('hog-free', '200');
 } finally {
   client?.close();
   await child?.stop();
