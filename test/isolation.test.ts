@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import { shardOf } from '../src/routing/shardRouter.ts';
@@ -11,6 +12,15 @@ beforeAll(async () => {
 afterAll(() => t.stop());
 
 const RUNAWAY = 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c';
+
+/** A tenant id starting with `prefix` on the same shard as `tenantId`. */
+function sameShardAs(tenantId: string, prefix: string): string {
+  for (let i = 0; i < 100; i++) {
+    const candidate = `${prefix}-${i}`;
+    if (shardOf(candidate, 2) === shardOf(tenantId, 2)) return candidate;
+  }
+  throw new Error('no tenant id found');
+}
 
 /** Two tenant ids that hash to the same shard. */
 function sameShardPair(prefix: string): [string, string] {
@@ -164,4 +174,55 @@ describe('runaway statements', () => {
     expect(failure.code).toBe(status.DEADLINE_EXCEEDED);
     expect(rowsOf(await t.sql(key, 'SELECT count(*) FROM n'))).toEqual([[0n]]);
   });
+});
+
+describe('a tenant of heavy queries', () => {
+  const HEAVY = 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) SELECT count(*) FROM c';
+
+  /** For `ms`, the hog runs HEAVY back to back (waiting out refusals) while its neighbour reads; the neighbour's latencies, sorted. */
+  async function contend(hogKey: string, neighbourKey: string, ms: number): Promise<{ reads: number[]; ran: number; refused: number }> {
+    const until = Date.now() + ms;
+    let ran = 0;
+    let refused = 0;
+    const hog = (async () => {
+      while (Date.now() < until) {
+        try {
+          await t.sql(hogKey, HEAVY);
+          ran++;
+        } catch (error) {
+          const failure = (error as { status: { code: number; retryDelayMs: number | null } }).status;
+          expect(failure.code).toBe(status.RESOURCE_EXHAUSTED);
+          refused++;
+          await new Promise((r) => setTimeout(r, Math.min(failure.retryDelayMs ?? 50, Math.max(0, until - Date.now()))));
+        }
+      }
+    })();
+    const reads: number[] = [];
+    while (Date.now() < until) {
+      const started = performance.now();
+      await t.sql(neighbourKey, 'SELECT 1');
+      reads.push(performance.now() - started);
+    }
+    await hog;
+    return { reads: reads.sort((a, b) => a - b), ran, refused };
+  }
+
+  it('gets no more of the shard than its shard_ms_per_second: the neighbour on its shard stays quick', async () => {
+    const [neighbourId, unlimitedId] = sameShardPair('hog');
+    const limitedId = sameShardAs(neighbourId, 'capped');
+    const neighbour = await t.createTenant(neighbourId, { quotas: { requests_per_second: '-1' } });
+    // Without the quota, for comparison: the neighbour waits behind one heavy query after another.
+    const unlimited = await t.createTenant(unlimitedId, { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
+    const limited = await t.createTenant(limitedId, { quotas: { requests_per_second: '-1', shard_ms_per_second: '100' } });
+    const before = await contend(unlimited, neighbour, 1_500);
+    const after = await contend(limited, neighbour, 3_000);
+
+    const median = (xs: number[]) => xs[Math.floor(xs.length / 2)]!;
+    // The capped tenant ran (its first second's worth at once) and was then held to ~100 ms/s.
+    expect(after.ran).toBeGreaterThan(0);
+    expect(after.refused).toBeGreaterThan(0);
+    // Most of the time the shard is free for the neighbour: many more reads, and a median far below a heavy query's time.
+    expect(after.reads.length).toBeGreaterThan(4 * before.reads.length);
+    expect(median(after.reads)).toBeLessThan(median(before.reads) / 4);
+  }, 30_000);
 });
