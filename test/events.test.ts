@@ -10,6 +10,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageDefinition } from '../src/protos.ts';
+import type { Config } from '../src/config.ts';
 import { RpcError, decodeStatus, startTestServer, type DecodedStatus, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -287,27 +288,34 @@ describe('retention in the background, beyond the open tenants', () => {
 
   const hoursAgo = (hours: number) => ({ seconds: String(Math.floor(Date.now() / 1000) - hours * 3600), nanos: 0 });
 
-  it('sweeps a tenant whose database the pool has closed, without a call from it', async () => {
-    // One open database per shard: creating the second tenant closes the first.
-    const other = await startTestServer({ shards: 1, maxOpenDbs: 1, eventSweepMs: 100 }, { keepDataDir: true });
+  /** Runs `body` against a server of its own, stops it, and returns the event types left in `tenantId`'s file. */
+  async function typesLeftAfter(config: Partial<Config>, tenantId: string, body: (server: TestServer) => Promise<void>): Promise<string[]> {
+    const other = await startTestServer(config, { keepDataDir: true });
     try {
-      const key = await other.createTenant('closed', { quotas: { ...UNLIMITED.quotas, event_retention_hours: '1' } });
-      await other.client.call('EventService', 'Append', { events: [{ ...event('old', 'x'), time: hoursAgo(2) }, event('new', 'y')] }, { key });
-      await other.createTenant('neighbour');
-      await new Promise((r) => setTimeout(r, 400));
+      await body(other);
     } finally {
       await other.stop();
     }
     try {
-      expect(typesInFile(other.dataDir, 'closed')).toEqual(['new']);
+      return typesInFile(other.dataDir, tenantId);
     } finally {
       rmSync(other.dataDir, { recursive: true, force: true });
     }
+  }
+
+  it('sweeps a tenant whose database the pool has closed, without a call from it', async () => {
+    // One open database per shard: creating the second tenant closes the first.
+    const left = await typesLeftAfter({ shards: 1, maxOpenDbs: 1, eventSweepMs: 100 }, 'closed', async (other) => {
+      const key = await other.createTenant('closed', { quotas: { ...UNLIMITED.quotas, event_retention_hours: '1' } });
+      await other.client.call('EventService', 'Append', { events: [{ ...event('old', 'x'), time: hoursAgo(2) }, event('new', 'y')] }, { key });
+      await other.createTenant('neighbour');
+      await new Promise((r) => setTimeout(r, 400));
+    });
+    expect(left).toEqual(['new']);
   });
 
   it('sweeps with the retention UpdateTenant set, not the one the last events call carried', async () => {
-    const other = await startTestServer({ shards: 1, eventSweepMs: 100 }, { keepDataDir: true });
-    try {
+    const left = await typesLeftAfter({ shards: 1, eventSweepMs: 100 }, 'shortened', async (other) => {
       const key = await other.createTenant('shortened', { quotas: { ...UNLIMITED.quotas, event_retention_hours: '3' } });
       await other.client.call('EventService', 'Append', { events: [{ ...event('two-hours-old', 'x'), time: hoursAgo(2) }, event('new', 'y')] }, { key });
       await new Promise((r) => setTimeout(r, 300));
@@ -318,14 +326,8 @@ describe('retention in the background, beyond the open tenants', () => {
         { key: other.adminKey },
       );
       await new Promise((r) => setTimeout(r, 400));
-    } finally {
-      await other.stop();
-    }
-    try {
-      expect(typesInFile(other.dataDir, 'shortened')).toEqual(['new']);
-    } finally {
-      rmSync(other.dataDir, { recursive: true, force: true });
-    }
+    });
+    expect(left).toEqual(['new']);
   });
 });
 

@@ -93,25 +93,25 @@ function openRestored(path: string, tenantId: string, sync: SyncMode): TenantDb 
   }
 }
 
+/** Opens `path` as a shard opens a tenant, runs `body`, and closes it (which checkpoints it into the file). */
+function withTenantDb<T>(path: string, tenantId: string, sync: SyncMode, body: (db: TenantDb) => T): T {
+  const db = TenantDb.open({ path, tenantId, sync, create: false });
+  try {
+    return body(db);
+  } finally {
+    db.close();
+  }
+}
+
 /**
  * The copy is ours alone, but its schema is the tenant's (CHECK expressions
  * run during the check): opened like a tenant, under the guard's limits.
  */
 function integrityProblems(file: string, tenantId: string): string[] {
-  const copy = TenantDb.open({ path: file, tenantId, sync: 'normal', create: false });
-  try {
-    return copy.integrityProblems(MAX_PROBLEMS);
-  } finally {
-    copy.close();
-  }
+  return withTenantDb(file, tenantId, 'normal', (copy) => copy.integrityProblems(MAX_PROBLEMS));
 }
 
-/** VACUUM, ANALYZE or OPTIMIZE, opened as the shard opens it; closing checkpoints it into the file. */
+/** VACUUM, ANALYZE or OPTIMIZE of the live file, which its shard has closed. */
 function rewrite(task: Extract<FileTask, { op: 'rewrite' }>): string {
-  const db = TenantDb.open({ path: task.file, tenantId: task.tenantId, sync: task.sync, create: false });
-  try {
-    return db.maintain(task.operation).message;
-  } finally {
-    db.close();
-  }
+  return withTenantDb(task.file, task.tenantId, task.sync, (db) => db.maintain(task.operation).message);
 }
