@@ -120,6 +120,8 @@ export type ShardRequest =
 export interface QueryChunk {
   columns: ColumnInfo[] | null;
   rows: SqlValue[][];
+  /** About the size of `rows` on the wire. */
+  bytes: number;
 }
 
 /**

@@ -1,9 +1,11 @@
 import { createRequire } from 'node:module';
+import { connect } from 'node:http2';
 import { dirname } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { status } from '@grpc/grpc-js';
+import { packageDefinition } from '../src/protos.ts';
 import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -190,4 +192,38 @@ describe('shard workers', () => {
     // And it is there, once, after the restart.
     expect(rows).toEqual([[1n]]);
   });
+});
+
+describe('a Query whose client does not read', () => {
+  const BIG_RESULT = 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 48) SELECT x, randomblob(1048576) FROM c';
+
+  it('is ended RESOURCE_EXHAUSTED once 16 MiB wait for it, instead of the server holding the whole result', async () => {
+    const hoarder = await t.createTenant('hoarder', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
+    // Plain HTTP/2 with the stream paused: flow control really holds the server's writes back.
+    const session = connect(`http://127.0.0.1:${t.server.port}`);
+    const method = (packageDefinition()['tenantd.v1.SqlService'] as Record<string, { path: string; requestSerialize(v: object): Buffer }>).Query!;
+    const body = method.requestSerialize({ sql: BIG_RESULT, params: [] });
+    const frame = Buffer.concat([Buffer.from([0]), Buffer.from(new Uint32Array([body.length]).buffer).reverse(), body]);
+    const stream = session.request({ ':method': 'POST', ':path': method.path, 'content-type': 'application/grpc', te: 'trailers', authorization: `Bearer ${hoarder}` });
+    const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once('trailers', (headers) => resolve(headers)));
+    stream.end(frame);
+    stream.pause();
+    // The shard produces all 48 MiB in well under this; the server keeps at most its limits of them.
+    await new Promise((r) => setTimeout(r, 1_500));
+    let received = 0;
+    stream.on('data', (data: Buffer) => (received += data.length));
+    stream.resume();
+    const ended = await trailers;
+    expect(ended['grpc-status']).toBe(String(status.RESOURCE_EXHAUSTED));
+    expect(decodeURIComponent(String(ended['grpc-message']))).toContain('too slowly');
+    expect(received).toBeLessThan(40 * 1024 * 1024);
+    session.close();
+    await healthy();
+  }, 30_000);
+
+  it('is streamed whole to a client that reads it', async () => {
+    const reader = await t.createTenant('reader', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
+    const chunks = await t.client.stream<{ rows: { values: unknown[] }[] }>('SqlService', 'Query', { sql: BIG_RESULT }, { key: reader });
+    expect(chunks.reduce((n, c) => n + c.rows.length, 0)).toBe(48);
+  }, 30_000);
 });

@@ -488,13 +488,13 @@ export class TenantDb {
           });
         }
         if (rows.length >= rowsPerChunk || bytes >= MAX_CHUNK_BYTES) {
-          emit({ columns, rows });
+          emit({ columns, rows, bytes });
           columns = null;
           rows = [];
           bytes = 0;
         }
       }
-      if (rows.length > 0 || columns !== null) emit({ columns, rows });
+      if (rows.length > 0 || columns !== null) emit({ columns, rows, bytes });
       return count;
     });
   }

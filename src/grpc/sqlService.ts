@@ -11,6 +11,7 @@ import type { Migrator } from '../schema/migrator.ts';
 import type { Access, TenantCall } from './access.ts';
 import { writeBytesOf, type Admit } from './admit.ts';
 import { serverStream, unary, type Handlers } from './handlers.ts';
+import { QueryOutlet } from './queryOutlet.ts';
 import { callLimits } from './limits.ts';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
 import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
@@ -114,15 +115,16 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter, mi
         const limits = callLimits(tenantCall, call);
         const tenantId = tenantCall.tenant.record.tenantId;
         const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
-        await admit(tenantCall, bytes, trailer, () =>
-          dispatch(tenantCall, () => shard.call(
-            { op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK },
-            (chunk) => {
-              if (call.cancelled) return;
-              call.write({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) });
-            },
-          )),
-        );
+        const outlet = new QueryOutlet(call);
+        await admit(tenantCall, bytes, trailer, async () => {
+          await dispatch(tenantCall, () =>
+            shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
+              outlet.push({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) }, chunk.bytes),
+            ),
+          );
+          // The call ends after its last chunk has gone to gRPC.
+          await outlet.finish();
+        });
       },
     ),
   };
