@@ -5,6 +5,7 @@
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import type { UnreadLimits } from './grpc/queryOutlet.ts';
 
 export type SyncMode = 'full' | 'normal';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -68,6 +69,8 @@ export interface Config {
   faultInjection: boolean;
   /** How often each shard removes expired events of its open tenants. Not settable from flags, env or file. */
   eventSweepMs: number;
+  /** Bytes of Query results that may wait for slow clients, per tenant and in all (queryOutlet.ts). Not settable from flags, env or file. */
+  queryUnreadLimits: UnreadLimits;
   /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
@@ -124,6 +127,7 @@ export function defaultConfig(): Config {
     groupCommit: true,
     faultInjection: false,
     eventSweepMs: 60_000,
+    queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
     telemetry: true,
     metricsPerTenant: false,
   };

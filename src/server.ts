@@ -26,6 +26,7 @@ import { eventService } from './grpc/eventService.ts';
 import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
 import { FileChecks } from './tenants/fileChecks.ts';
+import { UnreadBudget } from './grpc/queryOutlet.ts';
 import { emptyTrash, recoverInterruptedRestores } from './tenants/restoreFiles.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
@@ -152,7 +153,7 @@ export async function startServer(
   const admit = createAdmit(admitter, registry, metrics);
   server.addService(
     loaded.tenantd.v1.SqlService!.service,
-    sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService')),
+    sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits)),
   );
   server.addService(loaded.tenantd.v1.EventService!.service, eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')));
   server.addService(

@@ -225,4 +225,25 @@ describe('a tenant of heavy queries', () => {
     expect(after.reads.length).toBeGreaterThan(4 * before.reads.length);
     expect(median(after.reads)).toBeLessThan(median(before.reads) / 4);
   }, 30_000);
+
+  it('takes turns on the shard: a neighbour’s call waits for at most the heavy call running, not all those queued', async () => {
+    const [neighbourId, hogId] = sameShardPair('turns');
+    const neighbour = await t.createTenant(neighbourId, { quotas: { requests_per_second: '-1' } });
+    const hog = await t.createTenant(hogId, { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
+    let heavyMs = Infinity;
+    for (let run = 0; run < 2; run++) {
+      const started = performance.now();
+      await t.sql(hog, HEAVY);
+      heavyMs = Math.min(heavyMs, performance.now() - started);
+    }
+    // Eight heavy calls queued at the shard, then the neighbour's quick one.
+    const heavy = Array.from({ length: 8 }, () => t.sql(hog, HEAVY));
+    await new Promise((r) => setTimeout(r, 20));
+    const started = performance.now();
+    await t.sql(neighbour, 'SELECT 1');
+    const waited = performance.now() - started;
+    await Promise.all(heavy);
+    // In arrival order it would wait for all eight (~8x); taking turns, for the one running and at most one more.
+    expect(waited).toBeLessThan(3 * heavyMs);
+  }, 30_000);
 });

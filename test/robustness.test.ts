@@ -197,10 +197,12 @@ describe('shard workers', () => {
 describe('a Query whose client does not read', () => {
   const BIG_RESULT = 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 48) SELECT x, randomblob(1048576) FROM c';
 
-  it('is ended RESOURCE_EXHAUSTED once 16 MiB wait for it, instead of the server holding the whole result', async () => {
-    const hoarder = await t.createTenant('hoarder', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
+  it('is ended RESOURCE_EXHAUSTED once its tenant’s unread results pass the bound, instead of the server holding them all', async () => {
+    // A bound of 16 MiB per tenant here (256 MiB, one whole result, by default).
+    const small = await startTestServer({ shards: 1, queryUnreadLimits: { perTenant: 16 * 1024 * 1024, total: 1024 * 1024 * 1024 } });
+    const hoarder = await small.createTenant('hoarder', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
     // Plain HTTP/2 with the stream paused: flow control really holds the server's writes back.
-    const session = connect(`http://127.0.0.1:${t.server.port}`);
+    const session = connect(`http://127.0.0.1:${small.server.port}`);
     const method = (packageDefinition()['tenantd.v1.SqlService'] as Record<string, { path: string; requestSerialize(v: object): Buffer }>).Query!;
     const body = method.requestSerialize({ sql: BIG_RESULT, params: [] });
     const frame = Buffer.concat([Buffer.from([0]), Buffer.from(new Uint32Array([body.length]).buffer).reverse(), body]);
@@ -218,7 +220,10 @@ describe('a Query whose client does not read', () => {
     expect(decodeURIComponent(String(ended['grpc-message']))).toContain('too slowly');
     expect(received).toBeLessThan(40 * 1024 * 1024);
     session.close();
-    await healthy();
+    // The tenant's budget is whole again: the same query to a client that reads gets all of it.
+    const chunks = await small.client.stream<{ rows: unknown[] }>('SqlService', 'Query', { sql: 'SELECT 1 UNION ALL SELECT 2' }, { key: hoarder });
+    expect(chunks.reduce((n, c) => n + c.rows.length, 0)).toBe(2);
+    await small.stop();
   }, 30_000);
 
   it('is streamed whole to a client that reads it', async () => {

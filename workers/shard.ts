@@ -236,36 +236,100 @@ function startSnapshot(request: Extract<ShardRequest, { op: 'snapshot' }>): void
 }
 
 /**
- * Tenants whose database file another thread has to itself (VACUUM and the
- * like, in the file-task pool): their calls wait here, in arrival order,
- * until `release` puts them back at the head of the queue. The shard's other
- * tenants are not held up.
+ * Received calls wait in one queue per tenant, and the shard takes turns
+ * between the tenants that have calls waiting: a tenant with many calls
+ * queued (heavy ones, say) gets one turn, then every other tenant that was
+ * waiting gets one, before its next. A tenant's own calls keep their order.
+ * Only a group commit takes more than one call in a turn: the writes queued
+ * right behind each other, which share one commit.
  */
-const held = new Map<string, ShardRequest[]>();
+const queues = new Map<string, ShardRequest[]>();
+/** Tenants with calls waiting, in the order of their next turn. */
+let turns: string[] = [];
+let turnsHead = 0;
+/**
+ * Tenants whose database file another thread has to itself (VACUUM and the
+ * like, in the file-task pool): their calls stay queued, and they get no
+ * turn, until `release`. The shard's other tenants go on.
+ */
+const held = new Set<string>();
+/** A turn that ran this long lets the calls received meanwhile in before the same tenant's next turn. */
+const LONG_TURN_MS = 1;
 
-/** Handles hold and release; true when `request` was one of them or was held. */
-function hold(request: ShardRequest): boolean {
-  const waiting = held.get(request.tenantId);
-  if (request.op === 'release') {
-    held.delete(request.tenantId);
-    try {
-      // The file changed size: its usage record says so before its next call.
-      record(pool.get(request.tenantId), request.slot, 0, 0);
-    } catch {
-      // Deleted meanwhile: nothing to record.
-    }
-    if (waiting !== undefined && waiting.length > 0) {
-      queue = [...waiting, ...queue.slice(queueHead)];
-      queueHead = 0;
-    }
-    replies.post({ id: request.id, kind: 'ok', result: { held: waiting?.length ?? 0 } });
-    return true;
+function enqueue(message: ShardInbound): void {
+  if (!Array.isArray(message)) return receive(message);
+  for (const entry of message) receive(Array.isArray(entry) ? unpackExecute(entry) : entry);
+}
+
+/** Takes in one received request: control messages apply at once, calls join their tenant's queue. */
+function receive(request: ShardRequest): void {
+  switch (request.op) {
+    case 'quotaPage':
+      quotaPages[request.pageIndex] = viewPage(request.buffers);
+      return;
+    case 'retention':
+      pool.setEventRetention(request.tenantId, request.retentionMs);
+      return;
+    case 'release':
+      // Sent once the other thread is done with the file: the tenant's calls may run again.
+      release(request);
+      return;
   }
-  if (waiting !== undefined) {
-    waiting.push(request);
-    return true;
+  const queue = queues.get(request.tenantId);
+  if (queue !== undefined) {
+    queue.push(request);
+    return;
   }
-  if (request.op !== 'hold') return false;
+  queues.set(request.tenantId, [request]);
+  if (!held.has(request.tenantId)) turns.push(request.tenantId);
+}
+
+/** Takes in every message the port has waiting. */
+function receiveWaiting(): void {
+  for (let received = receiveMessageOnPort(port); received; received = receiveMessageOnPort(port)) enqueue(received.message as ShardInbound);
+}
+
+/** The next tenant's next call; undefined when no tenant has one. */
+function nextTurn(): ShardRequest | undefined {
+  for (let pulled = false; ; pulled = true) {
+    while (turnsHead < turns.length) {
+      const tenantId = turns[turnsHead++]!;
+      if (turnsHead >= 1024 && turnsHead * 2 >= turns.length) {
+        // Under steady load the line never empties: drop the part already served.
+        turns = turns.slice(turnsHead);
+        turnsHead = 0;
+      }
+      const queue = queues.get(tenantId);
+      const request = queue?.shift();
+      if (request !== undefined) return request;
+      if (queue !== undefined) queues.delete(tenantId);
+    }
+    turns = [];
+    turnsHead = 0;
+    if (pulled) return undefined;
+    receiveWaiting();
+  }
+}
+
+/** After a tenant's turn: back in line for its next one, behind whoever arrived meanwhile. */
+function endTurn(tenantId: string, ms: number): void {
+  if (ms >= LONG_TURN_MS) receiveWaiting();
+  const queue = queues.get(tenantId);
+  if (queue === undefined) return;
+  if (queue.length === 0) queues.delete(tenantId);
+  else if (!held.has(tenantId)) turns.push(tenantId);
+}
+
+/** The write queued right behind in `tenantId`'s queue, for its group commit; undefined if the next call there is not a write. */
+function nextWriteOf(first: Extract<ShardRequest, { op: 'execute' | 'batch' }>): ShardRequest | undefined {
+  receiveWaiting();
+  const queue = queues.get(first.tenantId);
+  if (queue === undefined || queue.length === 0 || !sameGroup(first, queue[0]!)) return undefined;
+  return queue.shift();
+}
+
+/** `hold`, in its turn: closes the tenant's database and takes it out of the turns until `release`. */
+function hold(request: Extract<ShardRequest, { op: 'hold' }>): void {
   if (!pool.close(request.tenantId)) {
     replies.post({
       id: request.id,
@@ -277,114 +341,56 @@ function hold(request: ShardRequest): boolean {
         metadata: { tenant: request.tenantId },
       },
     });
-    return true;
-  }
-  held.set(request.tenantId, []);
-  replies.post({ id: request.id, kind: 'ok', result: { closed: true } });
-  return true;
-}
-
-/**
- * Requests received and not yet run, in arrival order. The front end posts
- * the calls of one of its event-loop turns as one array.
- */
-let queue: ShardRequest[] = [];
-let queueHead = 0;
-
-function enqueue(message: ShardInbound): void {
-  if (!Array.isArray(message)) {
-    queue.push(message);
     return;
   }
-  for (const entry of message) queue.push(Array.isArray(entry) ? unpackExecute(entry) : entry);
+  held.add(request.tenantId);
+  replies.post({ id: request.id, kind: 'ok', result: { closed: true } });
 }
 
-/** The next request already received, if any; control messages are applied on the way. */
-function takeLocal(): ShardRequest | undefined {
-  while (queueHead < queue.length) {
-    const request = queue[queueHead++]!;
-    if (queueHead === queue.length) {
-      queue = [];
-      queueHead = 0;
-    }
-    if (!control(request)) return request;
+function release(request: Extract<ShardRequest, { op: 'release' }>): void {
+  const wasHeld = held.delete(request.tenantId);
+  try {
+    // The file changed size: its usage record says so before its next call.
+    record(pool.get(request.tenantId), request.slot, 0, 0);
+  } catch {
+    // Deleted meanwhile: nothing to record.
   }
-  return undefined;
-}
-
-/** The next queued request, taken synchronously from what was received or from the port. */
-function takeQueued(): ShardRequest | undefined {
-  for (;;) {
-    const request = takeLocal();
-    if (request !== undefined) return request;
-    const received = receiveMessageOnPort(port);
-    if (!received) return undefined;
-    enqueue(received.message as ShardInbound);
-  }
-}
-
-/** Applies a message that is not a call; false when it is a call. */
-function control(request: ShardRequest): boolean {
-  if (request.op === 'quotaPage') {
-    quotaPages[request.pageIndex] = viewPage(request.buffers);
-    return true;
-  }
-  if (request.op === 'retention') {
-    pool.setEventRetention(request.tenantId, request.retentionMs);
-    return true;
-  }
-  if (request.op === 'crash' && data.faultInjection) {
-    // Uncaught, as a real bug would be: the worker dies before it reads another message.
-    throw new Error('injected shard crash');
-  }
-  return false;
+  const waiting = queues.get(request.tenantId)?.length ?? 0;
+  if (wasHeld && waiting > 0) turns.push(request.tenantId);
+  replies.post({ id: request.id, kind: 'ok', result: { held: waiting } });
 }
 
 /**
- * Answers `request` and, while it is a write with another write for the
- * same tenant queued right behind it, everything that can share its commit.
+ * Runs one turn: `request`, or, when it is a write with more writes of the
+ * same tenant queued right behind it, all that can share its commit.
  */
-function drain(initial: ShardRequest): void {
-  let pending: ShardRequest | undefined = initial;
-  while (pending !== undefined) {
-    const request: ShardRequest = pending;
-    pending = undefined;
-    if (held.size > 0 || request.op === 'hold' || request.op === 'release') {
-      if (hold(request)) continue;
-    }
-    replies.beforeRun(pool.peek(request.tenantId));
-    if (request.op === 'snapshot') {
-      startSnapshot(request);
-      continue;
-    }
-    if (!data.groupCommit || !isWrite(request)) {
-      answer(request);
-      continue;
-    }
-    const next = takeQueued();
-    if (next === undefined || !sameGroup(request, next)) {
-      answer(request);
-      pending = next;
-      continue;
-    }
-    let db: TenantDb;
-    try {
-      db = pool.get(request.tenantId);
-    } catch {
-      // The database cannot be opened: each call gets that answer on its own.
-      answer(request);
-      pending = next;
-      continue;
-    }
-    const groupStart = shardClock();
-    const { outcomes, leftover } = runGroup(db, request, next, takeQueued);
-    // One tenant's calls, one commit: the whole group is its time.
-    chargeTime(request, shardClock() - groupStart);
-    replies.ran(db, shardClock() - groupStart);
-    reportGroupSpans(outcomes, groupStart);
-    answerGroup(db, outcomes);
-    pending = leftover;
+function runTurn(request: ShardRequest): void {
+  if (request.op === 'crash' && data.faultInjection) {
+    // Uncaught, as a real bug would be: the worker dies before it runs another call.
+    throw new Error('injected shard crash');
   }
+  if (request.op === 'hold') return hold(request);
+  replies.beforeRun(pool.peek(request.tenantId));
+  if (request.op === 'snapshot') return startSnapshot(request);
+  if (!data.groupCommit || !isWrite(request)) return answer(request);
+  const second = nextWriteOf(request);
+  if (second === undefined) return answer(request);
+  let db: TenantDb;
+  try {
+    db = pool.get(request.tenantId);
+  } catch {
+    // The database cannot be opened: each call gets that answer on its own.
+    answer(request);
+    answer(second);
+    return;
+  }
+  const groupStart = shardClock();
+  const { outcomes } = runGroup(db, request, second as Extract<ShardRequest, { op: 'execute' | 'batch' }>, () => nextWriteOf(request));
+  // One tenant's calls, one commit: the whole group is its time.
+  chargeTime(request, shardClock() - groupStart);
+  replies.ran(db, shardClock() - groupStart);
+  reportGroupSpans(outcomes, groupStart);
+  answerGroup(db, outcomes);
 }
 
 /** Closed tenants opened per sweep tick at most, so one tick never holds up calls for long. */
@@ -413,7 +419,11 @@ setInterval(() => {
 
 port.on('message', (message: ShardInbound) => {
   enqueue(message);
-  for (let request = takeLocal(); request !== undefined; request = takeLocal()) drain(request);
+  for (let request = nextTurn(); request !== undefined; request = nextTurn()) {
+    const started = performance.now();
+    runTurn(request);
+    endTurn(request.tenantId, performance.now() - started);
+  }
   replies.flush();
   reportStats(pool.size);
 });

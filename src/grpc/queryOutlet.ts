@@ -1,32 +1,62 @@
 /**
  * Where a Query's chunks wait for its client. The shard produces a result as
  * fast as it can and cannot be paused mid-statement, so what the client has
- * not taken yet is held here: a client that stops reading (or reads slowly)
- * must not make the server hold its whole result, up to 256 MiB, and many
- * such calls the process's memory. Past MAX_UNREAD_BYTES for one call, or
- * MAX_UNREAD_BYTES_TOTAL for all calls together, the call is ended with
- * RESOURCE_EXHAUSTED; the rest of its result is dropped as it arrives.
+ * not taken yet is held here. A result may be up to 256 MiB, and a slow
+ * reader on a slow network should still get it; but a tenant must not be
+ * able to fill the process's memory with calls whose clients never read.
+ * So what waits is bounded per tenant (by default one whole result's worth)
+ * and for all calls together; the call that would pass either bound is
+ * ended with RESOURCE_EXHAUSTED and the rest of its result is dropped as it
+ * arrives.
  */
 import { status as Status, type ServerWritableStream } from '@grpc/grpc-js';
 import { TenantdError } from '../errors.ts';
 import { whenWritable } from './handlers.ts';
 
-export const MAX_UNREAD_BYTES = 16 * 1024 * 1024;
-export const MAX_UNREAD_BYTES_TOTAL = 256 * 1024 * 1024;
+export interface UnreadLimits {
+  /** Bytes of Query results waiting for one tenant's clients, all its calls together. */
+  perTenant: number;
+  /** The same for every tenant together. */
+  total: number;
+}
 
-/** Bytes held for every Query in the process. */
-let unreadTotal = 0;
+/** What waits for Query clients, per tenant and in all. One per server. */
+export class UnreadBudget {
+  private total = 0;
+  private readonly byTenant = new Map<string, number>();
+
+  constructor(readonly limits: UnreadLimits) {}
+
+  /** Takes `bytes` for `tenantId`; false (nothing taken) when a bound would be passed. */
+  take(tenantId: string, bytes: number): boolean {
+    const tenant = this.byTenant.get(tenantId) ?? 0;
+    if (tenant + bytes > this.limits.perTenant || this.total + bytes > this.limits.total) return false;
+    this.byTenant.set(tenantId, tenant + bytes);
+    this.total += bytes;
+    return true;
+  }
+
+  give(tenantId: string, bytes: number): void {
+    const tenant = (this.byTenant.get(tenantId) ?? 0) - bytes;
+    if (tenant > 0) this.byTenant.set(tenantId, tenant);
+    else this.byTenant.delete(tenantId);
+    this.total -= bytes;
+  }
+}
 
 export class QueryOutlet<M> {
   private readonly waiting: { message: M; bytes: number }[] = [];
-  private unread = 0;
   private pumping: Promise<void> | null = null;
   private failure: TenantdError | null = null;
   /** Resolved when the call is ended for a slow client: a pump waiting for a client that never reads stops. */
   private readonly stopped: Promise<void>;
   private stop!: () => void;
 
-  constructor(private readonly call: ServerWritableStream<unknown, M>) {
+  constructor(
+    private readonly call: ServerWritableStream<unknown, M>,
+    private readonly budget: UnreadBudget,
+    private readonly tenantId: string,
+  ) {
     this.stopped = new Promise((resolve) => (this.stop = resolve));
   }
 
@@ -37,13 +67,11 @@ export class QueryOutlet<M> {
       if (!this.call.write(message)) this.pumping = this.pump();
       return;
     }
-    if (this.unread + bytes > MAX_UNREAD_BYTES || unreadTotal + bytes > MAX_UNREAD_BYTES_TOTAL) {
+    if (!this.budget.take(this.tenantId, bytes)) {
       this.fail();
       return;
     }
     this.waiting.push({ message, bytes });
-    this.unread += bytes;
-    unreadTotal += bytes;
   }
 
   /** Resolves when everything pushed has been handed to gRPC; throws if the call was ended for a slow client. */
@@ -60,29 +88,31 @@ export class QueryOutlet<M> {
         let more = true;
         while (more && this.waiting.length > 0) {
           const next = this.waiting.shift()!;
-          this.release(next.bytes);
+          this.budget.give(this.tenantId, next.bytes);
           more = this.call.write(next.message);
         }
         if (more) return;
       }
     } finally {
+      // A client that went away leaves nothing behind.
+      this.dropWaiting();
       this.pumping = null;
     }
   }
 
   private fail(): void {
+    const { perTenant, total } = this.budget.limits;
     this.failure = new TenantdError(
       Status.RESOURCE_EXHAUSTED,
       'CLIENT_TOO_SLOW',
-      `the client read this Query's result too slowly: more than ${MAX_UNREAD_BYTES} bytes waited for it (or ${MAX_UNREAD_BYTES_TOTAL} for all calls); read it faster or page it with LIMIT and a key`,
+      `the client read this Query's result too slowly: more than ${perTenant} bytes of this tenant's results (or ${total} of all tenants') waited to be read; read faster or page the result with LIMIT and a key`,
     );
-    for (const { bytes } of this.waiting) this.release(bytes);
-    this.waiting.length = 0;
+    this.dropWaiting();
     this.stop();
   }
 
-  private release(bytes: number): void {
-    this.unread -= bytes;
-    unreadTotal -= bytes;
+  private dropWaiting(): void {
+    for (const { bytes } of this.waiting) this.budget.give(this.tenantId, bytes);
+    this.waiting.length = 0;
   }
 }

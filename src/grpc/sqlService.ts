@@ -11,7 +11,7 @@ import type { Migrator } from '../schema/migrator.ts';
 import type { Access, TenantCall } from './access.ts';
 import { writeBytesOf, type Admit } from './admit.ts';
 import { serverStream, unary, type Handlers } from './handlers.ts';
-import { QueryOutlet } from './queryOutlet.ts';
+import { QueryOutlet, type UnreadBudget } from './queryOutlet.ts';
 import { callLimits } from './limits.ts';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
 import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
@@ -49,7 +49,15 @@ function toResponse(result: ExecuteResult): ProtoExecuteResponse {
   };
 }
 
-export function sqlService(access: Access, admit: Admit, router: ShardRouter, migrator: Migrator, service: ServiceObserver): Handlers {
+export function sqlService(
+  access: Access,
+  admit: Admit,
+  router: ShardRouter,
+  migrator: Migrator,
+  service: ServiceObserver,
+  /** What may wait for slow Query clients (Config.queryUnreadLimits). */
+  unread: UnreadBudget,
+): Handlers {
   /**
    * Sends the call once the tenant's schema is current: a tenant whose turn
    * in a migration pass has not come yet is migrated first. The common case
@@ -115,7 +123,7 @@ export function sqlService(access: Access, admit: Admit, router: ShardRouter, mi
         const limits = callLimits(tenantCall, call);
         const tenantId = tenantCall.tenant.record.tenantId;
         const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
-        const outlet = new QueryOutlet(call);
+        const outlet = new QueryOutlet(call, unread, tenantId);
         await admit(tenantCall, bytes, trailer, async () => {
           await dispatch(tenantCall, () =>
             shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
