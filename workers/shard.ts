@@ -1,13 +1,17 @@
 /**
  * The shard worker: owns its tenants' databases outright and runs their calls
- * one at a time, in the order the front end sent them. Every request gets
- * exactly one final answer (`ok` or `error`); a Query also sends chunks first.
+ * one at a time: each tenant's in the order the front end sent them, the
+ * tenants taking turns (one call, or one group commit, a turn), so a tenant
+ * with many calls queued does not make the others wait for all of them.
+ * Every request gets exactly one final answer (`ok` or `error`); a Query
+ * also sends chunks first.
  *
  * The front end posts the calls of one of its event-loop turns as one array;
  * Executes cross in packed form (protocol.ts). Writes for one tenant that are
  * already queued behind each other are committed together (groupCommit.ts):
- * the worker pulls more of the queue with receiveMessageOnPort, so the order
- * of calls is never changed. Answers of quick reads go back together too.
+ * the worker pulls more of the port with receiveMessageOnPort, and never
+ * changes the order of a tenant's calls. Answers of quick reads go back
+ * together too.
  */
 import { performance } from 'node:perf_hooks';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
