@@ -19,6 +19,8 @@ const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'taskBootstrap.mjs');
 const ENTRY = new URL(`../../workers/fileTasks.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
 /** An idle thread exits after this long. */
 const IDLE_TIMEOUT_MS = 30_000;
+/** How long shutting down waits for a running check or VACUUM. */
+const CLOSE_TIMEOUT_MS = 60_000;
 
 export class FileChecks {
   private readonly pool: Piscina<FileTask, FileTaskResult>;
@@ -30,7 +32,10 @@ export class FileChecks {
       minThreads: 0,
       maxThreads: Math.max(1, Math.floor(availableParallelism() / 4)),
       idleTimeout: IDLE_TIMEOUT_MS,
+      closeTimeout: CLOSE_TIMEOUT_MS,
     });
+    // close() reports a task that outlived CLOSE_TIMEOUT_MS this way; it must not throw.
+    this.pool.on('error', () => undefined);
   }
 
   /**
@@ -58,8 +63,15 @@ export class FileChecks {
     return (result as { message: string }).message;
   }
 
+  /**
+   * Waits for the tasks running (a thread inside SQLite must not be
+   * terminated: better-sqlite3 aborts the process), at most
+   * CLOSE_TIMEOUT_MS, then ends the threads. Every task's work is one
+   * SQLite transaction or a scratch file, so a process killed meanwhile
+   * loses nothing.
+   */
   close(): Promise<void> {
-    return this.pool.destroy();
+    return this.pool.close();
   }
 
   private settle(result: FileTaskResult): FileTaskResult {
