@@ -67,12 +67,7 @@ function checkRestore(task: Extract<FileTask, { op: 'checkRestore' }>): FileTask
     }
     return { ok: true, schemaVersion: staged.migrate(task.migrations) };
   } catch (error) {
-    if (error instanceof ShardError) throw error;
-    throw new ShardError({
-      code: Status.INVALID_ARGUMENT,
-      reason: 'BACKUP_UNUSABLE',
-      message: `the backup is not a database tenantd can use: ${(error as Error).message}`,
-    });
+    throw badBackup(error, 'BACKUP_UNUSABLE', 'the backup is not a database tenantd can use');
   } finally {
     staged.close();
     rmSync(`${task.file}-wal`, { force: true });
@@ -84,13 +79,14 @@ function openRestored(path: string, tenantId: string, sync: SyncMode): TenantDb 
   try {
     return TenantDb.open({ path, tenantId, sync, create: false });
   } catch (error) {
-    if (error instanceof ShardError) throw error;
-    throw new ShardError({
-      code: Status.INVALID_ARGUMENT,
-      reason: 'NOT_A_DATABASE',
-      message: `the backup cannot be opened as a SQLite database: ${(error as Error).message}`,
-    });
+    throw badBackup(error, 'NOT_A_DATABASE', 'the backup cannot be opened as a SQLite database');
   }
+}
+
+/** A ShardError as it is; anything else SQLite threw is the caller's bad backup, with `reason`. */
+function badBackup(error: unknown, reason: string, what: string): ShardError {
+  if (error instanceof ShardError) return error;
+  return new ShardError({ code: Status.INVALID_ARGUMENT, reason, message: `${what}: ${(error as Error).message}` });
 }
 
 /** Opens `path` as a shard opens a tenant, runs `body`, and closes it (which checkpoints it into the file). */
