@@ -239,8 +239,8 @@ describe('a tenant of heavy queries', () => {
     const waited = performance.now() - started;
     await Promise.all(heavy);
     const allEight = performance.now() - sent;
-    // In arrival order it would wait for nearly all eight; taking turns, for the one running
-    // (and at most one more): a small share of the eight, however fast this machine is now.
-    expect(waited).toBeLessThan(allEight / 3);
+    // In arrival order it waits for nearly all eight (0.95 of their time, measured); taking
+    // turns, for the one running: 0.1-0.35 of it here, however busy the machine is.
+    expect(waited).toBeLessThan(allEight / 2);
   }, 30_000);
 });
