@@ -199,6 +199,36 @@ describe('heavy operator work on one tenant', () => {
     expect(readdirSync(join(t.dataDir, 'tmp'))).toEqual([]);
   }, 60_000);
 
+  it('a restore waiting behind a VACUUM of the same tenant makes a DeleteTenant of it TENANT_BUSY, and then completes', async () => {
+    const quotas = { write_bytes_per_second: '-1', storage_bytes: '-1', query_timeout_ms: '30000', shard_ms_per_second: '-1' };
+    const busyKey = await t.createTenant('busy', { quotas });
+    await t.sql(busyKey, 'CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB)');
+    // 128 MiB, half of it deleted: a VACUUM long enough (~0.5 s here) for what follows.
+    for (let done = 0; done < 512; done += 64) {
+      await t.sql(busyKey, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 64) INSERT INTO blobs (b) SELECT randomblob(?) FROM c', [v.int(BLOB_BYTES)]);
+    }
+    await t.sql(busyKey, 'DELETE FROM blobs WHERE id % 2 = 0');
+    // What will be restored over it: the small tenant's database.
+    const backup = Buffer.concat((await t.client.stream<{ data: Buffer }>('TenantService', 'BackupTenant', { name: 'tenants/small' }, admin())).map((c) => c.data));
+    await t.client.call('TenantService', 'SuspendTenant', { name: 'tenants/busy' }, admin());
+
+    // The VACUUM holds the tenant's calls on its shard; the restore's swap waits behind it.
+    const vacuum = t.client.stream('TenantService', 'RunMaintenance', { name: 'tenants/busy', operation: 'VACUUM' }, admin());
+    await new Promise((r) => setTimeout(r, 30));
+    const restore = t.client.clientStream('TenantService', 'RestoreTenant', [{ header: { tenant_id: 'busy', sha256: createHash('sha256').update(backup).digest('hex') } }, { chunk: backup }], admin());
+    // The upload is a few KiB: by now the restore is waiting for the VACUUM.
+    await new Promise((r) => setTimeout(r, 80));
+    const refused = await t.client.failure('TenantService', 'DeleteTenant', { name: 'tenants/busy' }, admin());
+    expect(refused.code).toBe(status.ABORTED);
+    expect(refused.reason).toBe('TENANT_BUSY');
+
+    expect(await vacuum).toMatchObject([{ tenant: 'tenants/busy', ok: true }]);
+    expect(await restore).toMatchObject({ name: 'tenants/busy', state: 'SUSPENDED' });
+    await t.client.call('TenantService', 'ActivateTenant', { name: 'tenants/busy' }, admin());
+    // The tenant now has the small tenant's rows, under its own key.
+    expect(rowsOf(await t.sql(busyKey, 'SELECT v FROM kv WHERE k = 1'))).toEqual([['one']]);
+  }, 60_000);
+
   it('RunMaintenance INTEGRITY_CHECK still finds damage in a live database', async () => {
     const dataDir = freshDataDir();
     let server = await startTestServer({ dataDir, shards: 1 }, { keepDataDir: true });
