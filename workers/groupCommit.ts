@@ -44,19 +44,13 @@ const GROUP_LOST: WireError = {
 };
 
 /**
- * Runs `first`, `second` and whatever else `next()` yields for the same
- * tenant, then commits once. Returns each call's outcome and the first
- * queued request that did not belong to the group, if any.
+ * Runs `first`, `second` and whatever more writes of the same tenant
+ * `next()` yields (in their order), then commits once. Returns each call's
+ * outcome.
  */
-export function runGroup(
-  db: TenantDb,
-  first: WriteRequest,
-  second: WriteRequest,
-  next: () => ShardRequest | undefined,
-): { outcomes: Outcome[]; leftover: ShardRequest | undefined } {
+export function runGroup(db: TenantDb, first: WriteRequest, second: WriteRequest, next: () => WriteRequest | undefined): { outcomes: Outcome[] } {
   const started = Date.now();
   const outcomes: Outcome[] = [];
-  let leftover: ShardRequest | undefined;
   let restarted = false;
 
   db.beginGroup();
@@ -100,10 +94,6 @@ export function runGroup(
   while (outcomes.length < MAX_GROUP && Date.now() - started < MAX_GROUP_MS) {
     const request = next();
     if (request === undefined) break;
-    if (!sameGroup(first, request)) {
-      leftover = request;
-      break;
-    }
     run(request);
   }
 
@@ -113,5 +103,5 @@ export function runGroup(
     db.rollbackGroup();
     for (const o of outcomes) if (o.error === undefined) o.error = error;
   }
-  return { outcomes, leftover };
+  return { outcomes };
 }

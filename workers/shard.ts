@@ -30,7 +30,7 @@ import {
 } from '../src/protocol.ts';
 import { addRows, addShardTime, kSlotsPerPage, storeStoragePages, viewPage, kStoragePageBytes, type QuotaPage } from '../src/quota/layout.ts';
 import { DbPool } from './dbPool.ts';
-import { isWrite, runGroup, sameGroup, type Outcome } from './groupCommit.ts';
+import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from './groupCommit.ts';
 import { Replies } from './replies.ts';
 import { countCommit, reportGroupSpans, reportSpanSince, reportStats, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
@@ -73,7 +73,14 @@ function recordResults(db: TenantDb, slot: number, result: ExecuteResult | Execu
   record(db, slot, read, written);
 }
 
-function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
+/**
+ * What handle() runs: every request but those taken care of as they arrive
+ * (quotaPage, retention, release) or in runTurn (hold, and snapshot, which
+ * spans turns of the event loop).
+ */
+type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' }>;
+
+function handle(request: Call): ShardResults[Call['op']] {
   switch (request.op) {
     case 'execute': {
       const db = pool.get(request.tenantId);
@@ -110,9 +117,6 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
     }
     case 'migrate':
       return { schemaVersion: pool.get(request.tenantId).migrate(request.migrations) };
-    case 'snapshot':
-      // Runs across turns of the event loop: see startSnapshot.
-      throw new Error('snapshot is not run by handle()');
     case 'restore':
       return { replaced: pool.restore(request.tenantId, request.file) };
     case 'appendEvents': {
@@ -128,18 +132,13 @@ function handle(request: ShardRequest): ShardResults[ShardRequest['op']] {
       record(db, request.limits.slot, read.events.length, 0);
       return read;
     }
-    case 'hold':
-    case 'release':
-      // They change the order of calls: see hold().
-      throw new Error(`${request.op} is not run by handle()`);
     case 'drop':
       return { removed: pool.remove(request.tenantId) };
     case 'shutdown':
       return { closed: pool.closeAll() };
     case 'crash':
-    case 'quotaPage':
-    case 'retention':
-      throw new ShardError({ code: Status.PERMISSION_DENIED, reason: 'FAULT_INJECTION_DISABLED', message: `${request.op} is not a call` });
+      // Reaches here only when fault injection is off (runTurn throws first otherwise).
+      throw new ShardError({ code: Status.PERMISSION_DENIED, reason: 'FAULT_INJECTION_DISABLED', message: 'crash is not a call' });
   }
 }
 
@@ -162,7 +161,7 @@ function toWire(request: ShardRequest, error: unknown): WireError {
 
 const replies = new Replies(port);
 
-function answer(request: ShardRequest): void {
+function answer(request: Call): void {
   const start = performance.now();
   let result: unknown;
   try {
@@ -247,7 +246,9 @@ function startSnapshot(request: Extract<ShardRequest, { op: 'snapshot' }>): void
  * Only a group commit takes more than one call in a turn: the writes queued
  * right behind each other, which share one commit.
  */
-const queues = new Map<string, ShardRequest[]>();
+/** A request that waits for its tenant's turn: all but the control messages, which apply as they arrive. */
+type Queued = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' }>;
+const queues = new Map<string, Queued[]>();
 /** Tenants with calls waiting, in the order of their next turn. */
 let turns: string[] = [];
 let turnsHead = 0;
@@ -294,7 +295,7 @@ function receiveWaiting(): void {
 }
 
 /** The next tenant's next call; undefined when no tenant has one. */
-function nextTurn(): ShardRequest | undefined {
+function nextTurn(): Queued | undefined {
   for (let pulled = false; ; pulled = true) {
     while (turnsHead < turns.length) {
       const tenantId = turns[turnsHead++]!;
@@ -324,12 +325,18 @@ function endTurn(tenantId: string, ms: number): void {
   else if (!held.has(tenantId)) turns.push(tenantId);
 }
 
-/** The write queued right behind in `tenantId`'s queue, for its group commit; undefined if the next call there is not a write. */
-function nextWriteOf(first: Extract<ShardRequest, { op: 'execute' | 'batch' }>): ShardRequest | undefined {
-  receiveWaiting();
+/**
+ * The write queued right behind `first` in its tenant's queue, for its group
+ * commit; undefined if the next call there is not a write. The port is read
+ * only when the tenant has nothing queued here.
+ */
+function nextWriteOf(first: WriteRequest): WriteRequest | undefined {
+  if (!queues.get(first.tenantId)?.length) receiveWaiting();
   const queue = queues.get(first.tenantId);
-  if (queue === undefined || queue.length === 0 || !sameGroup(first, queue[0]!)) return undefined;
-  return queue.shift();
+  const next = queue?.[0];
+  if (next === undefined || !sameGroup(first, next)) return undefined;
+  queue!.shift();
+  return next;
 }
 
 /** `hold`, in its turn: closes the tenant's database and takes it out of the turns until `release`. */
@@ -368,7 +375,7 @@ function release(request: Extract<ShardRequest, { op: 'release' }>): void {
  * Runs one turn: `request`, or, when it is a write with more writes of the
  * same tenant queued right behind it, all that can share its commit.
  */
-function runTurn(request: ShardRequest): void {
+function runTurn(request: Queued): void {
   if (request.op === 'crash' && data.faultInjection) {
     // Uncaught, as a real bug would be: the worker dies before it runs another call.
     throw new Error('injected shard crash');
@@ -389,7 +396,7 @@ function runTurn(request: ShardRequest): void {
     return;
   }
   const groupStart = shardClock();
-  const { outcomes } = runGroup(db, request, second as Extract<ShardRequest, { op: 'execute' | 'batch' }>, () => nextWriteOf(request));
+  const { outcomes } = runGroup(db, request, second, () => nextWriteOf(request));
   // One tenant's calls, one commit: the whole group is its time.
   chargeTime(request, shardClock() - groupStart);
   replies.ran(db, shardClock() - groupStart);
