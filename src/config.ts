@@ -5,10 +5,17 @@
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import type { UnreadLimits } from './grpc/queryOutlet.ts';
 
 export type SyncMode = 'full' | 'normal';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+
+/** Bytes of Query results that may wait for slow clients (src/grpc/queryOutlet.ts). */
+export interface UnreadLimits {
+  /** For one tenant's calls together. */
+  perTenant: number;
+  /** For every tenant's together. */
+  total: number;
+}
 
 /** Quota values as stored and enforced: -1 is unlimited, never 0 once resolved. */
 export interface QuotaValues {

@@ -10,15 +10,9 @@
  * arrives.
  */
 import { status as Status, type ServerWritableStream } from '@grpc/grpc-js';
+import type { UnreadLimits } from '../config.ts';
 import { TenantdError } from '../errors.ts';
 import { whenWritable } from './handlers.ts';
-
-export interface UnreadLimits {
-  /** Bytes of Query results waiting for one tenant's clients, all its calls together. */
-  perTenant: number;
-  /** The same for every tenant together. */
-  total: number;
-}
 
 /** What waits for Query clients, per tenant and in all. One per server. */
 export class UnreadBudget {
