@@ -55,6 +55,22 @@ export interface WindowState {
 
 /** Shard time is charged once a tenant has used this much since the last charge (µs). */
 const CHARGE_MIN_US = 1000;
+/** The pending counter as read; past int32 (36 minutes of shard time between two calls) it wrapped. */
+function pendingOf(raw: number): number {
+  return raw < 0 ? 0x7fffffff : raw;
+}
+
+function isUnlimitedShardTime(limitMs: number): boolean {
+  return limitMs < 0 || limitMs > MAX_SHARD_MS_LIMIT;
+}
+
+/** The bucket's debt (µs) once refilled from its last tick to `tick` at `limitMs` ms per second (µs per ms), plus `pending`. */
+function debtAfter(int32: Int32Array, base: number, limitMs: number, tick: number, pending: number): number {
+  const elapsedTicks = Math.max(0, (tick - Atomics.load(int32, base + kShardRefillTick)) | 0);
+  const refilled = Math.max(0, Atomics.load(int32, base + kShardDebtUs) - elapsedTicks * kShardTickMs * limitMs);
+  return Math.min(0x7fffffff, refilled + pending);
+}
+
 /** Past this many ms per second the bucket (one second's worth, in µs) would not fit an int32: as good as unlimited. */
 const MAX_SHARD_MS_LIMIT = 2_000_000;
 
@@ -109,43 +125,48 @@ export class Admitter {
   }
 
   /**
-   * The tenant's shard-time debt in µs: the time its calls took that the
-   * limit (ms per second) has not refilled yet. With `charge`, takes the
-   * time the shard reported since the last call and stores the new state
-   * (admission); without, only looks (usage).
+   * Admission's part of shard_ms_per_second: takes the time the shard
+   * reported since the tenant's last call (into lastChargedUs), refills the
+   * bucket at the limit (ms per second) and stores how far it is drawn down,
+   * in µs, which it returns; 0 when unlimited.
    */
-  shardDebtUs(ref: SlotRef, limitMs: number, nowMs: number, charge: boolean): number {
+  private chargeShardTime(ref: SlotRef, limitMs: number, nowMs: number): number {
     const int32 = ref.page.shard;
     const base = ref.index * kShardFields;
     // The common case, a tenant of quick calls with its bucket full: two
     // loads. What it used stays pending until it adds up to a millisecond.
-    if (charge && Atomics.load(int32, base + kShardDebtUs) === 0) {
+    if (Atomics.load(int32, base + kShardDebtUs) === 0) {
       const pending = Atomics.load(int32, base + kShardPendingUs);
       if (pending >= 0 && pending < CHARGE_MIN_US) {
         this.lastChargedUs = 0;
         return 0;
       }
     }
-    const taken = charge ? Atomics.exchange(int32, base + kShardPendingUs, 0) : Atomics.load(int32, base + kShardPendingUs);
-    // Past int32 (36 minutes of shard time between two calls) the counter wrapped.
-    const pending = taken < 0 ? 0x7fffffff : taken;
-    if (charge) this.lastChargedUs = pending;
-    if (limitMs < 0 || limitMs > MAX_SHARD_MS_LIMIT) return 0;
-    const tick = Math.floor((nowMs - this.baseMs) / kShardTickMs) | 0;
-    const elapsedTicks = Math.max(0, (tick - Atomics.load(int32, base + kShardRefillTick)) | 0);
-    // limitMs ms per second is limitMs µs per ms.
-    const refilled = Math.max(0, Atomics.load(int32, base + kShardDebtUs) - elapsedTicks * kShardTickMs * limitMs);
-    const debt = Math.min(0x7fffffff, refilled + pending);
-    if (charge) {
-      Atomics.store(int32, base + kShardDebtUs, debt);
-      Atomics.store(int32, base + kShardRefillTick, tick);
-    }
+    const pending = pendingOf(Atomics.exchange(int32, base + kShardPendingUs, 0));
+    this.lastChargedUs = pending;
+    if (isUnlimitedShardTime(limitMs)) return 0;
+    const tick = this.shardTickOf(nowMs);
+    const debt = debtAfter(int32, base, limitMs, tick, pending);
+    Atomics.store(int32, base + kShardDebtUs, debt);
+    Atomics.store(int32, base + kShardRefillTick, tick);
     return debt;
+  }
+
+  /** Usage's part: how far the tenant's shard-time bucket is drawn down now, in µs, changing nothing. */
+  shardDebtUs(ref: SlotRef, limitMs: number, nowMs: number): number {
+    if (isUnlimitedShardTime(limitMs)) return 0;
+    const base = ref.index * kShardFields;
+    return debtAfter(ref.page.shard, base, limitMs, this.shardTickOf(nowMs), this.pendingShardUs(ref));
   }
 
   /** Shard time the shard reported that no admission has charged yet (µs). */
   pendingShardUs(ref: SlotRef): number {
-    return Atomics.load(ref.page.shard, ref.index * kShardFields + kShardPendingUs);
+    return pendingOf(Atomics.load(ref.page.shard, ref.index * kShardFields + kShardPendingUs));
+  }
+
+  /** The shard-time refill tick of `nowMs`, as stored (int32, wraps after 248 days of uptime). */
+  private shardTickOf(nowMs: number): number {
+    return Math.floor((nowMs - this.baseMs) / kShardTickMs) | 0;
   }
 
   /** Milliseconds until the bucket of `epoch` leaves the window. */
@@ -172,7 +193,7 @@ export class Admitter {
     // A call's shard time is known only once it ran: the bucket may go deep
     // into debt (one long query), and the tenant waits until it is refilled
     // to less than a second's worth.
-    const debt = this.shardDebtUs(ref, shardMsLimit, nowMs, true);
+    const debt = this.chargeShardTime(ref, shardMsLimit, nowMs);
     if (debt > 0 && debt >= shardMsLimit * 1000) {
       return {
         quota: 'shard_ms_per_second',

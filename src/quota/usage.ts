@@ -53,7 +53,7 @@ export function tenantUsage(live: LiveTenant, table: QuotaTable, admitter: Admit
       use('concurrent_requests', table.inFlight(live.slot), q.concurrentRequests),
       use('storage_bytes', storageBytes, q.storageBytes),
       // How far its shard-time bucket is drawn down (refused at 100 %).
-      use('shard_ms_per_second', Math.ceil(admitter.shardDebtUs(live.slot, q.shardMsPerSecond, now, false) / 1000), q.shardMsPerSecond),
+      use('shard_ms_per_second', Math.ceil(admitter.shardDebtUs(live.slot, q.shardMsPerSecond, now) / 1000), q.shardMsPerSecond),
     ],
     requestsTotal: totals.requests,
     errorsTotal: totals.errors,
@@ -62,7 +62,7 @@ export function tenantUsage(live: LiveTenant, table: QuotaTable, admitter: Admit
     rowsWrittenTotal: totals.rowsWritten,
     eventsTotal: live.eventsTotal,
     storageBytes,
-    shardMsTotal: (live.shardMicrosTotal + Math.max(0, admitter.pendingShardUs(live.slot))) / 1000,
+    shardMsTotal: (live.shardMicrosTotal + admitter.pendingShardUs(live.slot)) / 1000,
     latencyMs: { p50: p50!, p95: p95!, p99: p99! },
   };
 }
