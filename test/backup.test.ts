@@ -6,12 +6,12 @@
  * its data.
  */
 import { createHash } from 'node:crypto';
-import { cpSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { replacedDir } from '../src/tenants/restoreFiles.ts';
+import { replacedDir, trashDir } from '../src/tenants/restoreFiles.ts';
 import { RpcError, freshDataDir, rowsOf, startTestServer, v, type DecodedStatus, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -285,12 +285,15 @@ describe('a restore cut short by a crash', () => {
     renameSync(join(tenants, 'crashed-before'), replacedDir(dataDir, 'crashed-before'));
     mkdirSync(join(tenants, 'crashed-before'));
     cpSync(join(tenants, 'crashed-after'), replacedDir(dataDir, 'crashed-after'), { recursive: true });
+    // And a discarded directory the crash left in the trash before it was unlinked.
+    cpSync(join(tenants, 'crashed-after'), join(trashDir(dataDir), 'crashed-after-1234'), { recursive: true });
 
     const second = await startTestServer({ dataDir, shards: 1 });
     try {
       expect(rowsOf(await second.sql(oldKey, 'SELECT x FROM v'))).toEqual([['old']]);
       expect(rowsOf(await second.sql(newKey, 'SELECT x FROM v'))).toEqual([['new']]);
       expect(readdirSync(join(dataDir, 'replaced'))).toEqual([]);
+      expect(existsSync(trashDir(dataDir))).toBe(false);
     } finally {
       await second.stop();
     }
