@@ -95,9 +95,7 @@ export class DbPool {
   restore(tenantId: string, file: string): boolean {
     const path = tenantDbPath(this.dataDir, tenantId);
     const dir = dirname(path);
-    this.open.get(tenantId)?.close();
-    this.open.delete(tenantId);
-    this.closedSweeps.delete(tenantId);
+    this.forget(tenantId);
     const aside = replacedDir(this.dataDir, tenantId);
     rmSync(aside, { recursive: true, force: true });
     mkdirSync(dirname(aside), { recursive: true });
@@ -119,13 +117,18 @@ export class DbPool {
 
   /** Closes the tenant's connection and deletes its directory. */
   remove(tenantId: string): boolean {
-    this.open.get(tenantId)?.close();
-    this.open.delete(tenantId);
-    this.closedSweeps.delete(tenantId);
+    this.forget(tenantId);
     const dir = dirname(tenantDbPath(this.dataDir, tenantId));
     const existed = existsSync(dir);
     if (existed) this.discard(dir, tenantId);
     return existed;
+  }
+
+  /** Closes the tenant's connection and forgets what it knew of its files: they are about to go. */
+  private forget(tenantId: string): void {
+    this.open.get(tenantId)?.close();
+    this.open.delete(tenantId);
+    this.closedSweeps.delete(tenantId);
   }
 
   /** Moves a directory to the trash at once and unlinks its files in the background. */
