@@ -294,6 +294,10 @@ describe('a restore cut short by a crash', () => {
       expect(rowsOf(await second.sql(newKey, 'SELECT x FROM v'))).toEqual([['new']]);
       expect(readdirSync(join(dataDir, 'replaced'))).toEqual([]);
       expect(existsSync(trashDir(dataDir))).toBe(false);
+      // Set aside at once and unlinked in the background.
+      const left = () => readdirSync(dataDir).filter((name) => name.startsWith('trash'));
+      for (let waited = 0; left().length > 0 && waited < 5_000; waited += 50) await new Promise((r) => setTimeout(r, 50));
+      expect(left()).toEqual([]);
     } finally {
       await second.stop();
     }

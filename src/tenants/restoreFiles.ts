@@ -6,8 +6,12 @@
  * that repairs a swap a crash cut short. Only file names: nothing here opens
  * a database.
  */
+import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+
+const TRASH = 'trash';
 
 /**
  * Where a shard moves a tenant directory it is done with (deleted, or
@@ -16,12 +20,26 @@ import { join } from 'node:path';
  * thread. Emptied at start for what a crash left.
  */
 export function trashDir(dataDir: string): string {
-  return join(dataDir, 'trash');
+  return join(dataDir, TRASH);
 }
 
-/** Removes what a previous run left in the trash. Runs at start. */
+/**
+ * Removes what a previous run left in the trash, in the background: the
+ * trash is renamed out of the way at once (a crash may have left gigabytes
+ * in it, and start-up need not wait for them), then unlinked. Runs at start.
+ */
 export function emptyTrash(dataDir: string): void {
-  rmSync(trashDir(dataDir), { recursive: true, force: true });
+  for (const name of readdirSync(dataDir)) {
+    if (name !== TRASH && !name.startsWith(`${TRASH}-`)) continue;
+    let doomed = join(dataDir, name);
+    if (name === TRASH) {
+      const renamed = join(dataDir, `${TRASH}-${randomUUID()}`);
+      renameSync(doomed, renamed);
+      doomed = renamed;
+    }
+    // What is left after a failure here goes at the next start.
+    rm(doomed, { recursive: true, force: true }).catch(() => undefined);
+  }
 }
 
 /** The set-aside directory of `tenantId`'s old files during a restore. */
