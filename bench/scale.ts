@@ -23,10 +23,14 @@
  *      process's RSS (/proc/<pid>/status VmRSS, all threads) after start and
  *      after touching `--sample` tenants (target <= 300 MB), and the shared
  *      quota state per tenant.
- *   3. Latency seen by a grpc-js client of a point read (Execute), one call at
- *      a time, from a process of its own (quota/probe.ts): on `--sample` tenants never touched since the restart (their
- *      database is not open, their key not yet cached; target p99 <= 5 ms),
- *      against calls to tenants whose database is open.
+ *   3. Latency seen by a client of a point read (Execute), one call at a
+ *      time, from a process of its own: on `--sample` tenants never touched
+ *      since the restart (their database is not open, their key not yet
+ *      cached; target p99 <= 5 ms), against calls to tenants whose database
+ *      is open. Twice, on different cold tenants: from a grpc-js client
+ *      (quota/probe.ts), and from a client on gRPC's C core (Python grpcio,
+ *      quota/probe_grpcio.py) when /usr/bin/python3 has it, a client that
+ *      does not stop for its own garbage collection as a Node one does.
  *
  * The data directory is under /tmp and removed at the end (unless --keep-data).
  */
@@ -54,7 +58,7 @@ import {
   verdict,
   type Unary,
 } from './quota/common.ts';
-import { startProbe, type ProbeCall, type ProbeResult } from './quota/probe.ts';
+import { startGrpcioProbe, startProbe, type Probe, type ProbeCall, type ProbeResult } from './quota/probe.ts';
 import { seedTenants } from './quota/seed.ts';
 import type { ServerArgs, ServerReady } from './quota/server.ts';
 
@@ -68,7 +72,7 @@ const concurrency = Math.round(numberFlag(flags, '--concurrency', 32));
 const shards = Math.round(numberFlag(flags, '--shards', availableParallelism()));
 const sync = (flags.get('--sync') ?? 'full') as SyncMode;
 if (sync !== 'full' && sync !== 'normal') throw new Error('--sync: full or normal');
-const sample = Math.min(Math.round(numberFlag(flags, '--sample', 1_000)), Math.floor(tenantCount / 2));
+const sample = Math.min(Math.round(numberFlag(flags, '--sample', 1_000)), Math.floor(tenantCount / 3));
 /** Created through CreateTenant; the rest (if any) are bulk-seeded while the server is stopped (quota/seed.ts). */
 const apiTenants = Math.min(tenantCount, Math.round(numberFlag(flags, '--api-tenants', 10_000)));
 
@@ -86,11 +90,16 @@ const POINT_READ = 'SELECT id, name, balance FROM accounts WHERE id = ?';
 const ROWS = 100;
 
 const idOf = (i: number) => `s${String(i).padStart(6, '0')}`;
-/** Evenly spread over all tenants: `touched` are called after the restart, `cold` only in the cold probe. */
+/**
+ * Three sets evenly spread over all tenants: `touched` are called after the
+ * restart, `cold` only by the grpc-js cold probe, `coldC` only by the C-core one.
+ */
 const step = tenantCount / sample;
-const touched = Array.from({ length: sample }, (_, k) => Math.floor(k * step));
-const cold = Array.from({ length: sample }, (_, k) => Math.floor(k * step) + Math.max(1, Math.floor(step / 2)));
-const withTable = new Set([...touched, ...cold]);
+const spread = (third: number) => Array.from({ length: sample }, (_, k) => Math.floor(k * step) + Math.floor((third * step) / 3));
+const touched = spread(0);
+const cold = spread(1);
+const coldC = spread(2);
+const withTable = new Set([...touched, ...cold, ...coldC]);
 
 const mb = (mib: number) => `${mib.toFixed(1)} MiB`;
 const rssLine = (pid: number) => {
@@ -113,6 +122,8 @@ let child: ChildServer | null = null;
 let client: RawClient | null = null;
 /** The latency probes run in a process of their own (quota/probe.ts), the bench's big heap out of their way. */
 const probe = startProbe(runtime === 'node');
+/** The same probe with gRPC's C core (Python grpcio), where installed: a client that does not stop for its own GC. */
+const probeC = startGrpcioProbe();
 
 async function start(execArgv: string[] = []): Promise<{ child: ChildServer; ready: ServerReady; wallMs: number }> {
   const t0 = performance.now();
@@ -137,8 +148,14 @@ async function addTable(execute: Unary, i: number, key: string): Promise<void> {
  * Fails loudly on any error. `clean` gets those of the calls that no GC
  * pause of the probe process overlapped.
  */
-async function sequential(address: string, calls: ProbeCall[], gcTotals?: ProbeResult['gc'], clean?: number[]): Promise<Float64Array> {
-  const { latencies, inGc, gc } = await probe.run(address, POINT_READ, ROWS, calls);
+async function sequential(
+  address: string,
+  calls: ProbeCall[],
+  gcTotals?: ProbeResult['gc'],
+  clean?: number[],
+  by: Probe = probe,
+): Promise<Float64Array> {
+  const { latencies, inGc, gc } = await by.run(address, POINT_READ, ROWS, calls);
   if (gcTotals) {
     gcTotals.pauses += gc.pauses;
     gcTotals.totalMs += gc.totalMs;
@@ -276,6 +293,7 @@ try {
   // Warm: the most recently touched tenants, whose databases are still open (LRU of 1000 over the shards).
   const recent = touched.slice(-100);
   const warmCalls = Array.from({ length: 2 * sample }, (_, k) => recent[k % recent.length]!).map((i) => ({ key: keys[i]!, i }));
+  const reopenRecent = () => sequential(address, recent.map((i) => ({ key: keys[i]!, i })));
   // The probe process is young: its client code is warmed up (JIT) before anything is measured.
   await sequential(address, [...warmCalls, ...warmCalls]);
   const probeGc = { pauses: 0, totalMs: 0, maxMs: 0 };
@@ -284,8 +302,19 @@ try {
   const coldLat = await sequential(address, cold.map((i) => ({ key: keys[i]!, i })), probeGc, coldOutsideGc);
   const coldClean = sortedCopy(coldOutsideGc);
   // The cold probe evicted them (LRU): open them again before measuring warm calls.
-  await sequential(address, recent.map((i) => ({ key: keys[i]!, i })));
+  await reopenRecent();
   const warm2 = await sequential(address, warmCalls, probeGc);
+  let warmCalled = 4 * warmCalls.length + 2 * recent.length;
+  // The same with gRPC's C core: its own warm-up (connection, first calls), warm calls, its own cold tenants.
+  let cCore: { warm: Float64Array; cold: Float64Array } | null = null;
+  if ('run' in probeC) {
+    await sequential(address, warmCalls, undefined, undefined, probeC);
+    const warm = await sequential(address, warmCalls, undefined, undefined, probeC);
+    const coldCore = await sequential(address, coldC.map((i) => ({ key: keys[i]!, i })), undefined, undefined, probeC);
+    await reopenRecent();
+    cCore = { warm, cold: coldCore };
+    warmCalled += 2 * warmCalls.length + recent.length;
+  }
   const afterCold = rssLine(ready.pid);
   // The server's own view of each cold call: GetTenantUsage's latency, admission to the shard's
   // answer (its latency window holds that one call; buckets are 20 % wide, the upper bound is reported).
@@ -298,37 +327,50 @@ try {
     }
     return sortedCopy(out);
   };
-  const coldServer = await serverSide(cold);
+  const coldServer = await serverSide(cCore ? [...cold, ...coldC] : cold);
   const warmServer = await serverSide(recent);
   line();
   line(
     `3. point-read latency at the client (Execute over gRPC, one call at a time, from a probe process of its own), ` +
       `${ready.tenants.toLocaleString('en-US')} tenants registered:`,
   );
-  line(`   warm (database open, key cached), before: ${latLine(warm1)}`);
-  line(`   warm, after the cold probe:               ${latLine(warm2)}`);
-  line(`   cold (first call since restart, database not open, key not cached): ${latLine(coldLat)}`);
-  line(`   inside the server (admitted -> shard answered; GetTenantUsage latency_p50_ms per tenant, upper bounds of 20 %-wide buckets):`);
-  line(`     cold tenants (their one call):          ${latLine(coldServer)}`);
-  line(`     warm tenants (p50 of their ~${Math.round((4 * sample) / recent.length)} calls): ${latLine(warmServer)}`);
-  line(`   first calls right after start (the ${sample} touched above):           ${latLine(touchLat)}`);
-  const coldP99 = percentile(coldLat, 99);
-  line(`   cold minus warm at p50: ${fmtMs(percentile(coldLat, 50) - percentile(warm1, 50))}`);
+  line(`   grpc-js client (Node, as the rest of this bench):`);
+  line(`     warm (database open, key cached), before: ${latLine(warm1)}`);
+  line(`     warm, after the cold probe:               ${latLine(warm2)}`);
+  line(`     cold (first call since restart, database not open, key not cached): ${latLine(coldLat)}`);
   line(
-    `   the probe process's own GC during these ${warm1.length + coldLat.length + warm2.length} calls: ${probeGc.pauses} pauses, ` +
+    `     its own GC during these ${warm1.length + coldLat.length + warm2.length} calls: ${probeGc.pauses} pauses, ` +
       `${fmtMs(probeGc.totalMs)} in all, longest ${fmtMs(probeGc.maxMs)}`,
   );
   line(
-    `   cold, leaving out the ${coldLat.length - coldClean.length} calls that a GC pause of the probe process itself overlapped ` +
+    `     cold, leaving out the ${coldLat.length - coldClean.length} calls that a GC pause of the probe process itself overlapped ` +
       `(the client stopped, not tenantd): ${latLine(coldClean)}`,
   );
-  line(`   target cold p99 <= ${COLD_P99_TARGET_MS} ms: ${fmtMs(coldP99)}  ${verdict(coldP99, COLD_P99_TARGET_MS)}`);
-  line(`   server memory after the cold probe: ${afterCold.text}`);
+  if (cCore) {
+    line(`   gRPC C-core client (Python grpcio, quota/probe_grpcio.py; its cycle collector off while timing), other cold tenants:`);
+    line(`     warm:                                     ${latLine(cCore.warm)}`);
+    line(`     cold:                                     ${latLine(cCore.cold)}`);
+  } else {
+    line(`   gRPC C-core client: not run: ${'unavailable' in probeC ? probeC.unavailable : ''}`);
+  }
+  line(`   inside the server (admitted -> shard answered; GetTenantUsage latency_p50_ms per tenant, upper bounds of 20 %-wide buckets):`);
+  line(`     cold tenants (their one call):          ${latLine(coldServer)}`);
+  line(`     warm tenants (p50 of their ~${Math.round(warmCalled / recent.length)} calls): ${latLine(warmServer)}`);
+  line(`   first calls right after start (the ${sample} touched above, grpc-js): ${latLine(touchLat)}`);
+  line(`   cold minus warm at p50 (grpc-js): ${fmtMs(percentile(coldLat, 50) - percentile(warm1, 50))}`);
+  const coldP99 = percentile(coldLat, 99);
+  const coldP99C = cCore ? percentile(cCore.cold, 99) : NaN;
+  const coldVerdicts =
+    `grpc-js client ${fmtMs(coldP99)} ${verdict(coldP99, COLD_P99_TARGET_MS)}` +
+    (cCore ? `, C-core client ${fmtMs(coldP99C)} ${verdict(coldP99C, COLD_P99_TARGET_MS)}` : '');
+  line(`   target cold p99 <= ${COLD_P99_TARGET_MS} ms: ${coldVerdicts}`);
+  line(`   server memory after the cold probes: ${afterCold.text}`);
   line();
-  line(`summary: RSS ${rssVerdict}, cold p99 ${verdict(coldP99, COLD_P99_TARGET_MS)}, quota state ${kBytesPerSlot} B/slot`);
+  line(`summary: RSS ${rssVerdict}, cold p99 ${coldVerdicts}, quota state ${kBytesPerSlot} B/slot`);
   if (flags.has('--profile')) line(`CPU profiles of the servers (one file per thread): ${profileDir}/{create,restart}`);
 } finally {
   probe.stop();
+  if ('run' in probeC) probeC.stop();
   client?.close();
   await child?.stop();
   if (flags.has('--keep-data')) line(`data kept in ${dataDir}`);

@@ -8,10 +8,19 @@
  * Driven over IPC by `startProbe` below: `{ type: 'run', address, calls }`
  * answers `{ type: 'result', latencies, gc }` with the latencies in ms in
  * call order and this process's GC pauses during the run.
+ *
+ * `startGrpcioProbe` runs the same calls from a client on gRPC's C core
+ * instead (probe_grpcio.py): grpc-js stops for its own scavenges, 5-13 ms
+ * each on two busy cores, and the calls they overlap measure the client.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
+import { createInterface } from 'node:readline';
 import { status as Status } from '@grpc/grpc-js';
+import type { MethodDefinition } from '@grpc/proto-loader';
+import { PACKAGE_ROOT } from '../../src/paths.ts';
+import { packageDefinition } from '../../src/protos.ts';
 import { compiledUrl } from '../lib/child.ts';
 import { RawClient } from './common.ts';
 
@@ -31,11 +40,13 @@ export interface ProbeResult {
 type ToProbe = { type: 'run'; address: string; sql: string; rows: number; calls: ProbeCall[] } | { type: 'stop' };
 type FromProbe = { type: 'result'; result: ProbeResult } | { type: 'error'; message: string };
 
-/** Starts the probe process: compiled with plain node when the server is, else through tsx. */
-export function startProbe(compiled: boolean): {
+export interface Probe {
   run(address: string, sql: string, rows: number, calls: ProbeCall[]): Promise<ProbeResult>;
   stop(): void;
-} {
+}
+
+/** Starts the probe process: compiled with plain node when the server is, else through tsx. */
+export function startProbe(compiled: boolean): Probe {
   const script = new URL(import.meta.url);
   const proc: ChildProcess = fork(compiled ? compiledUrl(script) : script, ['--probe'], {
     execArgv: compiled ? [] : ['--import', 'tsx'],
@@ -50,6 +61,54 @@ export function startProbe(compiled: boolean): {
     },
     stop() {
       if (proc.connected) proc.send({ type: 'stop' } satisfies ToProbe);
+    },
+  };
+}
+
+const PYTHON = '/usr/bin/python3';
+
+/**
+ * The same probe with gRPC's C core (probe_grpcio.py, Debian's
+ * python3-grpcio), or why not when /usr/bin/python3 cannot import grpc.
+ * Requests are serialized and responses decoded here, with tenantd's own
+ * message definitions; the Python side only times the calls.
+ */
+export function startGrpcioProbe(): Probe | { unavailable: string } {
+  const env = { ...process.env, PYTHONNOUSERSITE: '1', PYTHONDONTWRITEBYTECODE: '1' };
+  const check = spawnSync(PYTHON, ['-c', 'import grpc'], { encoding: 'utf8', env, timeout: 20_000 });
+  if (check.error || check.status !== 0) {
+    return { unavailable: `${PYTHON} cannot import grpc (apt-get install python3-grpcio): ${check.error ?? check.stderr.trim().split('\n').pop()}` };
+  }
+  const execute = (packageDefinition()['tenantd.v1.SqlService'] as Record<string, MethodDefinition<object, object>>)['Execute']!;
+  const proc = spawn(PYTHON, [join(PACKAGE_ROOT, 'bench', 'quota', 'probe_grpcio.py')], { env, stdio: ['pipe', 'pipe', 'inherit'] });
+  const answers = createInterface({ input: proc.stdout! });
+  const waiting: { resolve: (line: string) => void; reject: (error: Error) => void }[] = [];
+  answers.on('line', (line) => waiting.shift()?.resolve(line));
+  proc.once('exit', (code) => {
+    for (const w of waiting.splice(0)) w.reject(new Error(`probe_grpcio.py exited with code ${code}`));
+  });
+  return {
+    async run(address, sql, rows, calls) {
+      const requests = calls.map(({ key, i }) => ({
+        key,
+        request: execute.requestSerialize({ sql, params: [{ integer_value: String(1 + (i % rows)) }] }).toString('base64'),
+      }));
+      const answer = await new Promise<string>((resolve, reject) => {
+        if (proc.exitCode !== null) return reject(new Error(`probe_grpcio.py exited with code ${proc.exitCode}`));
+        waiting.push({ resolve, reject });
+        proc.stdin!.write(`${JSON.stringify({ type: 'run', address, method: execute.path, calls: requests })}\n`);
+      });
+      const reply = JSON.parse(answer) as { type: 'result'; latencies: number[]; responses: string[] } | { type: 'error'; message: string };
+      if (reply.type === 'error') throw new Error(`grpcio probe: ${reply.message}`);
+      reply.responses.forEach((bytes, k) => {
+        const response = execute.responseDeserialize(Buffer.from(bytes, 'base64')) as { rows: unknown[] };
+        if (response.rows.length !== 1) throw new Error(`grpcio probe: Execute on tenant #${calls[k]!.i}: expected one row`);
+      });
+      // Its collector is off while it times; reference counting frees everything else.
+      return { latencies: reply.latencies, inGc: reply.latencies.map(() => false), gc: { pauses: 0, totalMs: 0, maxMs: 0 } };
+    },
+    stop() {
+      if (proc.exitCode === null) proc.stdin!.end(`${JSON.stringify({ type: 'stop' })}\n`);
     },
   };
 }
