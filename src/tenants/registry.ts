@@ -18,7 +18,7 @@ export interface LiveTenant {
   deleting: boolean;
   /** Woken when the calls in flight drop to zero; null until someone waits. */
   idleWaiters: (() => void)[] | null;
-  /** Created on the tenant's first call. */
+  /** Created on the tenant's first call; dropped again after two minutes without one. */
   latency: LatencyWindow | null;
   errorsByCode: Map<string, number> | null;
   /** Events appended since the server started. */
@@ -27,8 +27,18 @@ export interface LiveTenant {
   shardMicrosTotal: number;
 }
 
+/** How often finish() looks for latency windows whose calls have all expired. */
+const LATENCY_SWEEP_MS = 60_000;
+
 export class TenantRegistry {
   private readonly tenants = new Map<string, LiveTenant>();
+  /**
+   * The tenants holding a latency window. A node whose tenants all call now
+   * and then would otherwise keep one for each of them (100,000 tenants:
+   * ~100 MB); dropped windows cost only recently active tenants memory.
+   */
+  private readonly timed = new Set<LiveTenant>();
+  private nextLatencySweep = Date.now() + LATENCY_SWEEP_MS;
 
   constructor(
     private readonly config: Config,
@@ -73,6 +83,7 @@ export class TenantRegistry {
     const live = this.tenants.get(tenantId);
     if (!live) return;
     this.tenants.delete(tenantId);
+    this.timed.delete(live);
     this.table.release(live.slot);
   }
 
@@ -98,12 +109,34 @@ export class TenantRegistry {
       live.errorsByCode ??= new Map();
       live.errorsByCode.set(code, (live.errorsByCode.get(code) ?? 0) + 1);
     }
-    (live.latency ??= new LatencyWindow()).record(durationMs);
+    const now = Date.now();
+    if (live.latency === null) {
+      live.latency = new LatencyWindow(now);
+      this.timed.add(live);
+    }
+    live.latency.record(durationMs, now);
+    if (now >= this.nextLatencySweep) this.dropExpiredLatency(now);
     if (this.table.leave(live.slot) === 0 && live.idleWaiters !== null) {
       const waiters = live.idleWaiters;
       live.idleWaiters = null;
       for (const wake of waiters) wake();
     }
+  }
+
+  /** Drops the latency windows whose calls have all left the window (usage reports zeros for them either way). */
+  private dropExpiredLatency(now: number): void {
+    this.nextLatencySweep = now + LATENCY_SWEEP_MS;
+    for (const live of this.timed) {
+      if (live.latency === null || live.latency.expired(now)) {
+        live.latency = null;
+        this.timed.delete(live);
+      }
+    }
+  }
+
+  /** Tenants holding a latency window now (for tests and the scale bench). */
+  get latencyWindows(): number {
+    return this.timed.size;
   }
 
   /** A call refused before admission still counts as a request and an error. */
