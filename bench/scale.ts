@@ -64,7 +64,7 @@ import type { ServerArgs, ServerReady } from './quota/server.ts';
 
 const flags = parseFlags(
   process.argv.slice(2),
-  ['--tenants', '--concurrency', '--shards', '--sync', '--sample', '--api-tenants', '--runtime', '--max-open-dbs'],
+  ['--tenants', '--concurrency', '--shards', '--sync', '--sample', '--api-tenants', '--runtime', '--max-open-dbs', '--sweep'],
   ['--quick', '--keep-data', '--profile'],
 );
 const tenantCount = Math.round(numberFlag(flags, '--tenants', flags.has('--quick') ? 10_000 : 100_000));
@@ -100,6 +100,9 @@ const touched = spread(0);
 const cold = spread(1);
 const coldC = spread(2);
 const withTable = new Set([...touched, ...cold, ...coldC]);
+/** Step 4: this many other tenants get a first call, evenly spread over the rest. */
+const sweepCount = Math.min(Math.round(numberFlag(flags, '--sweep', flags.has('--quick') ? 3_000 : 20_000)), tenantCount - withTable.size);
+const SWEEP_CHUNK = 2_000;
 
 const mb = (mib: number) => `${mib.toFixed(1)} MiB`;
 const rssLine = (pid: number) => {
@@ -365,6 +368,26 @@ try {
     (cCore ? `, C-core client ${fmtMs(coldP99C)} ${verdict(coldP99C, COLD_P99_TARGET_MS)}` : '');
   line(`   target cold p99 <= ${COLD_P99_TARGET_MS} ms: ${coldVerdicts}`);
   line(`   server memory after the cold probes: ${afterCold.text}`);
+
+  // ------------------------------------------------------------ 4. memory as tenants come and go
+  if (sweepCount > 0) {
+    const rest = [...Array(tenantCount).keys()].filter((i) => !withTable.has(i));
+    const others = Array.from({ length: sweepCount }, (_, k) => rest[Math.floor((k * rest.length) / sweepCount)]!);
+    const by = 'run' in probeC ? probeC : probe;
+    const marks: string[] = [];
+    const s0 = performance.now();
+    for (let k = 0; k < others.length; k += SWEEP_CHUNK) {
+      // Any tenant answers `SELECT ?` with one row: no table needed.
+      await by.run(address, 'SELECT ?', 1, others.slice(k, k + SWEEP_CHUNK).map((i) => ({ key: keys[i]!, i })));
+      marks.push(`${Math.min(k + SWEEP_CHUNK, others.length).toLocaleString('en-US')}: ${mb(memoryOf(ready.pid)?.rssMiB ?? NaN)}`);
+    }
+    line();
+    line(
+      `4. ${sweepCount.toLocaleString('en-US')} more tenants get their first call since the restart (one each, \`SELECT ?\`, ${((performance.now() - s0) / 1000).toFixed(1)} s; ` +
+        `the pool keeps ${maxOpenDbs} databases open, the key cache keeps every key): server RSS after`,
+    );
+    line(`   ${marks.join(', ')}`);
+  }
   line();
   line(`summary: RSS ${rssVerdict}, cold p99 ${coldVerdicts}, quota state ${kBytesPerSlot} B/slot`);
   if (flags.has('--profile')) line(`CPU profiles of the servers (one file per thread): ${profileDir}/{create,restart}`);
