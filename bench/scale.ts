@@ -103,6 +103,7 @@ const withTable = new Set([...touched, ...cold, ...coldC]);
 /** Step 4: this many other tenants get a first call, evenly spread over the rest. */
 const sweepCount = Math.min(Math.round(numberFlag(flags, '--sweep', flags.has('--quick') ? 3_000 : 20_000)), tenantCount - withTable.size);
 const SWEEP_CHUNK = 2_000;
+const IDLE_SETTLE_MS = 30_000;
 
 const mb = (mib: number) => `${mib.toFixed(1)} MiB`;
 const rssLine = (pid: number) => {
@@ -256,7 +257,8 @@ try {
 
   // ------------------------------------------------------------ 2. restart
 
-  const second = await start(profileArgs('restart'));
+  // --expose-gc: step 4 asks the server for its live heap (quota/server.ts collects before it answers).
+  const second = await start([...profileArgs('restart'), '--expose-gc']);
   child = second.child;
   ready = second.ready;
   const atReady = rssLine(ready.pid);
@@ -374,6 +376,15 @@ try {
     const rest = [...Array(tenantCount).keys()].filter((i) => !withTable.has(i));
     const others = Array.from({ length: sweepCount }, (_, k) => rest[Math.floor((k * rest.length) / sweepCount)]!);
     const by = 'run' in probeC ? probeC : probe;
+    const mainThread = async () => (await child!.sample()).counters ?? {};
+    // Measured idle before and after: V8 gives back heap it no longer needs once allocation stops for a while.
+    // The main thread's figures are after a full collection (live objects only).
+    const settle = async () => {
+      await sleep(IDLE_SETTLE_MS);
+      const main = await mainThread();
+      return { rss: memoryOf(ready.pid)?.rssMiB ?? NaN, main };
+    };
+    const before = await settle();
     const marks: string[] = [];
     const s0 = performance.now();
     for (let k = 0; k < others.length; k += SWEEP_CHUNK) {
@@ -381,12 +392,22 @@ try {
       await by.run(address, 'SELECT ?', 1, others.slice(k, k + SWEEP_CHUNK).map((i) => ({ key: keys[i]!, i })));
       marks.push(`${Math.min(k + SWEEP_CHUNK, others.length).toLocaleString('en-US')}: ${mb(memoryOf(ready.pid)?.rssMiB ?? NaN)}`);
     }
+    const sweepS = (performance.now() - s0) / 1000;
+    const after = await settle();
+    const heapLine = (c: Record<string, number>) =>
+      `heap ${c.mainHeapUsedMiB} of ${c.mainHeapTotalMiB} MiB, external ${c.externalMiB} MiB, ${c.latencyWindows} latency windows`;
+    const perTenantKiB = (a: number, b: number) => `${(((b - a) * 1024) / sweepCount).toFixed(2)} KiB per tenant`;
     line();
     line(
-      `4. ${sweepCount.toLocaleString('en-US')} more tenants get their first call since the restart (one each, \`SELECT ?\`, ${((performance.now() - s0) / 1000).toFixed(1)} s; ` +
-        `the pool keeps ${maxOpenDbs} databases open, the key cache keeps every key): server RSS after`,
+      `4. ${sweepCount.toLocaleString('en-US')} more tenants get their first call since the restart (one each, \`SELECT ?\`, ${sweepS.toFixed(1)} s; ` +
+        `the pool keeps ${maxOpenDbs} databases open, the key cache every key, a latency window each until 2 min after its last call):`,
     );
-    line(`   ${marks.join(', ')}`);
+    line(`   server RSS ${IDLE_SETTLE_MS / 1000} s idle before: ${mb(before.rss)}; while calling, after ${marks.join(', ')}; ${IDLE_SETTLE_MS / 1000} s idle after: ${mb(after.rss)} (${perTenantKiB(before.rss, after.rss)})`);
+    line(`   the main thread's (idle before / after): ${heapLine(before.main)} / ${heapLine(after.main)}`);
+    line(
+      `   = ${perTenantKiB(before.main.mainHeapUsedMiB! + before.main.externalMiB!, after.main.mainHeapUsedMiB! + after.main.externalMiB!)} on the main thread, ` +
+        `the rest in the shard threads (heaps, SQLite) and the allocator`,
+    );
   }
   line();
   line(`summary: RSS ${rssVerdict}, cold p99 ${coldVerdicts}, quota state ${kBytesPerSlot} B/slot`);

@@ -5,6 +5,7 @@
  * ServerArgs as JSON. The ready message says how long the start took.
  */
 import { performance } from 'node:perf_hooks';
+import { getHeapStatistics } from 'node:v8';
 import { defaultConfig, type Config, type SyncMode } from '../../src/config.ts';
 import { createLogger } from '../../src/log.ts';
 import { startServer } from '../../src/server.ts';
@@ -63,7 +64,19 @@ try {
     startServerMs,
     sinceProcessStartMs: performance.now(),
   };
-  serveParent(ready, () => server.shutdown());
+  // What the main thread holds, for bench:scale's memory figures (the shard threads' heaps are not in it).
+  const mib = (bytes: number) => Math.round((bytes / 2 ** 20) * 10) / 10;
+  serveParent(ready, () => server.shutdown(), () => {
+    // Started with --expose-gc (bench:scale does): what is live, not what garbage awaits collection.
+    (globalThis as { gc?: () => void }).gc?.();
+    const heap = getHeapStatistics();
+    return {
+      mainHeapUsedMiB: mib(heap.used_heap_size),
+      mainHeapTotalMiB: mib(heap.total_heap_size),
+      externalMiB: mib(process.memoryUsage().external),
+      latencyWindows: server.registry.latencyWindows,
+    };
+  });
 } catch (error) {
   failToParent(error);
 }
