@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
-import { startTestServer, rowsOf, type TestServer } from './support/server.ts';
+import { RpcError, startTestServer, rowsOf, type TestServer } from './support/server.ts';
 
 let t: TestServer;
 const admin = () => ({ key: t.adminKey });
@@ -34,6 +34,24 @@ describe('tenant lifecycle', () => {
     const failure = await t.client.failure('TenantService', 'CreateTenant', { tenant_id: 'twice' }, admin());
     expect(failure.code).toBe(status.ALREADY_EXISTS);
     expect(failure.reason).toBe('TENANT_EXISTS');
+  });
+
+  it('answers creations of an id being created TENANT_BUSY (retryable), not ALREADY_EXISTS, and ALREADY_EXISTS once it exists', async () => {
+    // Sent together: the first one is still making the database file when the others arrive.
+    const attempts = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        t.client.call('TenantService', 'CreateTenant', { tenant_id: 'racing' }, admin()).then(
+          () => 'OK',
+          (error: RpcError) => `${status[error.status.code]} ${error.status.reason}`,
+        ),
+      ),
+    );
+    expect(attempts.filter((a) => a === 'OK')).toHaveLength(1);
+    expect(attempts).toContain('ABORTED TENANT_BUSY');
+    for (const a of attempts) expect(['OK', 'ABORTED TENANT_BUSY', 'ALREADY_EXISTS TENANT_EXISTS']).toContain(a);
+    const retried = await t.client.failure('TenantService', 'CreateTenant', { tenant_id: 'racing' }, admin());
+    expect(retried.code).toBe(status.ALREADY_EXISTS);
+    expect(retried.reason).toBe('TENANT_EXISTS');
   });
 
   it('refuses ids that are not safe directory names', async () => {

@@ -133,8 +133,16 @@ export class TenantManager {
   ): Promise<{ tenant: LiveTenant; key: KeyRecord; secret: string }> {
     checkTenantId(tenantId, 'tenant_id');
     this.validateFields(fields, 'tenant');
-    if (this.registry.get(tenantId) || this.creating.has(tenantId)) {
+    if (this.registry.get(tenantId)) {
       throw new TenantdError(Status.ALREADY_EXISTS, 'TENANT_EXISTS', `tenants/${tenantId} already exists`, {
+        metadata: { tenant: tenantId },
+      });
+    }
+    // Not ALREADY_EXISTS: the other creation (or restore) may still fail, and
+    // a client that takes ALREADY_EXISTS as "it is there" would use a tenant
+    // that is not. Retrying tells which way it went.
+    if (this.creating.has(tenantId)) {
+      throw new TenantdError(Status.ABORTED, 'TENANT_BUSY', `tenants/${tenantId} is being created or restored; retry`, {
         metadata: { tenant: tenantId },
       });
     }
