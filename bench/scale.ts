@@ -1,5 +1,5 @@
 /**
- * npm run bench:scale [-- --quick | --tenants 100000] [--api-tenants 10000] [--concurrency 32] [--shards N]
+ * npm run bench:scale [-- --quick | --tenants 100000] [--api-tenants 10000] [--concurrency 32] [--shards N] [--sweep 20000 | 0]
  *                     [--sync full|normal] [--sample 1000] [--runtime node|tsx] [--max-open-dbs N] [--keep-data] [--profile]
  *
  * 100,000 registered tenants on one node.
@@ -101,7 +101,8 @@ const cold = spread(1);
 const coldC = spread(2);
 const withTable = new Set([...touched, ...cold, ...coldC]);
 /** Step 4: this many other tenants get a first call, evenly spread over the rest. */
-const sweepCount = Math.min(Math.round(numberFlag(flags, '--sweep', flags.has('--quick') ? 3_000 : 20_000)), tenantCount - withTable.size);
+const sweepCount =
+  flags.get('--sweep') === '0' ? 0 : Math.min(Math.round(numberFlag(flags, '--sweep', flags.has('--quick') ? 3_000 : 20_000)), tenantCount - withTable.size);
 const SWEEP_CHUNK = 2_000;
 const IDLE_SETTLE_MS = 30_000;
 
