@@ -42,6 +42,7 @@ import { status as Status } from '@grpc/grpc-js';
 import { allocatePage, kBytesPerSlot, kSlotsPerPage } from '../src/quota/layout.ts';
 import { defaultConfig, type SyncMode } from '../src/config.ts';
 import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
+import { cpuStealMs } from './lib/procStat.ts';
 import {
   fmtMs,
   line,
@@ -296,6 +297,8 @@ try {
   );
 
   // ------------------------------------------------------------ 3. latency
+  const steal0 = cpuStealMs();
+  const probes0 = performance.now();
   // Warm: the most recently touched tenants, whose databases are still open (LRU of 1000 over the shards).
   const recent = touched.slice(-100);
   const warmCalls = Array.from({ length: 2 * sample }, (_, k) => recent[k % recent.length]!).map((i) => ({ key: keys[i]!, i }));
@@ -321,6 +324,8 @@ try {
     cCore = { warm, cold: coldCore };
     warmCalled += 2 * warmCalls.length + recent.length;
   }
+  const steal = steal0 === null ? null : cpuStealMs()! - steal0;
+  const probesS = (performance.now() - probes0) / 1000;
   const afterCold = rssLine(ready.pid);
   // The server's own view of each cold call: GetTenantUsage's latency, admission to the shard's
   // answer (its latency window holds that one call; buckets are 20 % wide, the upper bound is reported).
@@ -369,6 +374,12 @@ try {
   const coldVerdicts =
     `grpc-js client ${fmtMs(coldP99)} ${verdict(coldP99, COLD_P99_TARGET_MS)}` +
     (cCore ? `, C-core client ${fmtMs(coldP99C)} ${verdict(coldP99C, COLD_P99_TARGET_MS)}` : '');
+  if (steal !== null) {
+    line(
+      `   CPU steal while the probes ran (${probesS.toFixed(0)} s): ${(steal / 1000).toFixed(1)} s of CPU taken by the host ` +
+        `(/proc/stat; near 0 on a quiet host, and every second of it is time nothing here could run)`,
+    );
+  }
   line(`   target cold p99 <= ${COLD_P99_TARGET_MS} ms: ${coldVerdicts}`);
   line(`   server memory after the cold probes: ${afterCold.text}`);
 

@@ -58,3 +58,19 @@ export function cpuDelta(before: CpuSample, after: CpuSample): CpuDelta {
     wallMs: after.wallMs - before.wallMs,
   };
 }
+
+/**
+ * Milliseconds of CPU the hypervisor gave to others while this virtual
+ * machine wanted it (steal, all cores together, /proc/stat), or null where
+ * there is no /proc. Time the server could not run that no code of ours
+ * decides: benches print it beside latencies measured on a shared host.
+ */
+export function cpuStealMs(): number | null {
+  try {
+    const cpu = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/);
+    // cpu user nice system idle iowait irq softirq steal ...
+    return Number(cpu[8]) * TICK_MS;
+  } catch {
+    return null;
+  }
+}
