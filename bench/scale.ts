@@ -34,7 +34,8 @@
  *
  * The data directory is under /tmp and removed at the end (unless --keep-data).
  */
-import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statfsSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -108,6 +109,17 @@ const SWEEP_CHUNK = 2_000;
 const IDLE_SETTLE_MS = 30_000;
 
 const mb = (mib: number) => `${mib.toFixed(1)} MiB`;
+
+/** Dirty and under-writeback page cache (/proc/meminfo), MiB; null where there is none. */
+function dirtyPageCacheMiB(): number | null {
+  try {
+    const info = readFileSync('/proc/meminfo', 'utf8');
+    const kib = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(info)?.[1] ?? 0);
+    return (kib('Dirty') + kib('Writeback')) / 1024;
+  } catch {
+    return null;
+  }
+}
 const rssLine = (pid: number) => {
   const m = memoryOf(pid);
   return m === null ? { text: 'n/a (no /proc)', rss: NaN } : { text: `RSS ${mb(m.rssMiB)} (peak ${mb(m.hwmMiB)})`, rss: m.rssMiB };
@@ -234,6 +246,7 @@ try {
   child = null;
   const stopMs = performance.now() - s0;
 
+  let seedFlush = '';
   if (apiTenants < tenantCount) {
     // Templates made by the server itself: a plain tenant and one with the accounts table.
     const plainTemplate = idOf([...Array(apiTenants).keys()].find((i) => !withTable.has(i))!);
@@ -250,10 +263,15 @@ try {
     });
     const seedS = (performance.now() - b0) / 1000;
     process.stderr.write('\n');
+    // The copies sit in the page cache: written back now, not by the kernel while the probes run.
+    const f0 = performance.now();
+    const dirtyMiB = dirtyPageCacheMiB();
+    execFileSync('sync', ['-f', dataDir]);
+    seedFlush = `; then flushed to disk (${dirtyMiB === null ? '?' : dirtyMiB.toFixed(0)} MiB dirty in the page cache) in ${((performance.now() - f0) / 1000).toFixed(1)} s`;
     for (const [i, key] of seeded) keys[i] = key;
     line(
       `   bulk-seeded the other ${rest.length.toLocaleString('en-US')} tenants in ${seedS.toFixed(1)} s (${(rest.length / seedS).toFixed(0)}/s; server stopped; ` +
-        `copies of ${plainTemplate}/${tableTemplate}'s database files, catalog rows + key hashes through src/catalog/catalog.ts)`,
+        `copies of ${plainTemplate}/${tableTemplate}'s database files, catalog rows + key hashes through src/catalog/catalog.ts)${seedFlush}`,
     );
   }
 
@@ -297,6 +315,7 @@ try {
   );
 
   // ------------------------------------------------------------ 3. latency
+  const dirtyAtProbes = dirtyPageCacheMiB();
   const steal0 = cpuStealMs();
   const probes0 = performance.now();
   // Warm: the most recently touched tenants, whose databases are still open (LRU of 1000 over the shards).
@@ -374,6 +393,7 @@ try {
   const coldVerdicts =
     `grpc-js client ${fmtMs(coldP99)} ${verdict(coldP99, COLD_P99_TARGET_MS)}` +
     (cCore ? `, C-core client ${fmtMs(coldP99C)} ${verdict(coldP99C, COLD_P99_TARGET_MS)}` : '');
+  if (dirtyAtProbes !== null) line(`   page cache waiting to be written back when the probes began: ${dirtyAtProbes.toFixed(1)} MiB`);
   if (steal !== null) {
     line(
       `   CPU steal while the probes ran (${probesS.toFixed(0)} s): ${(steal / 1000).toFixed(1)} s of CPU taken by the host ` +
