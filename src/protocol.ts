@@ -143,7 +143,20 @@ export type ShardResponse =
   /** Sent before the final answer of a call that carried `trace`. */
   | { id: number; kind: 'span'; span: ShardSpan }
   /** The shard's gauges, sent (with id 0) whenever they change. */
-  | { id: number; kind: 'stats'; stats: ShardStats };
+  | { id: number; kind: 'stats'; stats: ShardStats }
+  /**
+   * Closed tenants whose events will expire, as the shard's notes of them
+   * changed (with id 0): kept in the catalog, so that a restarted shard
+   * still sweeps them. `cleared`: nothing of theirs left to expire.
+   */
+  | { id: number; kind: 'sweeps'; noted: EventSweep[]; cleared: string[] };
+
+/** A tenant's events to sweep while its database is closed: due at oldest + retentionMs (epoch ms). */
+export interface EventSweep {
+  tenantId: string;
+  oldest: number;
+  retentionMs: number;
+}
 
 /** What a worker counts that the front end cannot see; cumulative over the worker's life. */
 export interface ShardStats {
@@ -251,6 +264,8 @@ export interface ShardWorkerData {
   faultInjection: boolean;
   /** How often to remove the expired events of open tenants. */
   eventSweepMs: number;
+  /** This shard's tenants with events to sweep while closed, as the catalog kept them. */
+  closedSweeps: EventSweep[];
 }
 
 /** Where a tenant's database lives under the data directory. */

@@ -15,7 +15,7 @@ import { Catalog } from './catalog/catalog.ts';
 import { Authenticator } from './auth/authenticator.ts';
 import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
 import { ShardHandle } from './routing/shardHandle.ts';
-import { ShardRouter } from './routing/shardRouter.ts';
+import { ShardRouter, shardOf } from './routing/shardRouter.ts';
 import { TenantRegistry } from './tenants/registry.ts';
 import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
@@ -105,6 +105,16 @@ export async function startServer(
         groupCommit: config.groupCommit,
         eventSweepMs: config.eventSweepMs,
         quotaPages: () => table.allBuffers(),
+        // Read at each worker start: the notes of the tenants this shard owns under today's shard count.
+        closedSweeps: () => catalog.eventSweeps().filter((sweep) => shardOf(sweep.tenantId, config.shards) === i),
+        onSweeps: (noted, cleared) => {
+          try {
+            catalog.saveEventSweeps(noted, cleared);
+          } catch (error) {
+            // Lost notes cost only a later sweep (the tenant's next events call does it).
+            logger.warn('could not keep event sweep notes', { shard: i, error: String(error) });
+          }
+        },
         onLog: (level, msg, fields) => logger[level](msg, fields),
       }),
     );

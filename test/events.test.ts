@@ -11,7 +11,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageDefinition } from '../src/protos.ts';
 import type { Config } from '../src/config.ts';
-import { RpcError, decodeStatus, startTestServer, type DecodedStatus, type TestServer } from './support/server.ts';
+import { RpcError, decodeStatus, freshDataDir, startTestServer, type DecodedStatus, type TestServer } from './support/server.ts';
 
 let t: TestServer;
 const admin = () => ({ key: t.adminKey });
@@ -312,6 +312,36 @@ describe('retention in the background, beyond the open tenants', () => {
       await new Promise((r) => setTimeout(r, 400));
     });
     expect(left).toEqual(['new']);
+  });
+
+  it('still sweeps a closed tenant after a restart, without a call from it', async () => {
+    const dataDir = freshDataDir();
+    const config = { dataDir, shards: 1, eventSweepMs: 100 };
+    // The old event expires 5-6 s from now: after the first server has stopped (checked below).
+    const expiresAtS = Math.floor(Date.now() / 1000) + 6;
+    const expiresSoon = { seconds: String(expiresAtS - 3600), nanos: 0 };
+    const first = await startTestServer(config, { keepDataDir: true });
+    try {
+      const key = await first.createTenant('restarted', { quotas: { ...UNLIMITED.quotas, event_retention_hours: '1' } });
+      await first.client.call('EventService', 'Append', { events: [{ ...event('old', 'x'), time: expiresSoon }, event('new', 'y')] }, { key });
+    } finally {
+      // Open at shutdown: the shard notes the tenant as it closes it.
+      await first.stop();
+    }
+    expect(typesInFile(dataDir, 'restarted')).toEqual(['old', 'new']);
+    // A second server on the same data: nothing calls the tenant, its database stays closed.
+    const second = await startTestServer(config, { keepDataDir: true });
+    try {
+      // Past the expiry, and a few sweep ticks more.
+      await new Promise((r) => setTimeout(r, Math.max(0, expiresAtS * 1000 - Date.now()) + 500));
+    } finally {
+      await second.stop();
+    }
+    try {
+      expect(typesInFile(dataDir, 'restarted')).toEqual(['new']);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   it('sweeps with the retention UpdateTenant set, not the one the last events call carried', async () => {

@@ -9,7 +9,7 @@ import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
 import type { SyncMode } from '../src/config.ts';
-import { tenantDbPath } from '../src/protocol.ts';
+import { tenantDbPath, type EventSweep } from '../src/protocol.ts';
 import { replacedDir, trashDir } from '../src/tenants/restoreFiles.ts';
 import { ShardError } from './shardError.ts';
 import { TenantDb } from './tenantDb.ts';
@@ -21,17 +21,60 @@ export class DbPool {
   /**
    * Closed tenants with events that will expire: the oldest event's time and
    * the retention, noted as the connection closed, so that sweepClosed
-   * removes them without waiting for the tenant's next call. In memory only:
-   * after a restart a closed tenant's expired events go at its next events
-   * call (reads never show them before).
+   * removes them without waiting for the tenant's next call.
    */
   private readonly closedSweeps = new Map<string, { oldest: number; retentionMs: number }>();
+  /**
+   * What the catalog holds of these notes, as far as this shard told it
+   * (the shard posts takeSweepChanges() to the front end), so that a
+   * restarted shard starts from them. A note stays there while its tenant is
+   * open: should the process die, sweeping it once too often costs nothing.
+   */
+  private readonly kept = new Map<string, { oldest: number; retentionMs: number }>();
+  private readonly changed = new Set<string>();
 
   constructor(
     private readonly dataDir: string,
     private readonly sync: SyncMode,
     private readonly maxOpen: number,
-  ) {}
+    closedSweeps: readonly EventSweep[] = [],
+  ) {
+    for (const { tenantId, oldest, retentionMs } of closedSweeps) {
+      this.closedSweeps.set(tenantId, { oldest, retentionMs });
+      this.kept.set(tenantId, { oldest, retentionMs });
+    }
+  }
+
+  /** Notes (or, with null, drops) what the tenant's events need swept while it is closed. */
+  private noteSweep(tenantId: string, sweep: { oldest: number; retentionMs: number } | null): void {
+    if (sweep) this.closedSweeps.set(tenantId, sweep);
+    else this.closedSweeps.delete(tenantId);
+    const kept = this.kept.get(tenantId);
+    const same = sweep === null ? kept === undefined : kept !== undefined && kept.oldest === sweep.oldest && kept.retentionMs === sweep.retentionMs;
+    if (same) this.changed.delete(tenantId);
+    else this.changed.add(tenantId);
+  }
+
+  /** The notes changed since the last call, for the catalog; null when none did. */
+  takeSweepChanges(): { noted: EventSweep[]; cleared: string[] } | null {
+    if (this.changed.size === 0) return null;
+    const noted: EventSweep[] = [];
+    const cleared: string[] = [];
+    for (const tenantId of this.changed) {
+      const sweep = this.closedSweeps.get(tenantId);
+      // Opened again since: the catalog keeps what it had until the tenant closes.
+      if (!sweep && this.open.has(tenantId)) continue;
+      if (sweep) {
+        noted.push({ tenantId, oldest: sweep.oldest, retentionMs: sweep.retentionMs });
+        this.kept.set(tenantId, { oldest: sweep.oldest, retentionMs: sweep.retentionMs });
+      } else {
+        cleared.push(tenantId);
+        this.kept.delete(tenantId);
+      }
+    }
+    this.changed.clear();
+    return { noted, cleared };
+  }
 
   get size(): number {
     return this.open.size;
@@ -67,7 +110,7 @@ export class DbPool {
     const db = TenantDb.open({ path, tenantId, sync: this.sync, create: false });
     const sweep = this.closedSweeps.get(tenantId);
     if (sweep) {
-      // Open again: the shard's sweep of open tenants takes it from here.
+      // Open again: the shard's sweep of open tenants takes it from here (the catalog keeps its note).
       db.setEventRetention(sweep.retentionMs);
       this.closedSweeps.delete(tenantId);
     }
@@ -128,7 +171,7 @@ export class DbPool {
   private forget(tenantId: string): void {
     this.open.get(tenantId)?.close();
     this.open.delete(tenantId);
-    this.closedSweeps.delete(tenantId);
+    this.noteSweep(tenantId, null);
   }
 
   /** Moves a directory to the trash at once and unlinks its files in the background. */
@@ -154,8 +197,7 @@ export class DbPool {
 
   closeAll(): number {
     const count = this.open.size;
-    for (const db of this.open.values()) db.close();
-    this.open.clear();
+    for (const [tenantId, db] of this.open) this.closeConnection(tenantId, db);
     return count;
   }
 
@@ -173,22 +215,22 @@ export class DbPool {
 
   /** Closes a connection, first noting what its events need swept while it is closed. */
   private closeConnection(tenantId: string, db: TenantDb): void {
+    let sweep: { oldest: number; retentionMs: number } | null = null;
     try {
-      const sweep = db.eventSweepState();
-      if (sweep) this.closedSweeps.set(tenantId, sweep);
+      sweep = db.eventSweepState();
     } catch {
       // A database that cannot be read now has nothing the sweep could do either.
     }
     db.close();
     this.open.delete(tenantId);
+    this.noteSweep(tenantId, sweep);
   }
 
   /** A tenant's new event retention (UpdateTenant): for its open connection, or for the sweep of it closed. */
   setEventRetention(tenantId: string, retentionMs: number): void {
     this.open.get(tenantId)?.setEventRetention(retentionMs);
     const sweep = this.closedSweeps.get(tenantId);
-    if (sweep && retentionMs > 0) sweep.retentionMs = retentionMs;
-    else if (sweep) this.closedSweeps.delete(tenantId);
+    if (sweep) this.noteSweep(tenantId, retentionMs > 0 ? { oldest: sweep.oldest, retentionMs } : null);
   }
 
   /**
@@ -204,19 +246,19 @@ export class DbPool {
       if (swept >= limit) break;
       if (sweep.oldest + sweep.retentionMs > now || skip(tenantId)) continue;
       swept++;
-      this.closedSweeps.delete(tenantId);
       let db: TenantDb | null = null;
+      let next: { oldest: number; retentionMs: number } | null = null;
       try {
         db = TenantDb.open({ path: tenantDbPath(this.dataDir, tenantId), tenantId, sync: this.sync, create: false });
         db.setEventRetention(sweep.retentionMs);
         db.sweepExpiredEvents();
-        const next = db.eventSweepState();
-        if (next) this.closedSweeps.set(tenantId, next);
+        next = db.eventSweepState();
       } catch (error) {
         failed(tenantId, error);
       } finally {
         db?.close();
       }
+      this.noteSweep(tenantId, next);
     }
     return swept;
   }

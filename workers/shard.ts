@@ -32,13 +32,13 @@ import { addRows, addShardTime, kSlotsPerPage, storeStoragePages, viewPage, kSto
 import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from './groupCommit.ts';
 import { Replies } from './replies.ts';
-import { countCommit, reportGroupSpans, reportSpanSince, reportStats, shardClock, withShardSpan } from './telemetry.ts';
+import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
 import type { TenantDb } from './tenantDb.ts';
 
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
-const pool = new DbPool(data.dataDir, data.sync, data.maxOpenDbs);
+const pool = new DbPool(data.dataDir, data.sync, data.maxOpenDbs, data.closedSweeps);
 const quotaPages: QuotaPage[] = data.quotaPages.map(viewPage);
 
 /** Records what a call did in the tenant's shared usage slot. */
@@ -134,8 +134,12 @@ function handle(request: Call): ShardResults[Call['op']] {
     }
     case 'drop':
       return { removed: pool.remove(request.tenantId) };
-    case 'shutdown':
-      return { closed: pool.closeAll() };
+    case 'shutdown': {
+      const closed = pool.closeAll();
+      // Posted ahead of this answer: the front end keeps them before it closes the catalog.
+      reportSweeps(pool);
+      return { closed };
+    }
     case 'crash':
       // Reaches here only when fault injection is off (runTurn throws first otherwise).
       throw new ShardError({ code: Status.PERMISSION_DENIED, reason: 'FAULT_INJECTION_DISABLED', message: 'crash is not a call' });
@@ -426,6 +430,7 @@ setInterval(() => {
     }
   }
   pool.sweepClosed(Date.now(), (tenantId) => held.has(tenantId), CLOSED_SWEEPS_PER_TICK, logSweepFailure);
+  reportSweeps(pool);
 }, data.eventSweepMs).unref();
 
 port.on('message', (message: ShardInbound) => {
@@ -437,4 +442,5 @@ port.on('message', (message: ShardInbound) => {
   }
   replies.flush();
   reportStats(pool.size);
+  reportSweeps(pool);
 });

@@ -5,13 +5,15 @@
  * context the worker reports when it ran (a `span` message, posted before
  * the call's answer on the same port, so it arrives first), and the front
  * end makes the child span under the caller's span (src/routing/shardSpans.ts).
- * Gauges the front end cannot see go up as `stats` messages when they change.
+ * Gauges the front end cannot see go up as `stats` messages when they change,
+ * and the notes of closed tenants' event sweeps as `sweeps` messages.
  *
  * Nothing here throws: telemetry must not change a call's answer.
  */
 import { performance } from 'node:perf_hooks';
 import { parentPort } from 'node:worker_threads';
 import type { ShardRequest, ShardResponse, ShardSpan, ShardStats } from '../src/protocol.ts';
+import type { DbPool } from './dbPool.ts';
 
 /** Epoch ms with sub-ms precision; the front end's clock is on the same scale. */
 export function shardClock(): number {
@@ -68,6 +70,12 @@ export const commitStats = { commits: 0, committedCalls: 0 };
 export function countCommit(calls: number): void {
   commitStats.commits++;
   commitStats.committedCalls += calls;
+}
+
+/** Tells the front end how the pool's notes of closed tenants' event sweeps changed, for the catalog. */
+export function reportSweeps(pool: DbPool): void {
+  const changes = pool.takeSweepChanges();
+  if (changes) post({ id: 0, kind: 'sweeps', ...changes });
 }
 
 const reported: ShardStats = { openDatabases: -1, commits: 0, committedCalls: 0 };

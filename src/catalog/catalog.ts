@@ -5,6 +5,7 @@
  */
 import Database from 'better-sqlite3';
 import type { QuotaValues } from '../config.ts';
+import type { EventSweep } from '../protocol.ts';
 
 export type TenantState = 'ACTIVE' | 'SUSPENDED';
 export type KeyRole = 'ADMIN' | 'READ_WRITE' | 'READ_ONLY';
@@ -95,6 +96,13 @@ CREATE TABLE IF NOT EXISTS migrations (
   sql          TEXT NOT NULL,
   create_time  INTEGER NOT NULL
 ) STRICT;
+-- Closed tenants whose events expire at oldest + retention_ms: the shards'
+-- notes, kept here so that a restarted shard still sweeps them (workers/dbPool.ts).
+CREATE TABLE IF NOT EXISTS event_sweeps (
+  tenant_id    TEXT PRIMARY KEY REFERENCES tenants (tenant_id) ON DELETE CASCADE,
+  oldest       INTEGER NOT NULL,
+  retention_ms INTEGER NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS migration_failures (
   version   INTEGER NOT NULL REFERENCES migrations (version),
   tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id) ON DELETE CASCADE,
@@ -178,6 +186,13 @@ export class Catalog {
          WHERE tenant_id = @tenant_id`,
       ),
       deleteTenant: db.prepare<[string]>('DELETE FROM tenants WHERE tenant_id = ?'),
+      eventSweeps: db.prepare<[], { tenant_id: string; oldest: number; retention_ms: number }>('SELECT * FROM event_sweeps'),
+      // A tenant deleted meanwhile has no row to hang the note on: nothing is kept.
+      noteEventSweep: db.prepare<[string, number, number, string]>(
+        `INSERT INTO event_sweeps (tenant_id, oldest, retention_ms) SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = ?)
+         ON CONFLICT (tenant_id) DO UPDATE SET oldest = excluded.oldest, retention_ms = excluded.retention_ms`,
+      ),
+      clearEventSweep: db.prepare<[string]>('DELETE FROM event_sweeps WHERE tenant_id = ?'),
       insertKey: db.prepare(
         `INSERT INTO api_keys (key_id, tenant_id, role, display_name, hash, create_time, revoke_time)
          VALUES (@key_id, @tenant_id, @role, @display_name, @hash, @create_time, @revoke_time)`,
@@ -234,6 +249,19 @@ export class Catalog {
   /** Every tenant, one at a time: no array of 100,000 rows at start-up. */
   *eachTenant(): Generator<TenantRecord> {
     for (const row of this.statements.allTenants.iterate()) yield toTenant(row);
+  }
+
+  /** The shards' notes of closed tenants with events to sweep. */
+  eventSweeps(): EventSweep[] {
+    return this.statements.eventSweeps.all().map((row) => ({ tenantId: row.tenant_id, oldest: row.oldest, retentionMs: row.retention_ms }));
+  }
+
+  /** Keeps what a shard reported of its notes (one transaction). */
+  saveEventSweeps(noted: readonly EventSweep[], cleared: readonly string[]): void {
+    this.transaction(() => {
+      for (const sweep of noted) this.statements.noteEventSweep.run(sweep.tenantId, Math.floor(sweep.oldest), Math.floor(sweep.retentionMs), sweep.tenantId);
+      for (const tenantId of cleared) this.statements.clearEventSweep.run(tenantId);
+    });
   }
 
   /** Hands the page cache back after a full scan (start-up reads every tenant once). */

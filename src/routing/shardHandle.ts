@@ -17,6 +17,7 @@ import { TenantdError, unavailable } from '../errors.ts';
 import {
   packExecute,
   unpackResult,
+  type EventSweep,
   type PackedExecute,
   type PackedResult,
   type QueryChunk,
@@ -47,9 +48,13 @@ const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'bootstrap.mjs');
 const SHARD_ENTRY = new URL(`../../workers/shard.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
 const RESTART_DELAY_MS = [0, 100, 500, 2_000];
 
-export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry' | 'quotaPages'> {
+export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry' | 'quotaPages' | 'closedSweeps'> {
   /** Every page of shared quota state so far, handed to each worker it starts. */
   quotaPages(): QuotaPageBuffers[];
+  /** This shard's closed tenants with events to sweep (the catalog's notes), handed to each worker it starts. */
+  closedSweeps(): EventSweep[];
+  /** The worker's notes of them changed: the catalog keeps them for the next worker. */
+  onSweeps(noted: EventSweep[], cleared: string[]): void;
   onLog(level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown>): void;
 }
 
@@ -178,8 +183,8 @@ export class ShardHandle implements ObservedShard {
 
   private spawn(): void {
     this.lastStart = Date.now();
-    const { onLog: _onLog, quotaPages, ...data } = this.options;
-    const workerData: ShardWorkerData = { ...data, quotaPages: quotaPages(), entry: SHARD_ENTRY.href };
+    const { onLog: _onLog, onSweeps: _onSweeps, quotaPages, closedSweeps, ...data } = this.options;
+    const workerData: ShardWorkerData = { ...data, quotaPages: quotaPages(), closedSweeps: closedSweeps(), entry: SHARD_ENTRY.href };
     const worker = new Worker(BOOTSTRAP, { workerData, name: `shard-${data.shardIndex}` });
     worker.on('message', (message: ShardOutbound) => {
       if (!Array.isArray(message)) return this.onMessage(message);
@@ -211,6 +216,10 @@ export class ShardHandle implements ObservedShard {
   private onMessage(message: ShardResponse): void {
     if (message.kind === 'stats') {
       this.stats = message.stats;
+      return;
+    }
+    if (message.kind === 'sweeps') {
+      this.options.onSweeps(message.noted, message.cleared);
       return;
     }
     const pending = this.pending.get(message.id);
