@@ -14,6 +14,9 @@ import { replacedDir, trashDir } from '../src/tenants/restoreFiles.ts';
 import { ShardError } from './shardError.ts';
 import { TenantDb } from './tenantDb.ts';
 
+/** When a closed tenant's oldest event expires: at oldest + retentionMs. */
+type SweepNote = Omit<EventSweep, 'tenantId'>;
+
 export class DbPool {
   private readonly open = new Map<string, TenantDb>();
   /** Tenants whose connection must not be closed to make room: a snapshot is reading it. */
@@ -23,14 +26,14 @@ export class DbPool {
    * the retention, noted as the connection closed, so that sweepClosed
    * removes them without waiting for the tenant's next call.
    */
-  private readonly closedSweeps = new Map<string, { oldest: number; retentionMs: number }>();
+  private readonly closedSweeps = new Map<string, SweepNote>();
   /**
    * What the catalog holds of these notes, as far as this shard told it
    * (the shard posts takeSweepChanges() to the front end), so that a
    * restarted shard starts from them. A note stays there while its tenant is
    * open: should the process die, sweeping it once too often costs nothing.
    */
-  private readonly kept = new Map<string, { oldest: number; retentionMs: number }>();
+  private readonly kept = new Map<string, SweepNote>();
   private readonly changed = new Set<string>();
 
   constructor(
@@ -46,7 +49,7 @@ export class DbPool {
   }
 
   /** Notes (or, with null, drops) what the tenant's events need swept while it is closed. */
-  private noteSweep(tenantId: string, sweep: { oldest: number; retentionMs: number } | null): void {
+  private noteSweep(tenantId: string, sweep: SweepNote | null): void {
     if (sweep) this.closedSweeps.set(tenantId, sweep);
     else this.closedSweeps.delete(tenantId);
     const kept = this.kept.get(tenantId);
@@ -215,7 +218,7 @@ export class DbPool {
 
   /** Closes a connection, first noting what its events need swept while it is closed. */
   private closeConnection(tenantId: string, db: TenantDb): void {
-    let sweep: { oldest: number; retentionMs: number } | null = null;
+    let sweep: SweepNote | null = null;
     try {
       sweep = db.eventSweepState();
     } catch {
@@ -247,7 +250,7 @@ export class DbPool {
       if (sweep.oldest + sweep.retentionMs > now || skip(tenantId)) continue;
       swept++;
       let db: TenantDb | null = null;
-      let next: { oldest: number; retentionMs: number } | null = null;
+      let next: SweepNote | null = null;
       try {
         db = TenantDb.open({ path: tenantDbPath(this.dataDir, tenantId), tenantId, sync: this.sync, create: false });
         db.setEventRetention(sweep.retentionMs);
