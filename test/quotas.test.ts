@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import { kBytesPerSlot } from '../src/quota/layout.ts';
 import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
@@ -249,6 +249,37 @@ describe('plans and overrides', () => {
 });
 
 describe('usage', () => {
+  it("forgets a tenant's latency window two minutes after its last call, and starts a new one at its next", async () => {
+    // A server of its own: its clock (Date) jumps ahead; the shard threads keep theirs.
+    const own = await startTestServer({ shards: 1 });
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const quick = { quotas: { requests_per_second: '-1' } };
+      const idleKey = await own.createTenant('went-idle', quick);
+      const busyKey = await own.createTenant('kept-busy', quick);
+      await own.sql(idleKey, 'SELECT 1');
+      await own.sql(busyKey, 'SELECT 1');
+      const usageOf = (tenantId: string) => own.client.call('TenantService', 'GetTenantUsage', { name: `tenants/${tenantId}` }, { key: own.adminKey });
+      expect((await usageOf('went-idle')).latency_p50_ms).toBeGreaterThan(0);
+      expect(own.server.registry.latencyWindows).toBe(2);
+
+      // Three minutes on, only one of them calls: its call sweeps the other's window away.
+      vi.setSystemTime(Date.now() + 3 * 60_000);
+      await own.sql(busyKey, 'SELECT 1');
+      expect(own.server.registry.get('went-idle')!.latency).toBeNull();
+      expect(own.server.registry.latencyWindows).toBe(1);
+      expect((await usageOf('went-idle')).latency_p50_ms).toBe(0);
+      expect((await usageOf('kept-busy')).latency_p50_ms).toBeGreaterThan(0);
+
+      await own.sql(idleKey, 'SELECT 1');
+      expect(own.server.registry.latencyWindows).toBe(2);
+      expect((await usageOf('went-idle')).latency_p50_ms).toBeGreaterThan(0);
+    } finally {
+      vi.useRealTimers();
+      await own.stop();
+    }
+  });
+
   it('matches what the calls did', async () => {
     const key = await t.createTenant('counted', { quotas: { requests_per_second: '-1' } });
     await t.sql(key, 'CREATE TABLE r (x)');
