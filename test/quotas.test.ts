@@ -34,6 +34,14 @@ function quota(u: any, name: string): { current: string; limit: string; utilizat
   return u.quotas.find((q: { quota: string }) => q.quota === name);
 }
 
+/** Polls usage (up to 5 s) until the tenant has no calls in flight. */
+async function untilNoneInFlight(tenantId: string): Promise<void> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    if (quota(await usage(tenantId), 'concurrent_requests').current === '0') return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** Waits until the next 100 ms bucket boundary plus a little, so a burst lands in one window. */
 async function alignToBucket(): Promise<void> {
   await new Promise((r) => setTimeout(r, 100 - (Date.now() % 100) + 5));
@@ -153,6 +161,10 @@ describe('concurrent_requests', () => {
     await t.client.failure('SqlService', 'Execute', { sql: SLOW }, { key, deadlineMs: 20 });
     await t.client.failure('SqlService', 'Execute', { sql: SLOW }, { key, deadlineMs: 20 });
 
+    // The cancelled calls leave as the server sees the cancellations (later, on a loaded host).
+    await untilNoneInFlight('conc');
+    expect(quota(await usage('conc'), 'concurrent_requests').current).toBe('0');
+
     // A worker that dies with the tenant's calls in flight releases them as well.
     const { shardOf } = await import('../src/routing/shardRouter.ts');
     const shard = t.server.router.shards[shardOf('conc', t.server.router.shards.length)]!;
@@ -161,11 +173,7 @@ describe('concurrent_requests', () => {
     expect((await lost).code).toBe(status.UNAVAILABLE);
     await crash;
 
-    for (let attempt = 0; attempt < 100; attempt++) {
-      const current = quota(await usage('conc'), 'concurrent_requests').current;
-      if (current === '0') break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await untilNoneInFlight('conc');
     expect(quota(await usage('conc'), 'concurrent_requests').current).toBe('0');
     // And the full limit is available again.
     let answered = false;
