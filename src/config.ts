@@ -2,7 +2,7 @@
  * The server's options: one validated, fully defaulted type. Flags win over
  * the environment (`TENANTD_*`), the environment over the YAML file.
  */
-import { availableParallelism } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 
@@ -50,6 +50,22 @@ export function snakeCase(field: string): string {
   return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
+/** A node's part in a cluster; `etcd` empty: a single node, no cluster. */
+export interface ClusterConfig {
+  /** etcd endpoints (`http://host:2379`), where placement and membership live. */
+  etcd: string[];
+  /** This node's id in placement: stable across restarts (it owns slots under it). */
+  nodeId: string;
+  /** Where clients, the proxy and other nodes reach this node's gRPC port; null: 127.0.0.1 and the bound port. */
+  advertise: string | null;
+  /** Where other nodes send it moved tenants; null: `advertise`. */
+  internalAdvertise: string | null;
+  /** Seconds a node's lease lives without renewal; it fences itself after 2/3 of it. */
+  leaseTtlSeconds: number;
+  /** How long a move's source keeps its old copy (calls for it are forwarded meanwhile). */
+  moveGraceMs: number;
+}
+
 export interface Config {
   listen: string;
   dataDir: string;
@@ -82,6 +98,7 @@ export interface Config {
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
   metricsPerTenant: boolean;
+  cluster: ClusterConfig;
 }
 
 const MIB = 1024 * 1024;
@@ -137,6 +154,7 @@ export function defaultConfig(): Config {
     queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
     telemetry: true,
     metricsPerTenant: false,
+    cluster: { etcd: [], nodeId: hostname(), advertise: null, internalAdvertise: null, leaseTtlSeconds: 10, moveGraceMs: 30_000 },
   };
 }
 
@@ -192,6 +210,17 @@ function asEnum<T extends string>(raw: unknown, where: string, allowed: readonly
     throw new ConfigError(`${describe(where, raw)} one of ${allowed.join(', ')}`);
   }
   return raw as T;
+}
+
+/** etcd endpoints, comma-separated: `http://host:2379,http://host2:2379`. */
+function asEndpoints(raw: unknown, where: string): string[] {
+  const list = (Array.isArray(raw) ? raw : asString(raw, where).split(',')).map((e) => String(e).trim()).filter((e) => e !== '');
+  for (const endpoint of list) {
+    if (!/^https?:\/\/[A-Za-z0-9.[\]:-]+:\d{1,5}$/.test(endpoint)) {
+      throw new ConfigError(`${describe(where, raw)} etcd endpoints like http://127.0.0.1:2379, comma-separated`);
+    }
+  }
+  return list;
 }
 
 const OPTIONS: ScalarOption[] = [
@@ -258,6 +287,41 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_METRICS_PER_TENANT',
     yaml: 'metrics_per_tenant',
     apply: (c, r, w) => (c.metricsPerTenant = asSwitch(r, w)),
+  },
+  {
+    flag: 'cluster-etcd',
+    env: 'TENANTD_CLUSTER_ETCD',
+    yaml: 'cluster_etcd',
+    apply: (c, r, w) => (c.cluster.etcd = asEndpoints(r, w)),
+  },
+  {
+    flag: 'node-id',
+    env: 'TENANTD_NODE_ID',
+    yaml: 'node_id',
+    apply: (c, r, w) => {
+      const id = asString(r, w);
+      if (!/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(id)) throw new ConfigError(`${describe(w, r)} 1-63 lowercase letters, digits, '.', '_' or '-'`);
+      c.cluster.nodeId = id;
+    },
+  },
+  { flag: 'advertise', env: 'TENANTD_ADVERTISE', yaml: 'advertise', apply: (c, r, w) => (c.cluster.advertise = asListenAddress(r, w)) },
+  {
+    flag: 'internal-advertise',
+    env: 'TENANTD_INTERNAL_ADVERTISE',
+    yaml: 'internal_advertise',
+    apply: (c, r, w) => (c.cluster.internalAdvertise = asListenAddress(r, w)),
+  },
+  {
+    flag: 'lease-ttl-s',
+    env: 'TENANTD_LEASE_TTL_S',
+    yaml: 'lease_ttl_s',
+    apply: (c, r, w) => (c.cluster.leaseTtlSeconds = asInteger(r, w, 2, 300)),
+  },
+  {
+    flag: 'move-grace-ms',
+    env: 'TENANTD_MOVE_GRACE_MS',
+    yaml: 'move_grace_ms',
+    apply: (c, r, w) => (c.cluster.moveGraceMs = asInteger(r, w, 0, 3_600_000)),
   },
 ];
 

@@ -21,6 +21,7 @@ async function main(argv: string[]): Promise<number> {
     return command === undefined ? 2 : 0;
   }
   if (CLI_COMMANDS.has(command)) return cli(command, rest);
+  if (command === 'cluster') return (await import('./cluster/cli.ts')).clusterCli(rest);
   if (command !== 'serve') {
     process.stderr.write(`unknown command ${JSON.stringify(command)}\n${USAGE}\n`);
     return 2;

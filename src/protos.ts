@@ -14,6 +14,7 @@ export const SERVICE_FILES = [
   'tenantd/v1/sql_service.proto',
   'tenantd/v1/schema_service.proto',
   'tenantd/v1/event_service.proto',
+  'tenantd/v1/cluster_service.proto',
   'grpc/health/v1/health.proto',
 ];
 

@@ -39,6 +39,8 @@ import { Migrator } from './schema/migrator.ts';
 import { startHttpHealth, type MetricsHandler } from './httpHealth.ts';
 import { RpcObserver } from './grpc/rpcObserver.ts';
 import { ServerMetrics } from './telemetry/serverMetrics.ts';
+import type { Handlers } from './grpc/handlers.ts';
+import { ClusterNode } from './cluster/cluster.ts';
 
 const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService', 'tenantd.v1.EventService'];
 
@@ -123,7 +125,7 @@ export async function startServer(
   const router = new ShardRouter(shards);
   const migrator = new Migrator(catalog, registry, router, logger);
   const hub = new EventHub();
-  const fileChecks = new FileChecks(config.sync);
+  const fileChecks = new FileChecks(config.sync, config.cluster.etcd.length > 0);
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
@@ -143,34 +145,63 @@ export async function startServer(
     : null;
   const observer = new RpcObserver(metrics, logger);
   const health = new HealthState(SERVICES);
-  const access = new Access(auth, registry);
+  // In a cluster, a tenant being moved away has its writes fenced (cluster/moves.ts).
+  let cluster: ClusterNode | null = null;
+  const access = new Access(auth, registry, (tenantId) => cluster?.writeFenced(tenantId) ?? false);
   const definition = packageDefinition();
   const loaded = grpc.loadPackageDefinition(definition) as unknown as {
     tenantd: { v1: Record<string, { service: grpc.ServiceDefinition }> };
     grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } };
   };
+  const definitions: Record<string, grpc.ServiceDefinition> = {
+    ...Object.fromEntries(Object.entries(loaded.tenantd.v1).flatMap(([name, value]) => (value?.service ? [[name, value.service]] : []))),
+    Health: loaded.grpc.health.v1.Health.service,
+  };
+  if (config.cluster.etcd.length > 0) {
+    try {
+      cluster = await ClusterNode.create({
+        config: config.cluster,
+        registry,
+        manager,
+        backups,
+        auth,
+        access,
+        adminKey: () => adminKey.key,
+        logger,
+        definitions,
+      });
+    } catch (error) {
+      await router.stop();
+      await fileChecks.close();
+      catalog.close();
+      throw error;
+    }
+  }
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
   });
   const admitter = new Admitter(table);
   const tenantObserver = observer.service('tenantd.v1.TenantService');
-  server.addService(loaded.tenantd.v1.TenantService!.service, {
-    ...tenantService(access, manager, catalog, tenantObserver),
-    ...usageService(access, manager, table, admitter, dataDir, tenantObserver),
-    ...backupService(access, manager, backups, tenantObserver),
-  });
   const admit = createAdmit(admitter, registry, metrics);
-  server.addService(
-    loaded.tenantd.v1.SqlService!.service,
-    sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits)),
-  );
-  server.addService(loaded.tenantd.v1.EventService!.service, eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')));
-  server.addService(
-    loaded.tenantd.v1.SchemaService!.service,
-    schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
-  );
-  server.addService(loaded.grpc.health.v1.Health.service, health.handlers(observer.service('grpc.health.v1.Health')));
+  const local: Record<string, Handlers> = {
+    TenantService: {
+      ...tenantService(access, manager, catalog, tenantObserver),
+      ...usageService(access, manager, table, admitter, dataDir, tenantObserver),
+      ...backupService(access, manager, backups, tenantObserver),
+    },
+    SqlService: sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits)),
+    EventService: eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')),
+    SchemaService: schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
+    Health: health.handlers(observer.service('grpc.health.v1.Health')),
+  };
+  if (cluster) local.ClusterService = cluster.serviceHandlers(observer.service('tenantd.v1.ClusterService'));
+  // Every call passes the cluster's router first: served here, passed to its tenant's owner, or fanned out.
+  const fanout = cluster?.fanoutHandlers(local) ?? {};
+  for (const [name, handlers] of Object.entries(local)) {
+    const routed = cluster ? cluster.route(name, handlers, fanout) : { definition: definitions[name]!, handlers };
+    server.addService(routed.definition, routed.handlers as grpc.UntypedServiceImplementation);
+  }
   new ReflectionService(definition).addToServer(server);
 
   const port = await new Promise<number>((resolvePort, reject) => {
@@ -186,6 +217,18 @@ export async function startServer(
     http = started.server;
     httpPort = started.port;
   }
+  if (cluster) {
+    try {
+      await cluster.join(port);
+    } catch (error) {
+      server.forceShutdown();
+      await cluster.stop().catch(() => undefined);
+      await router.stop();
+      await fileChecks.close();
+      catalog.close();
+      throw new Error(`cannot join the cluster: ${(error as Error).message}`, { cause: error });
+    }
+  }
   // Tenants left behind by a restart in the middle of a pass catch up in the background.
   void migrator.startPass();
   logger.info('tenantd serving', {
@@ -196,6 +239,7 @@ export async function startServer(
     sync: config.sync,
     tenants: registry.size,
     httpPort,
+    node: cluster ? config.cluster.nodeId : undefined,
   });
 
   let stopping: Promise<void> | null = null;
@@ -218,6 +262,7 @@ export async function startServer(
         });
       });
       await migrator.stopped();
+      await cluster?.stop().catch((error: unknown) => logger.warn('leaving the cluster failed', { error: String(error) }));
       await router.stop();
       await fileChecks.close();
       metrics?.close();

@@ -16,7 +16,7 @@ export const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 export const MAX_SUBSCRIBERS_PER_TENANT = 16;
 
 /** Why the hub ended a subscription. */
-export type SubscriptionEnd = 'shutdown' | 'suspended' | 'deleted' | 'too_slow';
+export type SubscriptionEnd = 'shutdown' | 'suspended' | 'deleted' | 'too_slow' | 'moved';
 
 export interface Subscriber {
   /** Takes published events; returns false when the subscriber has too many waiting. */

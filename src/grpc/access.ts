@@ -20,6 +20,8 @@ export class Access {
   constructor(
     private readonly auth: Authenticator,
     private readonly registry: TenantRegistry,
+    /** True while a tenant's writes are fenced (it is being moved to another node): its calls run as READ_ONLY. */
+    private readonly writeFenced: (tenantId: string) => boolean = () => false,
   ) {}
 
   admin(metadata: Metadata): Principal {
@@ -74,6 +76,6 @@ export class Access {
         metadata: { tenant: tenantId },
       });
     }
-    return { principal, tenant, readOnly: principal.role === 'READ_ONLY' };
+    return { principal, tenant, readOnly: principal.role === 'READ_ONLY' || this.writeFenced(tenantId) };
   }
 }

@@ -99,6 +99,10 @@ const ENDED: Record<SubscriptionEnd, () => TenantdError> = {
   shutdown: () => new TenantdError(Status.UNAVAILABLE, 'SHUTTING_DOWN', 'the server is shutting down; subscribe again from the next position'),
   suspended: () => new TenantdError(Status.FAILED_PRECONDITION, 'TENANT_SUSPENDED', 'the tenant was suspended'),
   deleted: () => new TenantdError(Status.NOT_FOUND, 'TENANT_NOT_FOUND', 'the tenant was deleted'),
+  moved: () =>
+    new TenantdError(Status.UNAVAILABLE, 'TENANT_MOVED', 'the tenant moved to another node; subscribe again from the next position', {
+      retryDelayMs: 100,
+    }),
   too_slow: () =>
     new TenantdError(
       Status.RESOURCE_EXHAUSTED,

@@ -25,11 +25,19 @@ const CLOSE_TIMEOUT_MS = 60_000;
 export class FileChecks {
   private readonly pool: Piscina<FileTask, FileTaskResult>;
 
-  constructor(private readonly sync: SyncMode) {
+  /**
+   * `keepWarm`: keep one thread started. A cluster node does, because a
+   * tenant moved to it is checked here while the tenant's writes wait, and
+   * starting a thread takes a second or more on a busy host.
+   */
+  constructor(
+    private readonly sync: SyncMode,
+    keepWarm = false,
+  ) {
     this.pool = new Piscina({
       filename: BOOTSTRAP,
       workerData: { entry: ENTRY.href },
-      minThreads: 0,
+      minThreads: keepWarm ? 1 : 0,
       maxThreads: Math.max(1, Math.floor(availableParallelism() / 4)),
       idleTimeout: IDLE_TIMEOUT_MS,
       closeTimeout: CLOSE_TIMEOUT_MS,

@@ -344,6 +344,73 @@ export class TenantManager {
     this.registry.remove(tenantId);
   }
 
+  /**
+   * The catalog rows that travel with a tenant moved to another node: its
+   * record and every key (hashes only; revoked ones too, so a revoked key
+   * stays revoked there).
+   */
+  exportRows(tenantId: string): { record: TenantRecord; keys: KeyRecord[] } {
+    const live = this.get(tenantId);
+    return { record: live.record, keys: this.catalog.listKeys(tenantId, '', 1_000_000, true) };
+  }
+
+  /**
+   * Installs a tenant moved here from another node: `file` (a snapshot under
+   * the data directory, taken over by the shard) checked and migrated like a
+   * restore, then its catalog rows as they were on the source. A copy left
+   * here by an earlier move is replaced: the caller has checked that this
+   * node does not own the tenant yet.
+   */
+  async adopt(record: TenantRecord, keys: readonly KeyRecord[], file: string): Promise<LiveTenant> {
+    checkTenantId(record.tenantId, 'header.tenant_id');
+    const tenantId = record.tenantId;
+    if (this.creating.has(tenantId)) {
+      throw new TenantdError(Status.ABORTED, 'TENANT_BUSY', `tenants/${tenantId} is being created or restored here; retry`);
+    }
+    this.creating.add(tenantId);
+    try {
+      if (this.registry.get(tenantId)) await this.release(tenantId);
+      const schemaVersion = await this.fileChecks.checkRestore(file, tenantId, toSteps(this.catalog.migrations()));
+      const shard = this.router.forTenant(tenantId);
+      await shard.call({ op: 'restore', tenantId, file });
+      const installed: TenantRecord = { ...record, schemaVersion: Math.max(schemaVersion, record.schemaVersion) };
+      try {
+        this.catalog.transaction(() => {
+          this.catalog.insertTenant(installed);
+          for (const key of keys) this.catalog.insertKey({ ...key, tenantId });
+        });
+      } catch (error) {
+        await shard.call({ op: 'drop', tenantId }).catch(() => undefined);
+        throw error;
+      }
+      return this.registry.put(installed);
+    } finally {
+      this.creating.delete(tenantId);
+    }
+  }
+
+  /**
+   * Removes this node's copy of a tenant that now lives elsewhere (after a
+   * move's grace period, or before adopting a newer copy): like a forced
+   * delete, but its calls were already going to the new owner.
+   */
+  async release(tenantId: string): Promise<void> {
+    const live = this.registry.get(tenantId);
+    if (!live) return;
+    live.deleting = true;
+    this.auth.evictTenant(tenantId);
+    this.hub?.endAll('moved', tenantId);
+    await this.registry.waitIdle(live, DELETE_WAIT_MS);
+    try {
+      await this.router.forTenant(tenantId).call({ op: 'drop', tenantId });
+    } catch (error) {
+      live.deleting = false;
+      throw error;
+    }
+    this.catalog.deleteTenant(tenantId);
+    this.registry.remove(tenantId);
+  }
+
   createKey(tenantId: string, role: KeyRole, displayName: string): { key: KeyRecord; secret: string } {
     this.get(tenantId);
     if (displayName.length > 200) throw invalidArgument('api_key.display_name', 'at most 200 characters');

@@ -1,0 +1,170 @@
+/**
+ * tenantd.v1.ClusterService (admin key): where things live, moves, the
+ * rebalance, and the internal ReceiveTenant that a move's source streams a
+ * tenant to.
+ */
+import { createHash } from 'node:crypto';
+import { open, rm, type FileHandle } from 'node:fs/promises';
+import { status as Status, type ServerReadableStream, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
+import { TenantdError, invalidArgument } from '../errors.ts';
+import type { KeyRecord, TenantRecord } from '../catalog/catalog.ts';
+import type { Access } from '../grpc/access.ts';
+import { clientStream, serverStream, unary, type Handlers } from '../grpc/handlers.ts';
+import type { ServiceObserver } from '../grpc/rpcObserver.ts';
+import { tenantToProto, type ProtoTenant } from '../grpc/tenantMessages.ts';
+import type { Backups } from '../tenants/backups.ts';
+import { checkTenantId, type TenantManager } from '../tenants/manager.ts';
+import type { MoveFences, MoveReport, Mover } from './moves.ts';
+import type { Placement } from './placement.ts';
+import type { Rebalancer } from './rebalance.ts';
+import { SLOT_COUNT, slotOf } from './slots.ts';
+
+interface ProtoProgress {
+  subject: string;
+  stage: string;
+  message: string;
+  bytes: string;
+  write_pause_ms: string;
+  slots_done: number;
+  slots_total: number;
+}
+
+type ReceivePart =
+  | { part: 'header'; header: { catalog_json: string; epoch: string; sha256: string; size: string } }
+  | { part: 'chunk'; chunk: Buffer };
+
+export function toProgress(r: MoveReport & { slotsDone?: number; slotsTotal?: number }): ProtoProgress {
+  return {
+    subject: r.subject,
+    stage: r.stage,
+    message: r.message ?? '',
+    bytes: String(r.bytes ?? 0),
+    write_pause_ms: String(r.writePauseMs ?? 0),
+    slots_done: r.slotsDone ?? 0,
+    slots_total: r.slotsTotal ?? 0,
+  };
+}
+
+export interface ClusterServiceDeps {
+  self: string;
+  access: Access;
+  placement: Placement;
+  mover: Mover;
+  rebalancer: Rebalancer;
+  manager: TenantManager;
+  backups: Backups;
+  fences: MoveFences;
+}
+
+function parseCatalog(json: string): { record: TenantRecord; keys: KeyRecord[] } {
+  try {
+    const parsed = JSON.parse(json) as { record: TenantRecord; keys: (Omit<KeyRecord, 'hash'> & { hash: string })[] };
+    checkTenantId(parsed.record.tenantId, 'header.catalog_json.record.tenantId');
+    return { record: parsed.record, keys: parsed.keys.map((k) => ({ ...k, hash: Buffer.from(k.hash, 'base64') })) };
+  } catch (error) {
+    if (error instanceof TenantdError) throw error;
+    throw invalidArgument('header.catalog_json', `not the catalog rows of a tenant: ${(error as Error).message}`);
+  }
+}
+
+export function clusterService(d: ClusterServiceDeps, service: ServiceObserver): Handlers {
+  return {
+    GetPlacement: unary(service, 'GetPlacement', (call: ServerUnaryCall<{ tenant_id: string }, unknown>) => {
+      d.access.admin(call.metadata);
+      const bySlots = d.placement.slotsByNode();
+      const nodes = d.placement.liveNodes().map((n) => ({
+        node_id: n.id,
+        grpc_address: n.grpc,
+        internal_address: n.internal,
+        slots: bySlots.get(n.id)?.length ?? 0,
+      }));
+      const tenantId = call.request.tenant_id;
+      const owner = tenantId ? d.placement.ownerOf(tenantId) : null;
+      return {
+        node_id: d.self,
+        nodes,
+        unassigned_slots: bySlots.get('')?.length ?? 0,
+        overrides: d.placement.allOverrides().size,
+        slot: tenantId ? slotOf(tenantId) : 0,
+        owner: owner?.node ?? '',
+        epoch: String(owner?.epoch ?? 0),
+        revision: d.placement.revision,
+      };
+    }),
+
+    MoveTenant: serverStream(service, 'MoveTenant', async (call: ServerWritableStream<{ tenant_id: string; target_node: string }, ProtoProgress>) => {
+      d.access.admin(call.metadata);
+      const { tenant_id: tenantId, target_node: target } = call.request;
+      checkTenantId(tenantId, 'tenant_id');
+      await d.mover.moveTenant(tenantId, target, (r) => call.write(toProgress(r)));
+      call.write(toProgress({ subject: `tenants/${tenantId}`, stage: 'DONE' }));
+    }),
+
+    MoveSlots: serverStream(service, 'MoveSlots', async (call: ServerWritableStream<{ slots: number[]; target_node: string }, ProtoProgress>) => {
+      d.access.admin(call.metadata);
+      const { slots, target_node: target } = call.request;
+      slots.forEach((slot, i) => {
+        if (!Number.isInteger(slot) || slot < 0 || slot >= SLOT_COUNT) throw invalidArgument(`slots[${i}]`, `a slot from 0 to ${SLOT_COUNT - 1}`);
+      });
+      await d.mover.moveSlots(slots, target, (r) => call.write(toProgress(r)));
+    }),
+
+    Rebalance: serverStream(
+      service,
+      'Rebalance',
+      async (call: ServerWritableStream<{ drain_node: string; parallelism: number; dry_run: boolean }, ProtoProgress>) => {
+        d.access.admin(call.metadata);
+        const { drain_node: drain, parallelism, dry_run: dryRun } = call.request;
+        if (parallelism < 0 || parallelism > 64) throw invalidArgument('parallelism', 'from 1 to 64, or 0 for 4');
+        await d.rebalancer.run({ drain: drain || null, parallelism: parallelism || 4, dryRun }, (r) => call.write(toProgress(r)));
+      },
+    ),
+
+    ReceiveTenant: clientStream(service, 'ReceiveTenant', async (call: ServerReadableStream<ReceivePart, { tenant: ProtoTenant }>) => {
+      d.access.admin(call.metadata);
+      call.on('cancelled', () => call.destroy(new TenantdError(Status.CANCELLED, 'CANCELLED', 'the sender cancelled the transfer')));
+      let header: Extract<ReceivePart, { part: 'header' }>['header'] | null = null;
+      let rows: { record: TenantRecord; keys: KeyRecord[] } | null = null;
+      const hash = createHash('sha256');
+      const file = d.backups.tmpFile('restore');
+      let handle: FileHandle | null = null;
+      let bytes = 0;
+      try {
+        for await (const message of call as AsyncIterable<ReceivePart>) {
+          if (header === null) {
+            if (message.part !== 'header') throw invalidArgument('header', 'the first message must be the header');
+            header = message.header;
+            rows = parseCatalog(header.catalog_json);
+            const owner = d.placement.ownerOf(rows.record.tenantId);
+            // Never over a copy this node serves: only a tenant owned elsewhere can be sent here.
+            if (owner?.node === d.self) {
+              throw new TenantdError(Status.FAILED_PRECONDITION, 'ALREADY_OWNER', `node ${d.self} already owns tenants/${rows.record.tenantId}`);
+            }
+            if (owner && Number(header.epoch) <= owner.epoch) {
+              throw new TenantdError(Status.FAILED_PRECONDITION, 'STALE_EPOCH', `epoch ${header.epoch} is not newer than ${owner.epoch}`);
+            }
+            handle = await open(file, 'wx+');
+            continue;
+          }
+          if (message.part !== 'chunk') throw invalidArgument('header', 'only the first message may be a header');
+          bytes += message.chunk.length;
+          hash.update(message.chunk);
+          await handle!.write(message.chunk);
+        }
+        if (header === null || rows === null) throw invalidArgument('header', 'the stream ended before its header');
+        await handle!.close();
+        handle = null;
+        const digest = hash.digest('hex');
+        if (digest !== header.sha256 || String(bytes) !== header.size) {
+          throw invalidArgument('chunk', `received ${bytes} bytes hashing to ${digest}; the sender said ${header.size} bytes, ${header.sha256}`, 'CHECKSUM_MISMATCH');
+        }
+        const live = await d.manager.adopt(rows.record, rows.keys, file);
+        d.fences.noteAdopted(rows.record.tenantId, Number(header.epoch));
+        return { tenant: tenantToProto(live) };
+      } finally {
+        await handle?.close();
+        await rm(file, { force: true });
+      }
+    }),
+  };
+}
