@@ -5,11 +5,12 @@
  * A node may accept writes only while it can be sure no other node was
  * given its tenants. etcd revokes a lease TTL seconds after its last
  * renewal, and only then can the leader move the node's slots away, so a
- * node that has renewed within the last 2/3 TTL (by its own monotonic
- * clock) still owns what it owned. Past that, or once the lease is known
- * lost, it fences itself: writes are refused until a new lease is granted
- * AND the placement has been reloaded from etcd (a zombie resumed after
- * SIGSTOP must not act on the placement it cached before it stopped).
+ * node that has renewed within the last 3/4 TTL (by its own monotonic
+ * clock, at least a second short of the TTL) still owns what it owned.
+ * Past that it fences itself: writes are refused until a new lease is
+ * granted AND the placement has been reloaded from etcd (a zombie resumed
+ * after SIGSTOP must not act on the placement it cached before it stopped).
+ * A brief etcd restart costs nothing: renewals resume before the fence.
  */
 import type { Etcd3, Lease } from 'etcd3';
 import { NODES, type NodeInfo, type Placement } from './placement.ts';
@@ -33,13 +34,33 @@ export class Membership {
     private readonly options: MembershipOptions,
   ) {}
 
+  private watchdog: NodeJS.Timeout | null = null;
+
   async start(): Promise<void> {
     await this.grant();
+    // etcd3 reports a lease it found expired as 'lost'; this covers keep-alives that simply stopped
+    // answering (etcd partitioned away): past the whole TTL, get a new lease.
+    this.watchdog = setInterval(() => {
+      const staleMs = performance.now() - this.renewedAt;
+      if (!this.stopped && this.regranting === null && staleMs > this.options.ttlSeconds * 1000) this.regrant();
+    }, 1000);
+    this.watchdog.unref();
   }
 
   /** True while this node may accept writes for the tenants it owns. */
   fresh(): boolean {
-    return performance.now() - this.renewedAt < (this.options.ttlSeconds * 1000 * 2) / 3;
+    return performance.now() - this.renewedAt < this.freshForMs();
+  }
+
+  /**
+   * etcd drops the lease TTL after the last renewal it processed, which is no
+   * earlier than the one this node saw confirmed; a quarter of the TTL (at
+   * least a second) is kept as margin for clocks and for the time a write
+   * takes once admitted.
+   */
+  private freshForMs(): number {
+    const ttlMs = this.options.ttlSeconds * 1000;
+    return ttlMs - Math.max(1000, ttlMs / 4);
   }
 
   /** Milliseconds since the last confirmed renewal (for errors and status). */
@@ -48,15 +69,19 @@ export class Membership {
   }
 
   private async grant(): Promise<void> {
+    const previous = this.lease;
     const lease = this.etcd.lease(this.options.ttlSeconds, { autoKeepAlive: true });
     this.lease = lease;
+    // The registration moves to the new lease below; the old one (if etcd still has it) must not outlive it.
+    void previous?.revoke().catch(() => undefined);
     lease.on('keepaliveSucceeded', () => {
       if (this.lease === lease) this.renewedAt = performance.now();
     });
     lease.on('lost', (error: Error) => {
       if (this.lease !== lease || this.stopped) return;
-      this.renewedAt = -Infinity;
-      this.options.onLog('warn', 'cluster lease lost; refusing writes until it is granted again', { error: error.message });
+      // Not a reason to fence at once: etcd may only be restarting, and it cannot have dropped the lease
+      // before its TTL ran out, which fresh() measures. A new lease is asked for meanwhile.
+      this.options.onLog('warn', 'cluster lease keep-alive failed; asking for a new lease', { error: error.message, staleMs: this.staleForMs() });
       this.regrant();
     });
     await lease.put(`${NODES}${this.self.id}`).value(JSON.stringify({ grpc: this.self.grpc, internal: this.self.internal }));
@@ -82,6 +107,7 @@ export class Membership {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.watchdog) clearInterval(this.watchdog);
     const lease = this.lease;
     this.lease = null;
     this.renewedAt = -Infinity;
