@@ -14,7 +14,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { Etcd3 } from 'etcd3';
+import { etcdClient } from './etcdClient.ts';
 import { packageDefinition } from '../protos.ts';
 import { createLogger } from '../log.ts';
 import { Placement } from './placement.ts';
@@ -182,7 +182,7 @@ async function syncProxy(values: Record<string, string | boolean | undefined>): 
   const backends = Number(values.backends);
   if (!Number.isInteger(backends) || backends < 1 || backends > 1024) throw new UsageError(`--backends: expected 1 to 1024, got ${values.backends}`);
   const logger = createLogger('info');
-  const etcd = new Etcd3({ hosts: endpoints });
+  const etcd = etcdClient(endpoints);
   const placement = new Placement(etcd);
   await placement.start();
   const sync = new ProxySync(placement, {

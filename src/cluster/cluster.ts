@@ -6,7 +6,8 @@
  * the node once its port is known.
  */
 import * as grpc from '@grpc/grpc-js';
-import { Etcd3 } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
+import { etcdClient } from './etcdClient.ts';
 import type { ClusterConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import type { Access } from '../grpc/access.ts';
@@ -50,7 +51,7 @@ export class ClusterNode {
   private self: NodeInfo = { id: '', grpc: '', internal: '' };
 
   private constructor(private readonly d: ClusterDeps) {
-    this.etcd = new Etcd3({ hosts: d.config.etcd, dialTimeout: 3000 });
+    this.etcd = etcdClient(d.config.etcd);
     this.placement = new Placement(this.etcd);
     this.forwarder = new Forwarder(d.config.nodeId);
     this.fanout = new FanOut(this.placement, this.forwarder, d.access);

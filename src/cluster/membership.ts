@@ -84,9 +84,21 @@ export class Membership {
       this.options.onLog('warn', 'cluster lease keep-alive failed; asking for a new lease', { error: error.message, staleMs: this.staleForMs() });
       this.regrant();
     });
-    await lease.put(`${NODES}${this.self.id}`).value(JSON.stringify({ grpc: this.self.grpc, internal: this.self.internal }));
-    // What this node cached may be older than the lease it just got.
-    await this.placement.reload();
+    // Bounded: a grant that hangs (etcd gone mid-call) must not stop the next attempt.
+    const within = <T>(work: Promise<T>): Promise<T> =>
+      Promise.race([
+        work,
+        new Promise<T>((_, reject) => setTimeout(() => reject(new Error('etcd did not answer in time')), this.options.ttlSeconds * 1000).unref()),
+      ]);
+    try {
+      await within(Promise.resolve(lease.put(`${NODES}${this.self.id}`).value(JSON.stringify({ grpc: this.self.grpc, internal: this.self.internal }))));
+      // What this node cached may be older than the lease it just got.
+      await within(this.placement.reload());
+    } catch (error) {
+      if (this.lease === lease) this.lease = null;
+      void lease.revoke().catch(() => undefined);
+      throw error;
+    }
     this.renewedAt = performance.now();
     this.options.onLog('info', 'cluster lease granted', { node: this.self.id, ttlSeconds: this.options.ttlSeconds });
   }
