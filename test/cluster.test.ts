@@ -267,5 +267,40 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     expect(await retrying(() => count(cluster.proxy, tenantId))).toBe(rowsBefore);
     await cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (6)' }, { key, tenantId });
     expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
+    // The target comes back with its own tenants; the copy it was sent is not its to serve.
+    await cluster.restartNode(target.id);
+    expect(await retrying(() => count(cluster.proxy, tenantId))).toBe(rowsBefore + 1);
   }, 90_000);
+
+  it('loses nothing when the move’s source is killed in the middle', async () => {
+    const tenantId = TENANTS[31]!;
+    const key = keys.get(tenantId)!;
+    await cluster.proxy.call('SqlService', 'Execute', { sql: "INSERT INTO t SELECT 5 FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c)" }, { key, tenantId });
+    const rowsBefore = await count(cluster.proxy, tenantId);
+    const from = await owner(tenantId);
+    const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+    const move = cluster.cli(['move', tenantId, target.id], `127.0.0.1:${target.port}`);
+    await waitFor('the copy to reach the target', () => readdirSync(join(target.dataDir, 'tmp')).some((f) => f.startsWith('restore-')), 20_000);
+    cluster.node(from).child.kill('SIGKILL');
+    await move;
+    await cluster.restartNode(from);
+    // Whichever side of the flip the kill fell on, the owner has every acknowledged row.
+    expect(await retrying(() => count(cluster.proxy, tenantId), 60)).toBe(rowsBefore);
+    await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (6)' }, { key, tenantId }), 60);
+    expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
+  }, 120_000);
+
+  it('drains a node: every slot and tenant moves off it, and every tenant still answers', async () => {
+    const killed = cluster.nodes.filter((n) => n.child.exitCode !== null || n.child.signalCode !== null).map((n) => n.id);
+    for (const id of killed) await cluster.restartNode(id);
+    const drained = await cluster.cli(['drain', 'n4', '--parallelism', '4']);
+    expect(drained.code, drained.err).toBe(0);
+    const placement = await cluster.nodes[0]!.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
+    expect(placement.nodes.find((n: { node_id: string }) => n.node_id === 'n4').slots).toBe(0);
+    await waitFor('n4 to drop its old copies', () => TENANTS.every((id) => !cluster.homes(id).includes('n4')), 20_000);
+    for (const tenantId of TENANTS) {
+      expect(await owner(tenantId)).not.toBe('n4');
+      await retrying(() => count(cluster.proxy, tenantId));
+    }
+  }, 180_000);
 });

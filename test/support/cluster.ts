@@ -156,6 +156,14 @@ export class LoopbackCluster {
     return this.nodes.find((n) => n.id === id)!;
   }
 
+  /** Starts a node again (after a kill) with its id and data directory, on a new port. */
+  async restartNode(id: string): Promise<Node> {
+    const old = this.node(id);
+    this.nodes.splice(this.nodes.indexOf(old), 1);
+    old.client.close();
+    return this.startNode(id);
+  }
+
   /** HAProxy on deploy/haproxy.cfg, and sync-proxy following the placement. */
   async startProxy(): Promise<void> {
     const dir = join(this.dir, 'haproxy');
