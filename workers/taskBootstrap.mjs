@@ -18,5 +18,10 @@ async function load() {
 
 export default async function run(task) {
   handler ??= load();
+  // 'warm': only load the module (a pool kept warm pays the import before its first real task).
+  if (task === 'warm') {
+    await handler;
+    return null;
+  }
   return (await handler)(task);
 }

@@ -106,10 +106,11 @@ export class ClusterNode {
         access: this.d.access,
         placement: this.placement,
         mover: this.mover,
-        rebalancer: new Rebalancer(this.etcd, this.placement, remote),
+        rebalancer: new Rebalancer(this.etcd, this.placement, remote, this.d.config.nodeId),
         manager: this.d.manager,
         backups: this.d.backups,
         fences: this.fences,
+        onLog: (level, msg, fields = {}) => this.d.logger[level](msg, { node: this.d.config.nodeId, ...fields }),
       },
       observer,
     ) as HandlerMap;

@@ -54,6 +54,7 @@ export interface ClusterServiceDeps {
   manager: TenantManager;
   backups: Backups;
   fences: MoveFences;
+  onLog: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void;
 }
 
 function parseCatalog(json: string): { record: TenantRecord; keys: KeyRecord[] } {
@@ -123,6 +124,7 @@ export function clusterService(d: ClusterServiceDeps, service: ServiceObserver):
     ReceiveTenant: clientStream(service, 'ReceiveTenant', async (call: ServerReadableStream<ReceivePart, { tenant: ProtoTenant }>) => {
       d.access.admin(call.metadata);
       call.on('cancelled', () => call.destroy(new TenantdError(Status.CANCELLED, 'CANCELLED', 'the sender cancelled the transfer')));
+      const started = performance.now();
       let header: Extract<ReceivePart, { part: 'header' }>['header'] | null = null;
       let rows: { record: TenantRecord; keys: KeyRecord[] } | null = null;
       const hash = createHash('sha256');
@@ -158,8 +160,16 @@ export function clusterService(d: ClusterServiceDeps, service: ServiceObserver):
         if (digest !== header.sha256 || String(bytes) !== header.size) {
           throw invalidArgument('chunk', `received ${bytes} bytes hashing to ${digest}; the sender said ${header.size} bytes, ${header.sha256}`, 'CHECKSUM_MISMATCH');
         }
+        const received = performance.now();
         const live = await d.manager.adopt(rows.record, rows.keys, file);
         d.fences.noteAdopted(rows.record.tenantId, Number(header.epoch));
+        d.onLog('info', 'tenant received', {
+          tenant: rows.record.tenantId,
+          bytes,
+          epoch: Number(header.epoch),
+          transferMs: Math.round(received - started),
+          installMs: Math.round(performance.now() - received),
+        });
         return { tenant: tenantToProto(live) };
       } finally {
         await handle?.close();

@@ -38,11 +38,12 @@ export class Membership {
 
   async start(): Promise<void> {
     await this.grant();
-    // etcd3 reports a lease it found expired as 'lost'; this covers keep-alives that simply stopped
-    // answering (etcd partitioned away): past the whole TTL, get a new lease.
+    // etcd3 reports a lost lease only a whole TTL after the last renewal, by which time this node is
+    // fenced. Past half the TTL without a renewal (etcd restarting, or partitioned away), ask for a
+    // new lease: the moment etcd answers again, the node is renewed without ever being fenced.
     this.watchdog = setInterval(() => {
       const staleMs = performance.now() - this.renewedAt;
-      if (!this.stopped && this.regranting === null && staleMs > this.options.ttlSeconds * 1000) this.regrant();
+      if (!this.stopped && this.regranting === null && staleMs > (this.options.ttlSeconds * 1000) / 2) this.regrant();
     }, 1000);
     this.watchdog.unref();
   }

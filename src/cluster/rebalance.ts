@@ -20,7 +20,9 @@ import type { MoveReport } from './moves.ts';
 import { SLOTS, type NodeInfo, type Placement } from './placement.ts';
 import { SLOT_COUNT } from './slots.ts';
 
-const LOCK_KEY = '/tenantd/leader/rebalance';
+const LOCK_KEY = '/tenantd/leader';
+/** A leader that dies frees the key after this long. */
+const LEADER_TTL_S = 15;
 /** Slots per MoveSlots call: a source moves them in etcd transactions of 60. */
 const SLOTS_PER_CALL = 240;
 const ASSIGN_PER_TXN = 60;
@@ -89,17 +91,12 @@ export class Rebalancer {
     private readonly etcd: Etcd3,
     private readonly placement: Placement,
     private readonly remote: RemoteMoves,
+    /** This node's id, written as the leader key's value. */
+    private readonly self: string,
   ) {}
 
   async run(options: RebalanceOptions, report: (r: MoveReport & { slotsDone?: number; slotsTotal?: number }) => void): Promise<void> {
-    const lock = this.etcd.lock(LOCK_KEY).ttl(30);
-    try {
-      await lock.acquire();
-    } catch {
-      throw new TenantdError(grpc.status.ABORTED, 'REBALANCE_RUNNING', 'another rebalance holds the cluster leader lock; wait for it to finish', {
-        retryDelayMs: 5000,
-      });
-    }
+    const release = await this.lead();
     try {
       const nodes = this.placement.liveNodes();
       const owners = Array.from({ length: SLOT_COUNT }, (_, slot) => this.placement.slot(slot)?.node ?? null);
@@ -152,7 +149,41 @@ export class Rebalancer {
       }
       report({ subject: 'rebalance', stage: 'DONE', slotsDone: done, slotsTotal: total });
     } finally {
-      await lock.release().catch(() => undefined);
+      await release();
     }
+  }
+
+  /**
+   * Takes the cluster's leader key: created only if absent, under a lease that
+   * this node keeps alive while it leads, so a leader that dies frees it
+   * within LEADER_TTL_S. Resolves with the release.
+   */
+  private async lead(): Promise<() => Promise<void>> {
+    const lease = this.etcd.lease(LEADER_TTL_S);
+    lease.on('lost', () => undefined);
+    try {
+      await lease.grant();
+      const taken = await this.etcd
+        .if(LOCK_KEY, 'Create', '==', 0)
+        .then(lease.put(LOCK_KEY).value(this.self))
+        .else(this.etcd.get(LOCK_KEY))
+        .commit();
+      if (!taken.succeeded) {
+        const holder = taken.responses[0]?.response_range?.kvs[0]?.value.toString() ?? 'another node';
+        throw new TenantdError(grpc.status.ABORTED, 'REBALANCE_RUNNING', `a rebalance is running on ${holder}; wait for it to finish`, {
+          retryDelayMs: 5000,
+          metadata: { leader: holder },
+        });
+      }
+    } catch (error) {
+      await lease.revoke().catch(() => undefined);
+      throw error;
+    }
+    return async () => {
+      await lease.revoke().catch(async () => {
+        // Revoking failed (etcd busy): remove the key if it is still ours, else its lease frees it.
+        await this.etcd.if(LOCK_KEY, 'Value', '==', this.self).then(this.etcd.delete().key(LOCK_KEY)).commit().catch(() => undefined);
+      });
+    };
   }
 }

@@ -44,6 +44,8 @@ export class FileChecks {
     });
     // close() reports a task that outlived CLOSE_TIMEOUT_MS this way; it must not throw.
     this.pool.on('error', () => undefined);
+    // Loads the task module now rather than on the first task (taskBootstrap.mjs).
+    if (keepWarm) this.pool.run('warm' as unknown as FileTask).catch(() => undefined);
   }
 
   /**
