@@ -60,6 +60,8 @@ export interface MigrationStep {
   version: number;
   migrationId: string;
   sql: string;
+  /** The step's time limit (--migration-timeout-ms); 60000 when absent. */
+  timeoutMs?: number;
 }
 
 interface RequestBase {

@@ -121,9 +121,9 @@ export async function startServer(
   }
   shardsForPages = shards;
   const router = new ShardRouter(shards);
-  const migrator = new Migrator(catalog, registry, router, logger);
-  const hub = new EventHub();
   const fileChecks = new FileChecks(config.sync);
+  const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
+  const hub = new EventHub();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {

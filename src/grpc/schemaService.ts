@@ -40,11 +40,11 @@ export function schemaService(access: Access, migrator: Migrator, catalog: Catal
   };
 
   return {
-    ApplyMigration: unary(service, 'ApplyMigration', (call: Call<{ migration_id: string; sql: string; validate_only: boolean }>) => {
+    ApplyMigration: unary(service, 'ApplyMigration', async (call: Call<{ migration_id: string; sql: string; validate_only: boolean }>) => {
       access.admin(call.metadata);
       const { migration_id, sql, validate_only } = call.request;
       if (validate_only) {
-        migrator.validate(migration_id, sql);
+        await migrator.validate(migration_id, sql);
         return {
           name: `migrations/${migration_id}`,
           migration_id,
@@ -53,7 +53,7 @@ export function schemaService(access: Access, migrator: Migrator, catalog: Catal
           state: 'VALIDATED',
         };
       }
-      return toProto(migrator.apply(migration_id, sql));
+      return toProto(await migrator.apply(migration_id, sql));
     }),
 
     GetMigration: unary(service, 'GetMigration', (call: Call<{ name: string }>) => {

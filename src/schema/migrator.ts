@@ -6,7 +6,6 @@
  * one tenant rolls back there alone (each step is its own transaction in the
  * shard) and is recorded; the other tenants go on.
  */
-import Database from 'better-sqlite3';
 import { status as Status } from '@grpc/grpc-js';
 import { TenantdError, invalidArgument } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -14,6 +13,7 @@ import type { MigrationStep } from '../protocol.ts';
 import type { Catalog, MigrationRecord } from '../catalog/catalog.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { LiveTenant, TenantRegistry } from '../tenants/registry.ts';
+import type { FileChecks } from '../tenants/fileChecks.ts';
 
 export const MIGRATION_ID_PATTERN = /^[a-z][a-z0-9_-]{0,62}$/;
 
@@ -31,8 +31,12 @@ export class Migrator {
     private readonly registry: TenantRegistry,
     private readonly router: ShardRouter,
     private readonly logger: Logger,
+    /** Where validation runs: the file-task pool, off the main thread. */
+    private readonly fileChecks: FileChecks,
+    /** Each step's time limit on a tenant, and the validation's (--migration-timeout-ms). */
+    private readonly timeoutMs: number,
   ) {
-    this.steps = toSteps(catalog.migrations());
+    this.steps = toSteps(catalog.migrations(), timeoutMs);
   }
 
   get latest(): number {
@@ -43,8 +47,12 @@ export class Migrator {
     return this.steps;
   }
 
-  /** Runs every migration and then the new one on a scratch database; throws INVALID_ARGUMENT with SQLite's message. */
-  validate(migrationId: string, sql: string): void {
+  /**
+   * Runs every migration and then the new one on a scratch database, in the
+   * file-task pool under the guard's tenant rules and the migration time
+   * limit; throws INVALID_ARGUMENT with SQLite's (or the guard's) message.
+   */
+  async validate(migrationId: string, sql: string): Promise<void> {
     if (!MIGRATION_ID_PATTERN.test(migrationId)) {
       throw invalidArgument('migration_id', `expected ${MIGRATION_ID_PATTERN}, got ${JSON.stringify(migrationId.slice(0, 80))}`, 'INVALID_MIGRATION_ID');
     }
@@ -52,24 +60,18 @@ export class Migrator {
     if (this.steps.some((s) => s.migrationId === migrationId)) {
       throw new TenantdError(Status.ALREADY_EXISTS, 'MIGRATION_EXISTS', `migrations/${migrationId} already exists`);
     }
-    const scratch = new Database(':memory:');
-    try {
-      for (const step of this.steps) scratch.exec(step.sql);
-      scratch.exec('BEGIN');
-      scratch.exec(sql);
-      scratch.exec('ROLLBACK');
-    } catch (error) {
-      throw invalidArgument('sql', `the migration fails on a scratch database: ${(error as Error).message}`, 'MIGRATION_INVALID');
-    } finally {
-      scratch.close();
-    }
+    await this.fileChecks.validateMigration(this.steps, { version: this.latest + 1, migrationId, sql, timeoutMs: this.timeoutMs });
   }
 
-  /** Appends the migration and starts applying it; returns at once. */
-  apply(migrationId: string, sql: string): MigrationRecord {
-    this.validate(migrationId, sql);
+  /** Appends the migration and starts applying it; returns once it is recorded. */
+  async apply(migrationId: string, sql: string): Promise<MigrationRecord> {
+    await this.validate(migrationId, sql);
+    // Another ApplyMigration may have landed while this one was validated.
+    if (this.steps.some((s) => s.migrationId === migrationId)) {
+      throw new TenantdError(Status.ALREADY_EXISTS, 'MIGRATION_EXISTS', `migrations/${migrationId} already exists`);
+    }
     const record = this.catalog.appendMigration(migrationId, sql, Date.now());
-    this.steps = toSteps(this.catalog.migrations());
+    this.steps = toSteps(this.catalog.migrations(), this.timeoutMs);
     this.startPass();
     return record;
   }
@@ -142,6 +144,6 @@ export class Migrator {
 }
 
 /** The catalog's migrations as a shard applies them. */
-export function toSteps(records: MigrationRecord[]): MigrationStep[] {
-  return records.map((m) => ({ version: m.version, migrationId: m.migrationId, sql: m.sql }));
+export function toSteps(records: MigrationRecord[], timeoutMs?: number): MigrationStep[] {
+  return records.map((m) => ({ version: m.version, migrationId: m.migrationId, sql: m.sql, ...(timeoutMs === undefined ? {} : { timeoutMs }) }));
 }
