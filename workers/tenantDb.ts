@@ -564,7 +564,8 @@ export class TenantDb {
       this.wrote = true;
       if (!PLAIN_DML.test(statement.source)) {
         this.schemaChanged();
-        return this.schemaChecked(() => this.runStatement(statement, args));
+        // VACUUM cannot run in a savepoint, and cannot rename anything.
+        if (!VACUUM.test(statement.source)) return this.schemaChecked(() => this.runStatement(statement, args));
       }
     }
     return this.runStatement(statement, args);
@@ -730,6 +731,7 @@ function callMaxLength(limits: CallLimits): number {
 
 /** Writes that cannot change the schema; anything else (or a leading comment) clears the column cache. */
 const PLAIN_DML = /^\s*(INSERT|UPDATE|DELETE|REPLACE)\b/i;
+const VACUUM = /^\s*VACUUM\b/i;
 
 function describeColumns(statement: Database.Statement): ColumnInfo[] {
   return statement.columns().map((c) => ({ name: c.name, declType: c.type ?? '' }));

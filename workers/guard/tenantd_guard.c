@@ -49,6 +49,10 @@ SQLITE_EXTENSION_INIT1
 ** let the next statement run without any bound. */
 #define REFIRE_NS (10ull * 1000ull * 1000ull)
 
+/* A statement still being prepared this long after its call's deadline is
+** refused by the authorizer (see authorizer()). */
+#define LATE_PREPARE_NS (50ull * 1000ull * 1000ull)
+
 /* Upper bound for timeout_ms (about 24.8 days); keeps the deadline
 ** arithmetic far from overflow whatever JavaScript passes in. */
 #define MAX_TIMEOUT_MS ((sqlite3_int64)INT32_MAX)
@@ -829,11 +833,20 @@ static int authorizer(
   ** many times NOT MATERIALIZED is expanded once per reference). Preparation
   ** asks the authorizer about every column, function and subquery, so a
   ** statement is refused here once its call's deadline has passed. */
-  if( p->callDeadline && monoNow()>=p->callDeadline ){
-    p->latePrepare = 1;
-    sqlite3_snprintf((int)sizeof(p->denial), p->denial,
-        "the call's time limit passed while the statement was prepared");
-    return SQLITE_DENY;
+  if( p->callDeadline ){
+    uint64_t now = monoNow();
+    if( now>=p->callDeadline + LATE_PREPARE_NS ){
+      /* The interrupt below did not stop the preparation: refuse. No
+      ** denial is recorded, so the service reports a timeout. */
+      p->latePrepare = 1;
+      return SQLITE_DENY;
+    }
+    if( now>=p->callDeadline ){
+      /* Preparation checks the interrupt flag now and then (code
+      ** generation, query planning): that stops it as SQLITE_INTERRUPT,
+      ** like a running statement. */
+      sqlite3_interrupt(p->db);
+    }
   }
   if( policy(op, a1, a2, a3, zReason, (int)sizeof(zReason))==SQLITE_OK ){
     return SQLITE_OK;
