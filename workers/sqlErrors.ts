@@ -29,17 +29,14 @@ export function toWireError(error: unknown, ctx: FailureContext): WireError {
   if (error instanceof Database.SqliteError) {
     const code = error.code;
     const text = error.message;
-    // The guard refuses, without a denial, a statement whose preparation
-    // outlasts its call's deadline: a timeout, not a policy refusal.
-    const preparedTooLong = code === 'SQLITE_AUTH' && ctx.timedOut && ctx.denial === null;
-    if ((code === 'SQLITE_AUTH' || ctx.denial) && !preparedTooLong) {
+    if (code === 'SQLITE_AUTH' || ctx.denial) {
       const reason = ctx.denial ?? text;
       return {
         ...wire(Status.PERMISSION_DENIED, 'SQL_NOT_ALLOWED', `statement not allowed: ${reason}`, ctx, true),
         metadata: { denied: reason },
       };
     }
-    if (code === 'SQLITE_INTERRUPT' || preparedTooLong) {
+    if (code === 'SQLITE_INTERRUPT') {
       return wire(
         Status.DEADLINE_EXCEEDED,
         ctx.timedOut ? 'QUERY_TIMEOUT' : 'SQLITE_INTERRUPT',

@@ -346,6 +346,7 @@ export class TenantDb {
    */
   private eventsCall<T>(limits: CallLimits, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);
+    const ownTransaction = !this.db.inTransaction;
     this.guard.armCall(limits.timeoutMs, 'service');
     try {
       return body();
@@ -356,6 +357,8 @@ export class TenantDb {
       throw new ShardError(toWireError(error, this.failure('events', limits, denial, timedOut)));
     } finally {
       this.guard.disarm();
+      // The log's own ROLLBACK may itself have been interrupted past the deadline.
+      if (ownTransaction && this.db.inTransaction) this.ownStatement('ROLLBACK').run();
     }
   }
 
@@ -600,10 +603,26 @@ export class TenantDb {
       this.guard.setTenantPolicy(false);
       // An interrupted statement may have taken the whole transaction with it.
       if (this.db.inTransaction) {
-        if (!done) this.ownStatement('ROLLBACK TO tenantd_ddl').run();
-        this.ownStatement('RELEASE tenantd_ddl').run();
+        if (!done) this.runOwnDespiteDeadline('ROLLBACK TO tenantd_ddl');
+        this.runOwnDespiteDeadline('RELEASE tenantd_ddl');
       }
       this.guard.setTenantPolicy(true);
+    }
+  }
+
+  /**
+   * One of the service's own statements while the call's deadline may have
+   * passed: the watchdog interrupts every statement then (every 10 ms), so
+   * a quick statement is simply tried again.
+   */
+  private runOwnDespiteDeadline(sql: string): void {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.ownStatement(sql).run();
+        return;
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== 'SQLITE_INTERRUPT' || attempt >= 5) throw error;
+      }
     }
   }
 

@@ -49,9 +49,6 @@ SQLITE_EXTENSION_INIT1
 ** let the next statement run without any bound. */
 #define REFIRE_NS (10ull * 1000ull * 1000ull)
 
-/* A statement still being prepared this long after its call's deadline is
-** refused by the authorizer (see authorizer()). */
-#define LATE_PREPARE_NS (50ull * 1000ull * 1000ull)
 
 /* Upper bound for timeout_ms (about 24.8 days); keeps the deadline
 ** arithmetic far from overflow whatever JavaScript passes in. */
@@ -66,14 +63,7 @@ struct GuardCtx {
   int guardOn;              /* authorizer enforces the tenant policy on
                             ** top-level SQL (trigger and view code is
                             ** always checked, see authorizer()) */
-  uint64_t callDeadline;    /* this call's deadline (CLOCK_MONOTONIC ns, 0:
-                            ** none), read by the authorizer so that a
-                            ** statement whose preparation alone outlasts
-                            ** the call is refused while it is prepared */
   int serviceLength;        /* SQLITE_LIMIT_LENGTH outside tenant calls */
-  int latePrepare;          /* the authorizer refused because callDeadline
-                            ** had passed (reported by disarm as a fired
-                            ** deadline even if the watchdog was slower) */
   int watched;              /* on the watchdog list; written only by the
                             ** connection's own thread, under wdMutex */
   /* The fields below are shared with the watchdog; guarded by wdMutex. */
@@ -303,7 +293,6 @@ static const char *armCall(
   }
   p->guardOn = (flags & ARM_TENANT_POLICY)!=0;
   p->denial[0] = 0;
-  p->latePrepare = 0;
   if( flags & ARM_RESET_SESSION ){
     /* Another call's last insert (the service's own event append included)
     ** is not this call's business. */
@@ -316,7 +305,6 @@ static const char *armCall(
   }
   if( ms>0 ){
     uint64_t deadline = monoNow() + (uint64_t)ms * 1000000ull;
-    p->callDeadline = deadline;
     pthread_mutex_lock(&wdMutex);
     if( p->watched ) wdUnlink(p);            /* re-arm without disarm */
     p->watched = 1;
@@ -331,14 +319,12 @@ static const char *armCall(
     }
     pthread_mutex_unlock(&wdMutex);
   }else if( p->watched ){
-    p->callDeadline = 0;
     pthread_mutex_lock(&wdMutex);
     wdUnlink(p);
     p->watched = 0;
     p->fired = 0;
     pthread_mutex_unlock(&wdMutex);
   }else{
-    p->callDeadline = 0;
     p->fired = 0;                             /* not shared while unwatched */
   }
   return 0;
@@ -407,7 +393,6 @@ static void fnDisarm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
     return;
   }
   p->guardOn = 0;
-  p->callDeadline = 0;
   if( sqlite3_limit(p->db, SQLITE_LIMIT_LENGTH, -1)!=p->serviceLength ){
     sqlite3_limit(p->db, SQLITE_LIMIT_LENGTH, p->serviceLength);
   }
@@ -420,7 +405,7 @@ static void fnDisarm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   }else{
     fired = p->fired;
   }
-  fired |= p->latePrepare;
+
   sqlite3_result_int(ctx, fired);
 }
 
@@ -828,26 +813,6 @@ static int authorizer(
   ** tenant SQL whoever's statement fired it: the service's own append into
   ** _tenantd_events, or an operator's migration. */
   if( !p->guardOn && a4==0 ) return SQLITE_OK;
-  /* SQLite only looks at sqlite3_interrupt() while a statement runs, never
-  ** while one is prepared, and preparing can take seconds (a CTE referenced
-  ** many times NOT MATERIALIZED is expanded once per reference). Preparation
-  ** asks the authorizer about every column, function and subquery, so a
-  ** statement is refused here once its call's deadline has passed. */
-  if( p->callDeadline ){
-    uint64_t now = monoNow();
-    if( now>=p->callDeadline + LATE_PREPARE_NS ){
-      /* The interrupt below did not stop the preparation: refuse. No
-      ** denial is recorded, so the service reports a timeout. */
-      p->latePrepare = 1;
-      return SQLITE_DENY;
-    }
-    if( now>=p->callDeadline ){
-      /* Preparation checks the interrupt flag now and then (code
-      ** generation, query planning): that stops it as SQLITE_INTERRUPT,
-      ** like a running statement. */
-      sqlite3_interrupt(p->db);
-    }
-  }
   if( policy(op, a1, a2, a3, zReason, (int)sizeof(zReason))==SQLITE_OK ){
     return SQLITE_OK;
   }
