@@ -66,7 +66,7 @@ const ROLLBACK_JOURNAL_MODE = Buffer.from([1, 1]);
  * tenant's storage limit. A value larger than a gRPC message cannot be
  * returned anyway; stored values of a few MiB stay possible.
  */
-const MAX_VALUE_BYTES = 8 * 1024 * 1024;
+const MAX_VALUE_BYTES = 10 * 1024 * 1024;
 const MIN_VALUE_BYTES = 1024 * 1024;
 /** A migration step's time limit when the step carries none (the server's --migration-timeout-ms default). */
 export const DEFAULT_MIGRATION_TIMEOUT_MS = 60_000;
