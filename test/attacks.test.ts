@@ -10,6 +10,7 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import { tenantDbPath } from '../src/protocol.ts';
+import { CREATE_META_SQL, serviceSchemaProblem } from '../workers/serviceSchema.ts';
 import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -139,6 +140,35 @@ describe('the reserved namespace (10.3)', () => {
     const done = await waitForMigration('migrations/atk-ops-fill');
     expect(done.failures.map((f: { tenant: string }) => f.tenant)).toContain('tenants/atk-migr');
     expect(rowsOf(await t.sql(key, 'SELECT count(*) FROM loot'))).toEqual([[0n]]);
+  });
+
+  it('knows tenantd’s own schema exactly, whatever the indentation it was made with', () => {
+    const db = new Database(':memory:');
+    try {
+      db.exec(CREATE_META_SQL);
+      expect(serviceSchemaProblem(db)).toBeNull();
+      // As an earlier version made it: other indentation, same table.
+      db.exec(`CREATE TABLE IF NOT EXISTS _tenantd_events (
+        position INTEGER PRIMARY KEY,
+          type TEXT NOT NULL, data BLOB NOT NULL,
+        metadata TEXT NOT NULL, time INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX IF NOT EXISTS _tenantd_events_time ON _tenantd_events (time);`);
+      expect(serviceSchemaProblem(db)).toBeNull();
+      for (const [tamper, undo] of [
+        ['CREATE TRIGGER t AFTER INSERT ON _tenantd_events BEGIN SELECT 1; END', 'DROP TRIGGER t'],
+        ['CREATE INDEX extra ON _tenantd_meta (value)', 'DROP INDEX extra'],
+        ['CREATE TABLE "_TenantD_x" (a)', 'DROP TABLE "_TenantD_x"'],
+        ['CREATE VIEW _tenantd_v AS SELECT 1', 'DROP VIEW _tenantd_v'],
+        ['ALTER TABLE _tenantd_events ADD COLUMN z TEXT', null],
+      ] as const) {
+        db.exec(tamper);
+        expect(serviceSchemaProblem(db), tamper).not.toBeNull();
+        if (undo) db.exec(undo);
+      }
+    } finally {
+      db.close();
+    }
   });
 
   it('refuses to open a tenant whose own tables were tampered with (TENANT_SCHEMA_TAMPERED)', async () => {
