@@ -171,7 +171,7 @@ describe('the reserved namespace (10.3)', () => {
     }
   });
 
-  it('refuses to open a tenant whose own tables were tampered with (TENANT_SCHEMA_TAMPERED)', async () => {
+  it('refuses to open a tenant whose own tables were tampered with (TENANT_SCHEMA_TAMPERED)', { timeout: 90_000 }, async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'tenantd-test-tamper-'));
     try {
       const first = await startTestServer({ dataDir }, { keepDataDir: true });
@@ -253,6 +253,54 @@ describe('memory one tenant can take (10.5)', () => {
       expect(refused.reason).toBe('SQLITE_TOOBIG');
     }
     expect(rowsOf(await t.sql(key, 'SELECT length(zeroblob(4000000))'))).toEqual([[4000000n]]);
+  });
+});
+
+describe('statements SQLite cannot interrupt while it prepares them (10.5)', () => {
+  const chain = (depth: number, hint: string) => {
+    let sql = `WITH a0(x) AS ${hint} (SELECT 1)`;
+    for (let i = 1; i <= depth; i++) sql += `, a${i}(x) AS ${hint} (SELECT x FROM a${i - 1} UNION ALL SELECT x FROM a${i - 1})`;
+    return `${sql} SELECT count(*) FROM a${depth}`;
+  };
+
+  it('refuses CTE chains that expand exponentially, at once, and runs modest ones', async () => {
+    const key = await t.createTenant('atk-cte', { quotas: { ...FREE.quotas, query_timeout_ms: '1500' } });
+    for (const hint of ['NOT MATERIALIZED', '', 'MATERIALIZED']) {
+      const started = performance.now();
+      const refused = await t.client.failure('SqlService', 'Execute', { sql: chain(18, hint) }, { key });
+      expect(refused.code, hint).toBe(status.INVALID_ARGUMENT);
+      expect(refused.reason).toBe('STATEMENT_TOO_COMPLEX');
+      expect(performance.now() - started).toBeLessThan(1500);
+      expect(rowsOf(await t.sql(key, chain(4, hint)))).toEqual([[16n]]);
+    }
+    // Recursive CTEs are one reference each.
+    expect(rowsOf(await t.sql(key, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) SELECT count(*) FROM c'))).toEqual([[10n]]);
+  });
+
+  it('refuses a view (or trigger) that would expand exponentially, and keeps the schema as it was', async () => {
+    const key = await t.createTenant('atk-views', FREE);
+    await t.sql(key, 'CREATE VIEW v0 (x) AS SELECT 1');
+    let refusedAt = 0;
+    for (let i = 1; i <= 14; i++) {
+      const sql = `CREATE VIEW v${i} (x) AS SELECT x FROM v${i - 1} UNION ALL SELECT x FROM "V${i - 1}"`;
+      const failure = await t.client.failure('SqlService', 'Execute', { sql }, { key }).catch(() => null);
+      if (failure) {
+        expect(failure.reason).toBe('STATEMENT_TOO_COMPLEX');
+        refusedAt = i;
+        break;
+      }
+    }
+    expect(refusedAt).toBeGreaterThan(4);
+    expect(rowsOf(await t.sql(key, `SELECT count(*) FROM sqlite_schema WHERE type = 'view'`))).toEqual([[BigInt(refusedAt)]]);
+    const top = `v${refusedAt - 1}`;
+    expect(rowsOf(await t.sql(key, `SELECT count(*) FROM ${top}`))).toEqual([[2n ** BigInt(refusedAt - 1)]]);
+    // Referencing the biggest allowed view many times in one statement, or in a trigger, is refused too.
+    const many = Array.from({ length: 8 }, () => `SELECT x FROM ${top}`).join(' UNION ALL ');
+    expect((await t.client.failure('SqlService', 'Execute', { sql: `SELECT count(*) FROM (${many})` }, { key })).reason).toBe('STATEMENT_TOO_COMPLEX');
+    await t.sql(key, 'CREATE TABLE fire (x)');
+    const trigger = await t.client.failure('SqlService', 'Execute', { sql: `CREATE TRIGGER boom AFTER INSERT ON fire BEGIN SELECT count(*) FROM (${many}); END` }, { key });
+    expect(trigger.reason).toBe('STATEMENT_TOO_COMPLEX');
+    await t.sql(key, 'INSERT INTO fire VALUES (1)');
   });
 });
 

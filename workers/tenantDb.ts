@@ -31,6 +31,7 @@ import { toWireError } from './sqlErrors.ts';
 import { ShardError } from './shardError.ts';
 import { EventLog } from './eventLog.ts';
 import { CREATE_META_SQL, serviceSchemaProblem } from './serviceSchema.ts';
+import { MAX_EXPANSION, statementExpansion, viewExpansions, type Views } from './expansion.ts';
 
 
 const STATEMENT_CACHE_SIZE = 128;
@@ -264,6 +265,9 @@ export class TenantDb {
 
   private migrationStep(step: MigrationStep): void {
     const timeoutMs = step.timeoutMs ?? DEFAULT_MIGRATION_TIMEOUT_MS;
+    const { views, cost } = this.viewInfo();
+    const expansion = statementExpansion(step.sql, views, cost);
+    if (expansion > MAX_EXPANSION) throw new Error(`the migration expands to about ${expansion} subqueries (at most ${MAX_EXPANSION})`);
     this.ownStatement('BEGIN IMMEDIATE').run();
     try {
       this.guard.armCall(timeoutMs, 'tenant');
@@ -278,6 +282,8 @@ export class TenantDb {
       }
       const problem = serviceSchemaProblem(this.db);
       if (problem !== null) throw new Error(`the reserved _tenantd namespace is not the migration's to change (${problem})`);
+      const tooBig = this.expansionProblem();
+      if (tooBig !== null) throw new Error(`${tooBig} (at most ${MAX_EXPANSION})`);
       this.db
         .prepare("INSERT INTO _tenantd_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .run(BigInt(step.version));
@@ -589,6 +595,8 @@ export class TenantDb {
       const result = run();
       this.guard.setTenantPolicy(false);
       problem = serviceSchemaProblem(this.db);
+      const tooBig = problem === null ? this.expansionProblem() : null;
+      if (tooBig !== null) throw tooComplex(this.currentField ?? 'sql', `${tooBig}; nothing was changed`);
       done = problem === null;
       if (problem !== null) {
         throw new ShardError({
@@ -601,6 +609,7 @@ export class TenantDb {
       return result;
     } finally {
       this.guard.setTenantPolicy(false);
+      if (!done) this.views = null;
       // An interrupted statement may have taken the whole transaction with it.
       if (this.db.inTransaction) {
         if (!done) this.runOwnDespiteDeadline('ROLLBACK TO tenantd_ddl');
@@ -663,6 +672,7 @@ export class TenantDb {
     if (statement) {
       this.cache.delete(sql);
     } else {
+      this.checkExpansion(sql, field);
       statement = this.db.prepare(sql);
       if (statement.reader) statement.raw(true);
     }
@@ -723,6 +733,42 @@ export class TenantDb {
   private schemaChanged(): void {
     this.cache.clear();
     this.columnsOf = new WeakMap();
+    this.views = null;
+  }
+
+  // ---- expansion of views and NOT MATERIALIZED CTEs (expansion.ts) ----
+
+  /** The schema's views and what each expands to; null after a schema change. */
+  private views: { views: Views; cost: Map<string, number> } | null = null;
+
+  private viewInfo(): { views: Views; cost: Map<string, number> } {
+    if (this.views) return this.views;
+    const rows = this.ownStatement("SELECT lower(name), sql FROM sqlite_schema WHERE type = 'view'").raw(true).all() as [string, string][];
+    const views = new Map(rows);
+    this.views = { views, cost: viewExpansions(views) };
+    return this.views;
+  }
+
+  /** Refuses, before SQLite prepares it, SQL whose views and CTEs would expand past MAX_EXPANSION. */
+  private checkExpansion(sql: string, field: string): void {
+    const { views, cost } = this.viewInfo();
+    if (views.size === 0 && !/with/i.test(sql)) return;
+    const expansion = statementExpansion(sql, views, cost);
+    if (expansion > MAX_EXPANSION) throw tooComplex(field, `the statement expands to about ${expansion} subqueries`);
+  }
+
+  /** After DDL: no view or trigger may expand past MAX_EXPANSION (a trigger's body is prepared with every statement that fires it). */
+  private expansionProblem(): string | null {
+    this.views = null;
+    const { views, cost } = this.viewInfo();
+    for (const [name, n] of cost) if (n > MAX_EXPANSION) return `view ${name} expands to about ${n} subqueries`;
+    if (views.size === 0) return null;
+    const triggers = this.ownStatement("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger'").raw(true).all() as [string, string][];
+    for (const [name, sql] of triggers) {
+      const n = statementExpansion(sql, views, cost);
+      if (n > MAX_EXPANSION) return `trigger ${name} expands to about ${n} subqueries`;
+    }
+    return null;
   }
 
   private describe(statement: Database.Statement): ColumnInfo[] {
@@ -740,6 +786,15 @@ export class TenantDb {
     this.db.exec(`PRAGMA max_page_count = ${pages}`);
     this.storageLimit = limitBytes;
   }
+}
+
+function tooComplex(field: string, what: string): ShardError {
+  return new ShardError({
+    code: Status.INVALID_ARGUMENT,
+    reason: 'STATEMENT_TOO_COMPLEX',
+    message: `${what}, more than the ${MAX_EXPANSION} tenantd prepares: SQLite expands every reference to a view or CTE, and cannot be interrupted while it does`,
+    fieldViolations: [{ field, description: what }],
+  });
 }
 
 /** The call's SQLITE_LIMIT_LENGTH: MAX_VALUE_BYTES, or the storage limit when smaller (never under MIN_VALUE_BYTES). */
