@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import { kBytesPerSlot } from '../src/quota/layout.ts';
+import { shardOf } from '../src/routing/shardRouter.ts';
 import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -119,8 +120,12 @@ describe('shard_ms_per_second', () => {
     const limit = Math.max(20, Math.round(heavyMs / 3));
 
     const hog = await t.createTenant('hog', { quotas: { requests_per_second: '-1', shard_ms_per_second: String(limit) } });
-    const neighbour = await t.createTenant('neighbour', { quotas: { requests_per_second: '-1' } });
+    const neighbourId = ['neighbour', 'neighbour-1', 'neighbour-2', 'next-door'].find((id) => shardOf(id, 2) === shardOf('hog', 2))!;
+    const neighbour = await t.createTenant(neighbourId, { quotas: { requests_per_second: '-1' } });
     await t.sql(hog, SLOW);
+    // The quota is work-conserving: it refuses the hog only while a neighbour
+    // wants the shard (shardShare.test.ts has the tenant alone).
+    await t.sql(neighbour, 'SELECT 1');
     const refused = await t.client.failure('SqlService', 'Execute', { sql: 'SELECT 1' }, { key: hog });
     expect(refused.code).toBe(status.RESOURCE_EXHAUSTED);
     expect(refused.reason).toBe('QUOTA_EXCEEDED');
