@@ -18,5 +18,9 @@ export function setup(): void {
 export function teardown(): void {
   const left = readdirSync(runDir);
   rmSync(runDir, { recursive: true, force: true });
-  if (left.length > 0) throw new Error(`the tests left ${left.length} entries in the temp dir: ${left.slice(0, 10).join(', ')}`);
+  if (left.length > 0) {
+    // vitest reports an error thrown here but still exits 0: the exit code says it.
+    process.exitCode = 1;
+    throw new Error(`the tests left ${left.length} entries in the temp dir: ${left.slice(0, 10).join(', ')}`);
+  }
 }
