@@ -322,9 +322,11 @@ describe('usage', () => {
     const { packageDefinition } = await import('../src/protos.ts');
     const pkg = (grpc.loadPackageDefinition(packageDefinition()) as any).tenantd.v1;
     const client = new pkg.TenantService(t.client.address, grpc.credentials.createInsecure());
-    const stream = client.WatchUsage({ name: 'tenants/watched', interval_ms: 100 }, t.client.metadata(admin()));
+    const stream = client.WatchUsage({ name: 'tenants/watched', interval_ms: 200 }, t.client.metadata(admin()));
+    const arrived: number[] = [];
     await new Promise<void>((resolve, reject) => {
       stream.on('data', async (u: any) => {
+        arrived.push(performance.now());
         seen.push(u);
         if (seen.length === 2) await t.sql(key, 'SELECT 1');
         if (seen.length >= 5) {
@@ -337,6 +339,12 @@ describe('usage', () => {
     client.close();
     expect(seen[0].requests_total).toBe('0');
     expect(seen[seen.length - 1].requests_total).toBe('1');
+    // The interval asked for: neither a flood nor the default. The median gap,
+    // so that one late timer on a loaded host does not decide it.
+    const gaps = arrived.slice(1).map((at, i) => at - arrived[i]!).sort((a, b) => a - b);
+    const medianGap = gaps[Math.floor(gaps.length / 2)]!;
+    expect(medianGap).toBeGreaterThanOrEqual(150);
+    expect(medianGap).toBeLessThan(600);
   });
 
   it('keeps quota state within 128 bytes per tenant', () => {
