@@ -250,6 +250,48 @@ describe('Subscribe limits', () => {
   });
 });
 
+describe('Subscribe bounds and ends', () => {
+  it('ends a subscriber that stops reading before more than 10,000 events wait for it (small events, far under 8 MiB)', async () => {
+    const key = await t.createTenant('eventflood', UNLIMITED);
+    // A client that really stops reading (see the 8 MiB test above).
+    const session = connect(`http://127.0.0.1:${t.server.port}`);
+    const method = (packageDefinition()['tenantd.v1.EventService'] as Record<string, { path: string; requestSerialize(v: object): Buffer }>).Subscribe!;
+    const body = method.requestSerialize({ from_position: '1' });
+    const frame = Buffer.concat([Buffer.from([0]), Buffer.from(new Uint32Array([body.length]).buffer).reverse(), body]);
+    const stream = session.request({ ':method': 'POST', ':path': method.path, 'content-type': 'application/grpc', te: 'trailers', authorization: `Bearer ${key}` });
+    const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once('trailers', (headers) => resolve(headers)));
+    stream.end(frame);
+    stream.pause();
+    await new Promise((r) => setTimeout(r, 200));
+    // 20,000 events of 100 bytes: 2 MB in all, a quarter of the byte bound.
+    const small = Buffer.alloc(100, 1);
+    for (let i = 0; i < 20; i++) await append(key, Array.from({ length: 1000 }, () => ({ type: 'small', data: small, metadata: {} })));
+    stream.on('data', () => undefined);
+    stream.resume();
+    const ended = await trailers;
+    expect(ended['grpc-status']).toBe(String(status.RESOURCE_EXHAUSTED));
+    expect(decodeURIComponent(String(ended['grpc-message']))).toMatch(/10,?000 events/);
+    session.close();
+  }, 60_000);
+
+  it('ends a subscription with NOT_FOUND when its tenant is deleted', async () => {
+    const key = await t.createTenant('deleted-live', UNLIMITED);
+    await append(key, [event('hello', 'x')]);
+    const stream = t.client.openStream('EventService', 'Subscribe', { from_position: '1' }, { key });
+    const first = new Promise((resolve) => stream.once('data', resolve));
+    const ended = new Promise<DecodedStatus | null>((resolve) => {
+      stream.on('error', (e: grpc.ServiceError) => resolve(decodeStatus(e)));
+      stream.on('end', () => resolve(null));
+    });
+    stream.on('data', () => undefined);
+    await first;
+    await t.client.call('TenantService', 'DeleteTenant', { name: 'tenants/deleted-live', force: true }, admin());
+    const error = await ended;
+    expect(error?.code).toBe(status.NOT_FOUND);
+    expect(error?.reason).toBe('TENANT_NOT_FOUND');
+  });
+});
+
 describe('retention in the background', () => {
   it('removes expired events from the database between calls, without an Append', async () => {
     const other = await startTestServer({ shards: 1, eventSweepMs: 100 }, { keepDataDir: true });
