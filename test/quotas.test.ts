@@ -108,7 +108,8 @@ describe('write_bytes_per_second', () => {
 describe('shard_ms_per_second', () => {
   it('charges a heavy query to its tenant: the next call is refused with RetryInfo until the bucket refills, a neighbour is not', async () => {
     // How long the heavy query takes on this machine, on a tenant without the limit.
-    const calibrate = await t.createTenant('calibrate', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
+    // 30 s statements: on a loaded host the heavy query passed the free plan's 5 s.
+    const calibrate = await t.createTenant('calibrate', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1', query_timeout_ms: '30000' } });
     let heavyMs = Infinity;
     for (let run = 0; run < 2; run++) {
       const started = performance.now();
@@ -119,7 +120,7 @@ describe('shard_ms_per_second', () => {
     // runs vary): one query puts the tenant behind by more than a second's worth.
     const limit = Math.max(20, Math.round(heavyMs / 3));
 
-    const hog = await t.createTenant('hog', { quotas: { requests_per_second: '-1', shard_ms_per_second: String(limit) } });
+    const hog = await t.createTenant('hog', { quotas: { requests_per_second: '-1', shard_ms_per_second: String(limit), query_timeout_ms: '30000' } });
     const neighbourId = ['neighbour', 'neighbour-1', 'neighbour-2', 'next-door'].find((id) => shardOf(id, 2) === shardOf('hog', 2))!;
     const neighbour = await t.createTenant(neighbourId, { quotas: { requests_per_second: '-1' } });
     await t.sql(hog, SLOW);
