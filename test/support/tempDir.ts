@@ -4,14 +4,20 @@
  * follow), and the run fails if a test file left anything there. A shared
  * temp dir would mix in other runs' files.
  */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 
 let runDir = '';
 
 export function setup(): void {
-  runDir = mkdtempSync(join(tmpdir(), 'tenantd-run-'));
+  const shared = tmpdir();
+  runDir = mkdtempSync(join(shared, 'tenantd-run-'));
+  // tsx compiles into <tmpdir>/tsx-<uid>: the run's child processes and
+  // workers keep using the shared cache (a cold one slows every start).
+  const tsxCache = join(shared, `tsx-${userInfo().uid}`);
+  mkdirSync(tsxCache, { recursive: true });
+  if (existsSync(tsxCache)) symlinkSync(tsxCache, join(runDir, `tsx-${userInfo().uid}`));
   process.env.TMPDIR = runDir;
 }
 
