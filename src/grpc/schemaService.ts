@@ -18,16 +18,15 @@ function parseMigrationName(name: string): string {
 
 export function schemaService(access: Access, migrator: Migrator, catalog: Catalog, service: ServiceObserver): Handlers {
   const toProto = (m: MigrationRecord) => {
-    const progress = catalog.migrationProgress(m.version);
-    const pending = Math.max(0, progress.total - progress.done - progress.failed);
+    const progress = migrator.progress(m.version);
     return {
       name: `migrations/${m.migrationId}`,
       migration_id: m.migrationId,
       version: String(m.version),
       sql: m.sql,
-      state: pending > 0 ? 'RUNNING' : progress.failed > 0 ? 'FAILED' : 'SUCCEEDED',
+      state: progress.state,
       tenants_done: String(progress.done),
-      tenants_pending: String(pending),
+      tenants_pending: String(progress.pending),
       tenants_failed: String(progress.failed),
       failures: progress.failures.map((f) => ({ tenant: `tenants/${f.tenantId}`, error: f.error })),
       create_time: timestamp(m.createTime),
@@ -59,6 +58,14 @@ export function schemaService(access: Access, migrator: Migrator, catalog: Catal
     GetMigration: unary(service, 'GetMigration', (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
       return toProto(find(parseMigrationName(call.request.name)));
+    }),
+
+    RetryMigration: unary(service, 'RetryMigration', (call: Call<{ name: string }>) => {
+      access.admin(call.metadata);
+      const record = find(parseMigrationName(call.request.name));
+      // The tenants failed for it, this migration's own failures and those behind an earlier one, go back into a pass.
+      migrator.retry(record.version);
+      return toProto(record);
     }),
 
     ListMigrations: unary(service, 'ListMigrations', (call: Call<{ page_size: number; page_token: string }>) => {
