@@ -35,11 +35,14 @@ import { Replies } from './replies.ts';
 import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
 import type { TenantDb } from './tenantDb.ts';
+import { isTransactionOp, Transactions } from './transactions.ts';
+import { runLogged, setRequestWindow } from './writeCall.ts';
 
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
 const pool = new DbPool(data.dataDir, data.sync, data.maxOpenDbs, data.closedSweeps);
 const quotaPages: QuotaPage[] = data.quotaPages.map(viewPage);
+setRequestWindow(data.idempotencyWindowMs);
 
 /** Records what a call did in the tenant's shared usage slot. */
 function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: number): void {
@@ -78,19 +81,19 @@ function recordResults(db: TenantDb, slot: number, result: ExecuteResult | Execu
  * (quotaPage, retention, release) or in runTurn (hold, and snapshot, which
  * spans turns of the event loop).
  */
-type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' }>;
+type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' | 'txBegin' | 'txStep' | 'txCommit' | 'txRollback' }>;
 
 function handle(request: Call): ShardResults[Call['op']] {
   switch (request.op) {
     case 'execute': {
       const db = pool.get(request.tenantId);
-      const result = db.execute(request.statement, request.limits);
+      const result = request.requestId === undefined ? db.execute(request.statement, request.limits) : (runLogged(db, request) as ExecuteResult);
       recordResults(db, request.limits.slot, result);
       return result;
     }
     case 'batch': {
       const db = pool.get(request.tenantId);
-      const results = db.batch(request.statements, request.limits);
+      const results = request.requestId === undefined ? db.batch(request.statements, request.limits) : (runLogged(db, request) as ExecuteResult[]);
       recordResults(db, request.limits.slot, results);
       return results;
     }
@@ -135,6 +138,7 @@ function handle(request: Call): ShardResults[Call['op']] {
     case 'drop':
       return { removed: pool.remove(request.tenantId) };
     case 'shutdown': {
+      transactions.closeAll();
       const closed = pool.closeAll();
       // Posted ahead of this answer: the front end keeps them before it closes the catalog.
       reportSweeps(pool);
@@ -165,6 +169,21 @@ function toWire(request: ShardRequest, error: unknown): WireError {
 
 const replies = new Replies(port);
 
+const transactions = new Transactions({
+  pool,
+  post: (response) => replies.post(response),
+  ran: (db, limits, result) => recordResults(db, limits.slot, result),
+  committed: (db, limits, wrote) => {
+    if (wrote) countCommit(1);
+    record(db, limits.slot, 0, 0);
+  },
+  toWire,
+});
+pool.beforeForget = (tenantId) => transactions.closeTenant(tenantId);
+
+/** When a call parked for a transaction's write lock first found it taken: its wait is bounded from there. */
+const parkedSince = new WeakMap<ShardRequest, number>();
+
 function answer(request: Call): void {
   const start = performance.now();
   let result: unknown;
@@ -174,6 +193,21 @@ function answer(request: Call): void {
     const ms = performance.now() - start;
     chargeTime(request, ms);
     replies.ran(pool.peek(request.tenantId), ms);
+    // A write that found an interactive transaction holding the lock waits for it, elsewhere: the shard goes on.
+    const since = parkedSince.get(request) ?? Date.now();
+    const timeoutMs = 'limits' in request ? request.limits.timeoutMs : 0;
+    const parked = transactions.parkCall(
+      request.tenantId,
+      error,
+      timeoutMs,
+      since,
+      () => {
+        parkedSince.set(request, since);
+        requeue(request);
+      },
+      (wire) => replies.post({ id: request.id, kind: 'error', error: wire }),
+    );
+    if (parked) return;
     replies.post({ id: request.id, kind: 'error', error: toWire(request, error) });
     return;
   }
@@ -321,6 +355,17 @@ function nextTurn(): Queued | undefined {
 }
 
 /** After a tenant's turn: back in line for its next one, behind whoever arrived meanwhile. */
+/** A parked call's turn again (a transaction released the write lock): first in its tenant's queue. */
+function requeue(request: Queued): void {
+  const queue = queues.get(request.tenantId);
+  if (queue !== undefined) queue.unshift(request);
+  else {
+    queues.set(request.tenantId, [request]);
+    if (!held.has(request.tenantId)) turns.push(request.tenantId);
+  }
+  if (!running) setImmediate(runWaiting);
+}
+
 function endTurn(tenantId: string, ms: number): void {
   if (ms >= LONG_TURN_MS) receiveWaiting();
   const queue = queues.get(tenantId);
@@ -345,6 +390,7 @@ function nextWriteOf(first: WriteRequest): WriteRequest | undefined {
 
 /** `hold`, in its turn: closes the tenant's database and takes it out of the turns until `release`. */
 function hold(request: Extract<ShardRequest, { op: 'hold' }>): void {
+  transactions.closeSpares(request.tenantId);
   if (!pool.close(request.tenantId)) {
     replies.post({
       id: request.id,
@@ -352,7 +398,7 @@ function hold(request: Extract<ShardRequest, { op: 'hold' }>): void {
       error: {
         code: Status.ABORTED,
         reason: 'TENANT_BUSY',
-        message: `a snapshot of tenant ${request.tenantId} is being made; retry when it is done`,
+        message: `a snapshot of tenant ${request.tenantId} is being made, or it has interactive transactions open; retry when they are done`,
         metadata: { tenant: request.tenantId },
       },
     });
@@ -387,7 +433,14 @@ function runTurn(request: Queued): void {
   if (request.op === 'hold') return hold(request);
   replies.beforeRun(pool.peek(request.tenantId));
   if (request.op === 'snapshot') return startSnapshot(request);
-  if (!data.groupCommit || !isWrite(request)) return answer(request);
+  if (isTransactionOp(request)) {
+    const started = performance.now();
+    transactions.handle(request);
+    if (request.op !== 'txRollback') chargeTime(request, performance.now() - started);
+    return;
+  }
+  // While a transaction may hold the tenant's write lock, its writes run one by one (and park if it does).
+  if (!data.groupCommit || !isWrite(request) || transactions.hasWriter(request.tenantId)) return answer(request);
   const second = nextWriteOf(request);
   if (second === undefined) return answer(request);
   let db: TenantDb;
@@ -424,6 +477,7 @@ function logSweepFailure(tenantId: string, error: unknown): void {
 setInterval(() => {
   for (const db of pool.openDatabases()) {
     try {
+      db.requests.sweep(data.idempotencyWindowMs);
       db.sweepExpiredEvents();
     } catch (error) {
       logSweepFailure(db.tenantId, error);
@@ -433,14 +487,27 @@ setInterval(() => {
   reportSweeps(pool);
 }, data.eventSweepMs).unref();
 
-port.on('message', (message: ShardInbound) => {
-  enqueue(message);
-  for (let request = nextTurn(); request !== undefined; request = nextTurn()) {
-    const started = performance.now();
-    runTurn(request);
-    endTurn(request.tenantId, performance.now() - started);
+/** Set while the turns run, so that a call requeued meanwhile is not run from a second loop. */
+let running = false;
+
+function runWaiting(): void {
+  if (running) return;
+  running = true;
+  try {
+    for (let request = nextTurn(); request !== undefined; request = nextTurn()) {
+      const started = performance.now();
+      runTurn(request);
+      endTurn(request.tenantId, performance.now() - started);
+    }
+  } finally {
+    running = false;
   }
   replies.flush();
   reportStats(pool.size);
   reportSweeps(pool);
+}
+
+port.on('message', (message: ShardInbound) => {
+  enqueue(message);
+  runWaiting();
 });

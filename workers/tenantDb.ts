@@ -30,6 +30,7 @@ import { Guard } from './guard.ts';
 import { toWireError } from './sqlErrors.ts';
 import { ShardError } from './shardError.ts';
 import { EventLog } from './eventLog.ts';
+import { RequestLog } from './requestLog.ts';
 
 
 const STATEMENT_CACHE_SIZE = 128;
@@ -105,6 +106,14 @@ export interface OpenOptions {
   tenantId: string;
   sync: SyncMode;
   create: boolean;
+  /**
+   * Open in NORMAL locking mode (a shared-memory WAL index), so that other
+   * connections can open the file too: the tenant has interactive
+   * transactions, each on its own connection (transactions.ts).
+   */
+  shared?: boolean;
+  /** A transaction's connection: the database exists and is set up; it must not write on open. */
+  secondary?: boolean;
 }
 
 export class TenantDb {
@@ -131,10 +140,19 @@ export class TenantDb {
   /** The request field of the statement running now, for error details. */
   private currentField: string | null = null;
 
-  private constructor(db: Database.Database, tenantId: string) {
+  /** Opened in NORMAL locking mode: other connections may share the file (OpenOptions.shared). */
+  readonly shared: boolean;
+
+  private constructor(db: Database.Database, tenantId: string, shared: boolean) {
     this.db = db;
     this.tenantId = tenantId;
+    this.shared = shared;
     this.guard = Guard.attach(db);
+  }
+
+  /** A service statement (guard off), for the service's own tables: requestLog.ts. */
+  serviceStatement(sql: string): Database.Statement {
+    return this.ownStatement(sql);
   }
 
   private ownStatement(sql: string): Database.Statement {
@@ -170,12 +188,19 @@ export class TenantDb {
       // checkpoints: it survives the process dying, not the machine. One
       // connection per tenant per process: nobody else can hold the lock.
       // One exec for all of it: no statement objects to collect later.
+      //
+      // While the tenant has interactive transactions open, its connections
+      // (this one and one per transaction) share the file in NORMAL mode
+      // instead (transactions.ts); busy_timeout stays 0 there too, since the
+      // shard's thread must never wait for a lock: a writer that finds the
+      // lock taken is parked instead.
+      const shared = options.shared === true;
       db.exec(
-        `PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT_BYTES};
+        `PRAGMA locking_mode = ${shared ? 'NORMAL' : 'EXCLUSIVE'}; PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT_BYTES};
          PRAGMA synchronous = ${options.sync === 'full' ? 'FULL' : 'NORMAL'}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 0;
-         CREATE TABLE IF NOT EXISTS _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT;`,
+         ${options.secondary ? '' : 'CREATE TABLE IF NOT EXISTS _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT;'}`,
       );
-      return new TenantDb(db, options.tenantId);
+      return new TenantDb(db, options.tenantId, shared);
     } catch (error) {
       db.close();
       throw error;
@@ -238,6 +263,15 @@ export class TenantDb {
       version = step.version;
     }
     return version;
+  }
+
+  // ---- idempotent writes (requestLog.ts) ----
+
+  private requestLog: RequestLog | null = null;
+
+  get requests(): RequestLog {
+    this.requestLog ??= new RequestLog(this);
+    return this.requestLog;
   }
 
   // ---- the event log (eventLog.ts) ----
@@ -420,7 +454,20 @@ export class TenantDb {
   }
 
   beginGroup(): void {
-    this.ownStatement('BEGIN IMMEDIATE').run();
+    this.begin('IMMEDIATE');
+  }
+
+  /**
+   * Opens a transaction. SQLITE_BUSY (another connection of the tenant, an
+   * interactive transaction, has the write lock) comes back as a ShardError
+   * with reason SQLITE_BUSY, for the caller to park the call (transactions.ts).
+   */
+  begin(mode: 'DEFERRED' | 'IMMEDIATE'): void {
+    try {
+      this.ownStatement(mode === 'IMMEDIATE' ? 'BEGIN IMMEDIATE' : 'BEGIN DEFERRED').run();
+    } catch (error) {
+      throw new ShardError(toWireError(error, { field: 'sql', tenantId: this.tenantId, denial: null, timedOut: false, timeoutMs: 0, storageLimitBytes: this.storageLimit }));
+    }
   }
 
   /** Commits the open transaction; a failure (disk full, I/O) is the status of every call in it. */
