@@ -92,3 +92,31 @@ export function entryStatus(entry: { status: { code: number; message: string; de
   metadata.set('grpc-status-details-bin', Buffer.from(bytes));
   return decodeStatus({ code: entry.status.code, details: entry.status.message, metadata } as grpc.ServiceError);
 }
+
+/**
+ * Runs `body` in a transaction, again from the start while it is ABORTED
+ * (a conflict), after the RetryInfo delay. Returns the attempts it took.
+ */
+export async function retryingTransaction(client: TestClient, options: CallOptions, mode: string, body: (tx: TxStream) => Promise<void>): Promise<number> {
+  for (let attempt = 1; ; attempt++) {
+    const tx = TxStream.open(client, options);
+    try {
+      await expectKind(tx.begin(mode), 'begun');
+      await body(tx);
+      await expectKind(tx.commit(), 'committed');
+      await tx.closed();
+      return attempt;
+    } catch (error) {
+      tx.call.cancel();
+      if (!(error instanceof RpcError) || error.status.code !== grpc.status.ABORTED || attempt > 500) throw error;
+      await new Promise((resolve) => setTimeout(resolve, error.status.retryDelayMs ?? 10));
+    }
+  }
+}
+
+async function expectKind(response: Promise<any>, kind: string): Promise<any> {
+  const r = await response;
+  if (r.kind === 'error') throw new RpcError(entryStatus(r.error));
+  if (r.kind !== kind) throw new Error(`expected ${kind}, got ${r.kind}`);
+  return r;
+}
