@@ -260,7 +260,8 @@ export interface ShardResults {
   create: { schemaVersion: number };
   snapshot: { bytes: number };
   restore: { replaced: boolean };
-  appendEvents: { positions: bigint[] };
+  /** `replayed`: a retry of an Append with the same request_id; nothing was written now. */
+  appendEvents: { positions: bigint[]; replayed: boolean };
   /** `complete`: the read reached the end of the log (not cut by its limit or its size). */
   readEvents: { events: LogEvent[]; nextPosition: bigint; complete: boolean };
   hold: { closed: boolean };

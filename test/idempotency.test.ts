@@ -128,6 +128,18 @@ describe('request_id', () => {
     expect(await count("SELECT count(*) FROM orders WHERE item = 'tx-wait'")).toBe(1n);
   });
 
+  it('a retried Append returns the first positions, appends once, and is not published twice', async () => {
+    const id = randomUUID();
+    const request = { events: [{ type: 'order.placed', data: Buffer.from('{}') }, { type: 'order.paid', data: Buffer.from('{}') }], request_id: id };
+    const first = await t.client.call('EventService', 'Append', request, { key });
+    const retry = await t.client.call('EventService', 'Append', request, { key });
+    expect(retry.positions).toEqual(first.positions);
+    const read = await t.client.call('EventService', 'Read', { from_position: '1', limit: 100 }, { key });
+    expect(read.events.filter((e: { type: string }) => e.type.startsWith('order.'))).toHaveLength(2);
+    const other = await t.client.failure('EventService', 'Append', { events: [{ type: 'order.other', data: Buffer.from('{}') }], request_id: id }, { key });
+    expect(other.reason).toBe('REQUEST_ID_REUSED');
+  });
+
   it('tenant SQL cannot read or forge the request log', async () => {
     for (const sql of ['SELECT * FROM _tenantd_requests', "INSERT INTO _tenantd_requests VALUES ('x', 'Execute', x'00', x'00', 0)", 'DELETE FROM _tenantd_requests']) {
       const status = await t.client.failure('SqlService', 'Execute', { sql }, { key });

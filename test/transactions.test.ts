@@ -18,15 +18,6 @@ async function count(k: string, sql: string): Promise<bigint> {
   return rowsOf(await t.sql(k, sql))[0]![0] as bigint;
 }
 
-async function waitUntil(check: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    if (await check()) return true;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return check();
-}
-
 beforeAll(async () => {
   t = await startTestServer({ transactionIdleMs: 1_500 });
   key = await t.createTenant('txa', { quotas: OPEN_QUOTAS });

@@ -36,7 +36,8 @@ import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSwee
 import { ShardError } from './shardError.ts';
 import type { TenantDb } from './tenantDb.ts';
 import { isTransactionOp, Transactions } from './transactions.ts';
-import { runLogged, setRequestWindow } from './writeCall.ts';
+import { loggedAppend, runLogged, setRequestWindow } from './writeCall.ts';
+import { afterCommit } from './requestLog.ts';
 
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
@@ -124,10 +125,13 @@ function handle(request: Call): ShardResults[Call['op']] {
       return { replaced: pool.restore(request.tenantId, request.file) };
     case 'appendEvents': {
       const db = pool.get(request.tenantId);
-      const positions = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits);
-      record(db, request.limits.slot, 0, positions.length);
-      countCommit(1);
-      return { positions };
+      const appended = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits, loggedAppend(db, request));
+      if (!appended.replayed) {
+        record(db, request.limits.slot, 0, appended.positions.length);
+        countCommit(1);
+      }
+      afterCommit(request.requestId);
+      return appended;
     }
     case 'readEvents': {
       const db = pool.get(request.tenantId);

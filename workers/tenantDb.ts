@@ -29,7 +29,7 @@ import type {
 import { Guard } from './guard.ts';
 import { toWireError } from './sqlErrors.ts';
 import { ShardError } from './shardError.ts';
-import { EventLog } from './eventLog.ts';
+import { EventLog, type LoggedAppend } from './eventLog.ts';
 import { RequestLog } from './requestLog.ts';
 
 
@@ -290,8 +290,8 @@ export class TenantDb {
     return this.events;
   }
 
-  appendEvents(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, limits: CallLimits): bigint[] {
-    return this.eventsCall(limits, () => this.eventLog.append(events, expected, retentionMs));
+  appendEvents(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, limits: CallLimits, logged?: LoggedAppend): { positions: bigint[]; replayed: boolean } {
+    return this.eventsCall(limits, () => this.eventLog.append(events, expected, retentionMs, logged));
   }
 
   readEvents(

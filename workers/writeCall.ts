@@ -3,7 +3,8 @@
  * group commit, and, when it carries a request_id, through the tenant's
  * request log (requestLog.ts), in the same transaction as its writes.
  */
-import type { ExecuteResult } from '../src/protocol.ts';
+import type { ExecuteResult, ShardRequest } from '../src/protocol.ts';
+import type { LoggedAppend } from './eventLog.ts';
 import type { WriteRequest } from './groupCommit.ts';
 import { afterCommit, requestHash } from './requestLog.ts';
 import { ShardError } from './shardError.ts';
@@ -48,6 +49,17 @@ export function runInTransaction(db: TenantDb, request: WriteRequest): Result {
     );
   }
   return result;
+}
+
+/** An Append's request_id, for EventLog.append; undefined without one. The events' times are left out of the hash: the server fills in the ones a client leaves out. */
+export function loggedAppend(db: TenantDb, request: Extract<ShardRequest, { op: 'appendEvents' }>): LoggedAppend | undefined {
+  const requestId = request.requestId;
+  if (requestId === undefined) return undefined;
+  const hash = requestHash('Append', [request.events.map((e) => [e.type, e.data, e.metadata]), request.expectedPosition]);
+  return {
+    lookup: () => db.requests.lookup(requestId, 'Append', hash, windowMs)?.response as bigint[] | undefined,
+    record: (positions) => db.requests.record(requestId, 'Append', hash, positions),
+  };
 }
 
 /** A call with a request_id on its own: one transaction around the lookup, the statements and the record. */
