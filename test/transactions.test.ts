@@ -115,6 +115,25 @@ describe('an interactive transaction', () => {
   });
 });
 
+describe('a client that sends ahead', () => {
+  it('gets its responses in order, one per request', async () => {
+    const tx = TxStream.open(t.client, { key });
+    tx.call.write({ begin: { mode: 'IMMEDIATE' } });
+    for (let i = 0; i < 5; i++) tx.call.write({ statement: { sql: 'INSERT INTO notes VALUES (?)', params: [v.text(`ahead-${i}`)] } });
+    tx.call.write({ statement: { sql: "SELECT count(*) FROM notes WHERE body LIKE 'ahead-%'", params: [] } });
+    tx.call.write({ commit: {} });
+    const kinds: string[] = [];
+    let last: any;
+    for (let i = 0; i < 8; i++) {
+      const r = await tx.next();
+      kinds.push(r.kind);
+      if (r.kind === 'result') last = r.result;
+    }
+    expect(kinds).toEqual(['begun', 'result', 'result', 'result', 'result', 'result', 'result', 'committed']);
+    expect(last.rows[0].values[0].integer_value).toBe('5');
+  });
+});
+
 describe('read-modify-write under contention', () => {
   it('50 concurrent clients adding 1 in IMMEDIATE transactions, retried on ABORTED, give exactly 50 x N', async () => {
     const N = 4;
@@ -265,6 +284,39 @@ describe('the ends of a transaction', () => {
     await new Promise((r) => setTimeout(r, 2_000));
     await expect(tx.exec('SELECT 1')).rejects.toMatchObject({ status: { code: grpc.status.ABORTED, reason: 'TRANSACTION_IDLE_TIMEOUT' } });
     expect(await count(key, "SELECT count(*) FROM notes WHERE body = 'idle'")).toBe(0n);
+  });
+
+  it('the call\'s deadline rolls the transaction back', async () => {
+    const tx = TxStream.open(t.client, { key, deadlineMs: 700 });
+    await tx.begin('IMMEDIATE');
+    await tx.exec("INSERT INTO notes VALUES ('deadline')");
+    await expect(tx.next()).rejects.toMatchObject({ status: { code: grpc.status.DEADLINE_EXCEEDED } });
+    const started = performance.now();
+    await t.sql(key, "INSERT INTO notes VALUES ('after deadline')");
+    expect(performance.now() - started).toBeLessThan(1_200);
+    expect(await count(key, "SELECT count(*) FROM notes WHERE body = 'deadline'")).toBe(0n);
+  });
+
+  it('suspending the tenant ends its open transaction, rolled back', async () => {
+    const k = await t.createTenant('txsusp', { quotas: OPEN_QUOTAS });
+    await t.sql(k, 'CREATE TABLE x (a)');
+    const tx = TxStream.open(t.client, { key: k });
+    await tx.begin('IMMEDIATE');
+    await tx.exec('INSERT INTO x VALUES (1)');
+    await t.client.call('TenantService', 'SuspendTenant', { name: 'tenants/txsusp' }, { key: t.adminKey });
+    await expect(tx.exec('INSERT INTO x VALUES (2)')).rejects.toMatchObject({ status: { code: grpc.status.FAILED_PRECONDITION } });
+    await t.client.call('TenantService', 'ActivateTenant', { name: 'tenants/txsusp' }, { key: t.adminKey });
+    expect(await count(k, 'SELECT count(*) FROM x')).toBe(0n);
+  });
+
+  it('deleting the tenant ends its open transactions, rolled back', async () => {
+    const k = await t.createTenant('txdel', { quotas: OPEN_QUOTAS });
+    await t.sql(k, 'CREATE TABLE x (a)');
+    const tx = TxStream.open(t.client, { key: k });
+    await tx.begin('IMMEDIATE');
+    await tx.exec('INSERT INTO x VALUES (1)');
+    await t.client.call('TenantService', 'DeleteTenant', { name: 'tenants/txdel', force: true }, { key: t.adminKey });
+    await expect(tx.exec('INSERT INTO x VALUES (2)')).rejects.toBeInstanceOf(RpcError);
   });
 
   it('transaction_timeout_ms ends a transaction that keeps talking', async () => {

@@ -35,7 +35,7 @@ import { Replies } from './replies.ts';
 import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
 import type { TenantDb } from './tenantDb.ts';
-import { isTransactionOp, Transactions } from './transactions.ts';
+import { CONFLICT_WAIT_MS, isTransactionOp, Transactions } from './transactions.ts';
 import { loggedAppend, runLogged, setRequestWindow } from './writeCall.ts';
 import { afterCommit } from './requestLog.ts';
 
@@ -199,7 +199,7 @@ function answer(request: Call): void {
     replies.ran(pool.peek(request.tenantId), ms);
     // A write that found an interactive transaction holding the lock waits for it, elsewhere: the shard goes on.
     const since = parkedSince.get(request) ?? Date.now();
-    const timeoutMs = 'limits' in request ? request.limits.timeoutMs : 0;
+    const timeoutMs = 'limits' in request ? request.limits.timeoutMs : CONFLICT_WAIT_MS;
     const parked = transactions.parkCall(
       request.tenantId,
       error,

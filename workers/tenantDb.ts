@@ -251,6 +251,10 @@ export class TenantDb {
             .run(BigInt(step.version));
         })();
       } catch (error) {
+        // An interactive transaction holds the write lock: not the migration's fault; the shard parks the call until it ends.
+        if ((error as { code?: unknown }).code === 'SQLITE_BUSY') {
+          throw new ShardError(toWireError(error, { field: 'sql', tenantId: this.tenantId, denial: null, timedOut: false, timeoutMs: 0, storageLimitBytes: this.storageLimit }));
+        }
         throw new ShardError({
           code: Status.FAILED_PRECONDITION,
           reason: 'MIGRATION_FAILED',

@@ -188,6 +188,12 @@ export async function runTransaction(deps: TransactionDeps, call: TransactionCal
           );
         }
         const message = next.message;
+        // Suspended or deleted since begin: the transaction ends (rolled back), as the tenant's next call would be refused.
+        if (live.deleting || live.record.state !== 'ACTIVE') {
+          throw new TenantdError(Status.FAILED_PRECONDITION, 'TENANT_SUSPENDED', `tenants/${tenantId} was suspended or deleted; the transaction was rolled back`, {
+            metadata: { tenant: tenantId },
+          });
+        }
         switch (message.kind) {
           case 'statement':
           case 'batch': {
