@@ -386,6 +386,44 @@ describe('the ends of a transaction', () => {
 });
 
 describe('the shard while transactions sit idle', () => {
+  it('group commit keeps working: for other tenants while one holds a write lock, and for the tenant whose transaction only reads', async () => {
+    const s = await startTestServer({ shards: 1, transactionIdleMs: 30_000 });
+    try {
+      const holder = await s.createTenant('holder', { quotas: OPEN_QUOTAS });
+      const other = await s.createTenant('other', { quotas: OPEN_QUOTAS });
+      await s.sql(holder, 'CREATE TABLE x (a)');
+      await s.sql(other, 'CREATE TABLE y (a)');
+      const shard = s.server.router.forTenant('other');
+      const sharedCommits = async (k: string, table: string) => {
+        const [commits, calls] = [shard.commits, shard.committedCalls];
+        await Promise.all(Array.from({ length: 100 }, (_, i) => s.sql(k, `INSERT INTO ${table} VALUES (?)`, [v.int(i)])));
+        // The shard reports its counters as they change; give the last report a moment.
+        const until = Date.now() + 5_000;
+        while (shard.committedCalls - calls < 100 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+        return { commits: shard.commits - commits, calls: shard.committedCalls - calls };
+      };
+      const writer = TxStream.open(s.client, { key: holder });
+      await writer.begin('IMMEDIATE');
+      await writer.exec('INSERT INTO x VALUES (1)');
+      const others = await sharedCommits(other, 'y');
+      expect(others.calls).toBe(100);
+      expect(others.commits).toBeLessThan(100);
+      await writer.commit();
+
+      const reader = TxStream.open(s.client, { key: holder });
+      await reader.begin('DEFERRED');
+      await reader.exec('SELECT count(*) FROM x');
+      const own = await sharedCommits(holder, 'x');
+      expect(own.calls).toBe(100);
+      expect(own.commits).toBeLessThan(100);
+      // The reader still sees its snapshot: one row, not 101.
+      expect((await reader.exec('SELECT count(*) FROM x')).rows[0].values[0].integer_value).toBe('1');
+      await reader.rollback();
+    } finally {
+      await s.stop();
+    }
+  }, 60_000);
+
   it('a neighbour tenant on the same shard keeps its latency', async () => {
     const s = await startTestServer({ shards: 1, transactionIdleMs: 30_000 });
     try {

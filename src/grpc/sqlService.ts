@@ -86,7 +86,8 @@ export function sqlService(
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const statement = toStatement(call.request, '');
-      const requestId = checkRequestId(call.request.request_id);
+      // A READ_ONLY key's calls write nothing to retry safely: its request_id is checked, not recorded.
+      const requestId = tenantCall.readOnly ? (checkRequestId(call.request.request_id), null) : checkRequestId(call.request.request_id);
       rpc.statement(statement.sql);
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
@@ -103,7 +104,7 @@ export function sqlService(
         throw invalidArgument('statements', `at most ${MAX_BATCH_STATEMENTS} statements`, 'INVALID_SQL');
       }
       const inputs = statements.map((s, i) => toStatement(s, `statements[${i}]`));
-      const requestId = checkRequestId(call.request.request_id);
+      const requestId = tenantCall.readOnly ? (checkRequestId(call.request.request_id), null) : checkRequestId(call.request.request_id);
       rpc.statement(() => inputs.map((s) => s.sql).join('; '));
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
