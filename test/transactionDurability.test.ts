@@ -30,7 +30,7 @@ function serve(dataDir: string, env: Record<string, string> = {}): Promise<{ chi
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${out} ${err}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${out} ${err}`)), 60_000);
     child.stdout!.on('data', (d) => {
       out += d;
       const port = /listening on port (\d+)/.exec(out);
