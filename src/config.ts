@@ -31,6 +31,10 @@ export interface QuotaValues {
    * tenant's heavy queries from taking the shard from its neighbours.
    */
   shardMsPerSecond: number;
+  /** The longest an interactive transaction may stay open, from begin to its end. */
+  transactionTimeoutMs: number;
+  /** Interactive transactions open at once. */
+  concurrentTransactions: number;
 }
 
 export const QUOTA_FIELDS = [
@@ -41,6 +45,8 @@ export const QUOTA_FIELDS = [
   'queryTimeoutMs',
   'eventRetentionHours',
   'shardMsPerSecond',
+  'transactionTimeoutMs',
+  'concurrentTransactions',
 ] as const satisfies readonly (keyof QuotaValues)[];
 
 export type QuotaField = (typeof QUOTA_FIELDS)[number];
@@ -84,6 +90,10 @@ export interface Config {
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
   metricsPerTenant: boolean;
+  /** Longest wait for a transaction's next request before it is rolled back (docs/transactions.md). */
+  transactionIdleMs: number;
+  /** How long a request_id's response is kept for retries. */
+  idempotencyWindowHours: number;
 }
 
 const MIB = 1024 * 1024;
@@ -97,6 +107,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 5_000,
     eventRetentionHours: 24 * 7,
     shardMsPerSecond: 200,
+    transactionTimeoutMs: 30_000,
+    concurrentTransactions: 4,
   },
   pro: {
     requestsPerSecond: 2_000,
@@ -106,6 +118,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 10_000,
     eventRetentionHours: 24 * 30,
     shardMsPerSecond: 500,
+    transactionTimeoutMs: 60_000,
+    concurrentTransactions: 16,
   },
   enterprise: {
     requestsPerSecond: -1,
@@ -115,6 +129,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 30_000,
     eventRetentionHours: -1,
     shardMsPerSecond: 1_000,
+    transactionTimeoutMs: 300_000,
+    concurrentTransactions: 64,
   },
 };
 
@@ -140,6 +156,8 @@ export function defaultConfig(): Config {
     queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
     telemetry: true,
     metricsPerTenant: false,
+    transactionIdleMs: 5_000,
+    idempotencyWindowHours: 24,
   };
 }
 
@@ -267,6 +285,18 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_METRICS_PER_TENANT',
     yaml: 'metrics_per_tenant',
     apply: (c, r, w) => (c.metricsPerTenant = asSwitch(r, w)),
+  },
+  {
+    flag: 'transaction-idle-ms',
+    env: 'TENANTD_TRANSACTION_IDLE_MS',
+    yaml: 'transaction_idle_ms',
+    apply: (c, r, w) => (c.transactionIdleMs = asInteger(r, w, 1, 3_600_000)),
+  },
+  {
+    flag: 'idempotency-window-hours',
+    env: 'TENANTD_IDEMPOTENCY_WINDOW_HOURS',
+    yaml: 'idempotency_window_hours',
+    apply: (c, r, w) => (c.idempotencyWindowHours = asInteger(r, w, 1, 24 * 365)),
   },
 ];
 

@@ -78,9 +78,29 @@ interface RequestBase {
   trace?: Record<string, string>;
 }
 
+/** How an interactive transaction begins (SqlService.Transaction). */
+export type TransactionMode = 'DEFERRED' | 'IMMEDIATE' | 'READ_ONLY';
+
+/** What a transaction's statement or batch answered: a result, or a failure that may have ended the transaction. */
+export type TransactionStepResult =
+  | { ok: true; result: ExecuteResult | ExecuteResult[] }
+  | { ok: false; error: WireError; open: boolean };
+
 export type ShardRequest =
-  | (RequestBase & { op: 'execute'; limits: CallLimits; statement: StatementInput })
-  | (RequestBase & { op: 'batch'; limits: CallLimits; statements: StatementInput[] })
+  /** `requestId`: an idempotent write (workers/requestLog.ts); such an Execute crosses unpacked. */
+  | (RequestBase & { op: 'execute'; limits: CallLimits; statement: StatementInput; requestId?: string })
+  | (RequestBase & { op: 'batch'; limits: CallLimits; statements: StatementInput[]; requestId?: string })
+  /**
+   * Interactive transactions (workers/transactions.ts). `txId` is unique in
+   * the process; each transaction has its own connection to the tenant's
+   * database. `txBegin` answers `{ replayed: true }` when `requestId` names
+   * a transaction that already committed (and then nothing is open).
+   */
+  | (RequestBase & { op: 'txBegin'; limits: CallLimits; txId: number; mode: TransactionMode; requestId: string | null })
+  | (RequestBase & { op: 'txStep'; limits: CallLimits; txId: number; statements: StatementInput[]; batch: boolean })
+  | (RequestBase & { op: 'txCommit'; limits: CallLimits; txId: number })
+  /** Rolls back (also a transaction that no longer exists); `limits` absent when the front end ends it (cancel, idle, shutdown). */
+  | (RequestBase & { op: 'txRollback'; txId: number })
   | (RequestBase & { op: 'query'; limits: CallLimits; statement: StatementInput; rowsPerChunk: number })
   /** Creates the tenant's database, or adopts the copy that a `snapshot` left at its path. */
   | (RequestBase & { op: 'create'; adoptExisting: boolean; migrations: MigrationStep[] })
@@ -99,7 +119,7 @@ export type ShardRequest =
    * `expectedPosition`, only if the log's last position is that. Events older
    * than `retentionMs` (when > 0) are removed in the same transaction.
    */
-  | (RequestBase & { op: 'appendEvents'; limits: CallLimits; events: NewEvent[]; expectedPosition: bigint | null; retentionMs: number })
+  | (RequestBase & { op: 'appendEvents'; limits: CallLimits; events: NewEvent[]; expectedPosition: bigint | null; retentionMs: number; requestId?: string })
   /** Up to `limit` events from `fromPosition`, only `types` when not empty, none older than `retentionMs` (when > 0). */
   | (RequestBase & { op: 'readEvents'; limits: CallLimits; fromPosition: bigint; limit: number; types: string[]; retentionMs: number })
   /**
@@ -238,10 +258,15 @@ export interface ShardResults {
   execute: ExecuteResult;
   batch: ExecuteResult[];
   query: { rowCount: number };
+  txBegin: { replayed: boolean };
+  txStep: TransactionStepResult;
+  txCommit: { replayed: boolean };
+  txRollback: { rolledBack: boolean };
   create: { schemaVersion: number };
   snapshot: { bytes: number };
   restore: { replaced: boolean };
-  appendEvents: { positions: bigint[] };
+  /** `replayed`: a retry of an Append with the same request_id; nothing was written now. */
+  appendEvents: { positions: bigint[]; replayed: boolean };
   /** `complete`: the read reached the end of the log (not cut by its limit or its size). */
   readEvents: { events: LogEvent[]; nextPosition: bigint; complete: boolean };
   hold: { closed: boolean };
@@ -269,6 +294,8 @@ export interface ShardWorkerData {
   faultInjection: boolean;
   /** How often to remove the expired events of open tenants. */
   eventSweepMs: number;
+  /** How long a request_id's response is kept (ms); older ones are swept. */
+  idempotencyWindowMs: number;
   /** This shard's tenants with events to sweep while closed, as the catalog kept them. */
   closedSweeps: EventSweep[];
 }

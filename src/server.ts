@@ -34,6 +34,7 @@ import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
 import { sqlService } from './grpc/sqlService.ts';
+import { OpenTransactions } from './grpc/transaction.ts';
 import { tenantService } from './grpc/tenantService.ts';
 import { schemaService } from './grpc/schemaService.ts';
 import { Migrator } from './schema/migrator.ts';
@@ -105,6 +106,7 @@ export async function startServer(
         faultInjection: config.faultInjection,
         groupCommit: config.groupCommit,
         eventSweepMs: config.eventSweepMs,
+        idempotencyWindowMs: config.idempotencyWindowHours * 3_600_000,
         quotaPages: () => table.allBuffers(),
         // Read at each worker start: the notes of the tenants this shard owns under today's shard count.
         closedSweeps: () => catalog.eventSweeps().filter((sweep) => shardOf(sweep.tenantId, config.shards) === i),
@@ -125,6 +127,7 @@ export async function startServer(
   const fileChecks = new FileChecks(config.sync);
   const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
   const hub = new EventHub();
+  const openTransactions = new OpenTransactions();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
@@ -164,7 +167,10 @@ export async function startServer(
   const admit = createAdmit(admitter, registry, metrics, { shards: config.shards, tracker: new ShardActivity(config.shards) });
   server.addService(
     loaded.tenantd.v1.SqlService!.service,
-    sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits)),
+    sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits), {
+      open: openTransactions,
+      idleMs: config.transactionIdleMs,
+    }),
   );
   server.addService(loaded.tenantd.v1.EventService!.service, eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')));
   server.addService(
@@ -207,6 +213,8 @@ export async function startServer(
       health.endWatches();
       // Subscriptions never end on their own: end them so the drain can finish.
       hub.endAll('shutdown');
+      // Open transactions would hold the drain until their idle limit: they roll back now.
+      openTransactions.endAll();
       await new Promise<void>((done) => {
         const timer = setTimeout(() => {
           logger.warn('drain timed out; cancelling calls in flight');

@@ -21,6 +21,8 @@ beforeAll(async () => {
         queryTimeoutMs: 5000,
         eventRetentionHours: 24,
         shardMsPerSecond: -1,
+        transactionTimeoutMs: 30_000,
+        concurrentTransactions: 4,
       },
     },
   });

@@ -13,6 +13,7 @@
  */
 import Database from 'better-sqlite3';
 import { CREATE_EVENTS_SQL } from './eventLog.ts';
+import { REQUEST_LOG_SCHEMA } from './requestLog.ts';
 
 /** `_tenantd_meta`, made when a tenant's database opens. */
 export const CREATE_META_SQL = 'CREATE TABLE IF NOT EXISTS _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT;';
@@ -29,7 +30,8 @@ const RESERVED_ROWS = `SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlit
 
 type Row = [string, string, string, string];
 
-let expected: { meta: string[]; withEvents: string[] } | null = null;
+/** Rows of `_tenantd_meta` (always there), and of each object group made only when first needed. */
+let expected: { always: string[]; optional: string[][] } | null = null;
 
 /**
  * Whitespace in the stored CREATE text is not compared: earlier versions of
@@ -41,35 +43,51 @@ function rowsOf(db: Database.Database): string[] {
   );
 }
 
-/** What a database that tenantd alone touched holds: with and without the event log. */
-function expectedRows(): { meta: string[]; withEvents: string[] } {
+/** What tenantd makes: the meta table, the event log (first Append), the request log (first write with a request_id). */
+function expectedRows(): { always: string[]; optional: string[][] } {
   if (expected) return expected;
   const scratch = new Database(':memory:');
   try {
     scratch.exec(CREATE_META_SQL);
-    const meta = rowsOf(scratch);
-    scratch.exec(CREATE_EVENTS_SQL);
-    expected = { meta, withEvents: rowsOf(scratch) };
+    const always = rowsOf(scratch);
+    const added = (sql: string): string[] => {
+      const before = new Set(rowsOf(scratch));
+      scratch.exec(sql);
+      return rowsOf(scratch).filter((row) => !before.has(row));
+    };
+    const events = added(CREATE_EVENTS_SQL);
+    const requests = added(REQUEST_LOG_SCHEMA.map((o) => `${o.sql};`).join('\n'));
+    expected = { always, optional: [events, requests] };
     return expected;
   } finally {
     scratch.close();
   }
 }
 
+function describeRow(row: string): string {
+  const [type, name, table] = JSON.parse(row) as Row;
+  return type === 'table' && name === table ? `table ${name} differs` : `${type} ${name} on ${table}`;
+}
+
 /**
- * Null when the reserved objects are exactly tenantd's own; otherwise the
- * first object that differs, e.g. `trigger t on _tenantd_events`. Run with
- * the guard's tenant policy off (it reads sqlite_schema's reserved rows).
+ * Null when the reserved objects are exactly tenantd's own (the meta table,
+ * and each optional group whole or not at all); otherwise the first object
+ * that differs, e.g. `trigger t on _tenantd_events`. Run with the guard's
+ * tenant policy off (it reads sqlite_schema's reserved rows).
  */
 export function serviceSchemaProblem(db: Database.Database): string | null {
-  const { meta, withEvents } = expectedRows();
-  const actual = rowsOf(db);
-  const want = actual.length === meta.length ? meta : withEvents;
-  for (let i = 0; i < Math.max(actual.length, want.length); i++) {
-    if (actual[i] === want[i]) continue;
-    if (actual[i] === undefined) return `${JSON.parse(want[i]!)[1]} is missing`;
-    const [type, name, table] = JSON.parse(actual[i]!) as Row;
-    return type === 'table' && name === table ? `table ${name} differs` : `${type} ${name} on ${table}`;
+  const { always, optional } = expectedRows();
+  const actual = new Set(rowsOf(db));
+  for (const row of always) {
+    if (!actual.delete(row)) return `${JSON.parse(row)[1]} is missing`;
   }
-  return null;
+  for (const group of optional) {
+    const present = group.filter((row) => actual.has(row));
+    if (present.length === 0) continue;
+    const missing = group.find((row) => !actual.has(row));
+    if (missing !== undefined) return `${JSON.parse(missing)[1]} is missing`;
+    for (const row of group) actual.delete(row);
+  }
+  const extra = actual.values().next();
+  return extra.done ? null : describeRow(extra.value);
 }

@@ -36,11 +36,15 @@ import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSwee
 import { ShardError } from './shardError.ts';
 import { ShareLedger, TurnLine } from './shareLanes.ts';
 import type { TenantDb } from './tenantDb.ts';
+import { CONFLICT_WAIT_MS, isTransactionOp, Transactions } from './transactions.ts';
+import { loggedAppend, runLogged, setRequestWindow } from './writeCall.ts';
+import { afterCommit } from './requestLog.ts';
 
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
 const pool = new DbPool(data.dataDir, data.sync, data.maxOpenDbs, data.closedSweeps);
 const quotaPages: QuotaPage[] = data.quotaPages.map(viewPage);
+setRequestWindow(data.idempotencyWindowMs);
 
 /** Records what a call did in the tenant's shared usage slot. */
 function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: number): void {
@@ -80,19 +84,19 @@ function recordResults(db: TenantDb, slot: number, result: ExecuteResult | Execu
  * (quotaPage, retention, release) or in runTurn (hold, and snapshot, which
  * spans turns of the event loop).
  */
-type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' }>;
+type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' | 'txBegin' | 'txStep' | 'txCommit' | 'txRollback' }>;
 
 function handle(request: Call): ShardResults[Call['op']] {
   switch (request.op) {
     case 'execute': {
       const db = pool.get(request.tenantId);
-      const result = db.execute(request.statement, request.limits);
+      const result = request.requestId === undefined ? db.execute(request.statement, request.limits) : (runLogged(db, request) as ExecuteResult);
       recordResults(db, request.limits.slot, result);
       return result;
     }
     case 'batch': {
       const db = pool.get(request.tenantId);
-      const results = db.batch(request.statements, request.limits);
+      const results = request.requestId === undefined ? db.batch(request.statements, request.limits) : (runLogged(db, request) as ExecuteResult[]);
       recordResults(db, request.limits.slot, results);
       return results;
     }
@@ -123,10 +127,13 @@ function handle(request: Call): ShardResults[Call['op']] {
       return { replaced: pool.restore(request.tenantId, request.file) };
     case 'appendEvents': {
       const db = pool.get(request.tenantId);
-      const positions = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits);
-      record(db, request.limits.slot, 0, positions.length);
-      countCommit(1);
-      return { positions };
+      const appended = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits, loggedAppend(db, request));
+      if (!appended.replayed) {
+        record(db, request.limits.slot, 0, appended.positions.length);
+        countCommit(1);
+      }
+      afterCommit(request.requestId);
+      return appended;
     }
     case 'readEvents': {
       const db = pool.get(request.tenantId);
@@ -137,6 +144,7 @@ function handle(request: Call): ShardResults[Call['op']] {
     case 'drop':
       return { removed: pool.remove(request.tenantId) };
     case 'shutdown': {
+      transactions.closeAll();
       const closed = pool.closeAll();
       // Posted ahead of this answer: the front end keeps them before it closes the catalog.
       reportSweeps(pool);
@@ -167,6 +175,21 @@ function toWire(request: ShardRequest, error: unknown): WireError {
 
 const replies = new Replies(port);
 
+const transactions = new Transactions({
+  pool,
+  post: (response) => replies.post(response),
+  ran: (db, limits, result) => recordResults(db, limits.slot, result),
+  committed: (db, limits, wrote) => {
+    if (wrote) countCommit(1);
+    record(db, limits.slot, 0, 0);
+  },
+  toWire,
+});
+pool.beforeForget = (tenantId) => transactions.closeTenant(tenantId);
+
+/** When a call parked for a transaction's write lock first found it taken: its wait is bounded from there. */
+const parkedSince = new WeakMap<ShardRequest, number>();
+
 function answer(request: Call): void {
   const start = performance.now();
   let result: unknown;
@@ -176,6 +199,21 @@ function answer(request: Call): void {
     const ms = performance.now() - start;
     chargeTime(request, ms);
     replies.ran(pool.peek(request.tenantId), ms);
+    // A write that found an interactive transaction holding the lock waits for it, elsewhere: the shard goes on.
+    const since = parkedSince.get(request) ?? Date.now();
+    const timeoutMs = 'limits' in request ? request.limits.timeoutMs : CONFLICT_WAIT_MS;
+    const parked = transactions.parkCall(
+      request.tenantId,
+      error,
+      timeoutMs,
+      since,
+      () => {
+        parkedSince.set(request, since);
+        requeue(request);
+      },
+      (wire) => replies.post({ id: request.id, kind: 'error', error: wire }),
+    );
+    if (parked) return;
     replies.post({ id: request.id, kind: 'error', error: toWire(request, error) });
     return;
   }
@@ -335,6 +373,17 @@ function nextOf(line: TurnLine): Queued | undefined {
 }
 
 /** After a tenant's turn: back in line for its next one, behind whoever arrived meanwhile. */
+/** A parked call's turn again (a transaction released the write lock): first in its tenant's queue. */
+function requeue(request: Queued): void {
+  const queue = queues.get(request.tenantId);
+  if (queue !== undefined) queue.unshift(request);
+  else {
+    queues.set(request.tenantId, [request]);
+    if (!held.has(request.tenantId)) turns.push(request.tenantId);
+  }
+  if (!running) setImmediate(runWaiting);
+}
+
 function endTurn(tenantId: string, ms: number): void {
   if (ms >= LONG_TURN_MS) receiveWaiting();
   const queue = queues.get(tenantId);
@@ -359,6 +408,7 @@ function nextWriteOf(first: WriteRequest): WriteRequest | undefined {
 
 /** `hold`, in its turn: closes the tenant's database and takes it out of the turns until `release`. */
 function hold(request: Extract<ShardRequest, { op: 'hold' }>): void {
+  transactions.closeSpares(request.tenantId);
   if (!pool.close(request.tenantId)) {
     replies.post({
       id: request.id,
@@ -366,7 +416,7 @@ function hold(request: Extract<ShardRequest, { op: 'hold' }>): void {
       error: {
         code: Status.ABORTED,
         reason: 'TENANT_BUSY',
-        message: `a snapshot of tenant ${request.tenantId} is being made; retry when it is done`,
+        message: `a snapshot of tenant ${request.tenantId} is being made, or it has interactive transactions open; retry when they are done`,
         metadata: { tenant: request.tenantId },
       },
     });
@@ -401,7 +451,14 @@ function runTurn(request: Queued): void {
   if (request.op === 'hold') return hold(request);
   replies.beforeRun(pool.peek(request.tenantId));
   if (request.op === 'snapshot') return startSnapshot(request);
-  if (!data.groupCommit || !isWrite(request)) return answer(request);
+  if (isTransactionOp(request)) {
+    const started = performance.now();
+    transactions.handle(request);
+    if (request.op !== 'txRollback') chargeTime(request, performance.now() - started);
+    return;
+  }
+  // While a transaction may hold the tenant's write lock, its writes run one by one (and park if it does).
+  if (!data.groupCommit || !isWrite(request) || transactions.hasWriter(request.tenantId)) return answer(request);
   const second = nextWriteOf(request);
   if (second === undefined) return answer(request);
   let db: TenantDb;
@@ -438,6 +495,7 @@ function logSweepFailure(tenantId: string, error: unknown): void {
 setInterval(() => {
   for (const db of pool.openDatabases()) {
     try {
+      db.requests.sweep(data.idempotencyWindowMs);
       db.sweepExpiredEvents();
     } catch (error) {
       logSweepFailure(db.tenantId, error);
@@ -448,14 +506,27 @@ setInterval(() => {
   ledger.prune(performance.now());
 }, data.eventSweepMs).unref();
 
-port.on('message', (message: ShardInbound) => {
-  enqueue(message);
-  for (let request = nextTurn(); request !== undefined; request = nextTurn()) {
-    const started = performance.now();
-    runTurn(request);
-    endTurn(request.tenantId, performance.now() - started);
+/** Set while the turns run, so that a call requeued meanwhile is not run from a second loop. */
+let running = false;
+
+function runWaiting(): void {
+  if (running) return;
+  running = true;
+  try {
+    for (let request = nextTurn(); request !== undefined; request = nextTurn()) {
+      const started = performance.now();
+      runTurn(request);
+      endTurn(request.tenantId, performance.now() - started);
+    }
+  } finally {
+    running = false;
   }
   replies.flush();
   reportStats(pool.size);
   reportSweeps(pool);
+}
+
+port.on('message', (message: ShardInbound) => {
+  enqueue(message);
+  runWaiting();
 });

@@ -60,7 +60,8 @@ export function toWireError(error: unknown, ctx: FailureContext): WireError {
       };
     }
     if (code.startsWith('SQLITE_CONSTRAINT')) return wire(Status.FAILED_PRECONDITION, code, text, ctx);
-    if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || code.startsWith('SQLITE_IOERR')) {
+    // SQLITE_BUSY_SNAPSHOT too: an interactive transaction's snapshot is stale (transactions.ts makes it a conflict).
+    if (code.startsWith('SQLITE_BUSY') || code === 'SQLITE_LOCKED' || code.startsWith('SQLITE_IOERR')) {
       return wire(Status.UNAVAILABLE, code, text, ctx);
     }
     if (code === 'SQLITE_CORRUPT' || code === 'SQLITE_NOTADB') return wire(Status.DATA_LOSS, code, text, ctx);

@@ -29,7 +29,8 @@ import type {
 import { Guard } from './guard.ts';
 import { toWireError } from './sqlErrors.ts';
 import { ShardError } from './shardError.ts';
-import { EventLog } from './eventLog.ts';
+import { EventLog, type LoggedAppend } from './eventLog.ts';
+import { RequestLog } from './requestLog.ts';
 import { CREATE_META_SQL, serviceSchemaProblem } from './serviceSchema.ts';
 import { MAX_EXPANSION, statementExpansion, viewExpansions, type Views } from './expansion.ts';
 
@@ -118,6 +119,14 @@ export interface OpenOptions {
   tenantId: string;
   sync: SyncMode;
   create: boolean;
+  /**
+   * Open in NORMAL locking mode (a shared-memory WAL index), so that other
+   * connections can open the file too: the tenant has interactive
+   * transactions, each on its own connection (transactions.ts).
+   */
+  shared?: boolean;
+  /** A transaction's connection: the database exists and is set up; it must not write on open. */
+  secondary?: boolean;
 }
 
 export class TenantDb {
@@ -144,10 +153,19 @@ export class TenantDb {
   /** The request field of the statement running now, for error details. */
   private currentField: string | null = null;
 
-  private constructor(db: Database.Database, tenantId: string) {
+  /** Opened in NORMAL locking mode: other connections may share the file (OpenOptions.shared). */
+  readonly shared: boolean;
+
+  private constructor(db: Database.Database, tenantId: string, shared: boolean) {
     this.db = db;
     this.tenantId = tenantId;
+    this.shared = shared;
     this.guard = Guard.attach(db);
+  }
+
+  /** A service statement (guard off), for the service's own tables: requestLog.ts. */
+  serviceStatement(sql: string): Database.Statement {
+    return this.ownStatement(sql);
   }
 
   private ownStatement(sql: string): Database.Statement {
@@ -183,15 +201,23 @@ export class TenantDb {
       // checkpoints: it survives the process dying, not the machine. One
       // connection per tenant per process: nobody else can hold the lock.
       // One exec for all of it: no statement objects to collect later.
+      //
+      // While the tenant has interactive transactions open, its connections
+      // (this one and one per transaction) share the file in NORMAL mode
+      // instead (transactions.ts); busy_timeout stays 0 there too, since the
+      // shard's thread must never wait for a lock: a writer that finds the
+      // lock taken is parked instead.
+      const shared = options.shared === true;
       db.exec(
-        `PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT_BYTES};
+        `PRAGMA locking_mode = ${shared ? 'NORMAL' : 'EXCLUSIVE'}; PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT_BYTES};
          PRAGMA synchronous = ${options.sync === 'full' ? 'FULL' : 'NORMAL'}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 0;
-         ${CREATE_META_SQL}`,
+         ${options.secondary ? '' : CREATE_META_SQL}`,
       );
       // tenantd's own tables, exactly: a tenant trigger on them would run
       // whenever the service writes them (the guard checks trigger code as
-      // the tenant's, but a tampered file is refused outright).
-      const problem = serviceSchemaProblem(db);
+      // the tenant's, but a tampered file is refused outright). A
+      // transaction's secondary connection opens a file its primary checked.
+      const problem = options.secondary ? null : serviceSchemaProblem(db);
       if (problem !== null) {
         throw new ShardError({
           code: Status.FAILED_PRECONDITION,
@@ -199,7 +225,7 @@ export class TenantDb {
           message: `tenant ${options.tenantId}: tenantd's own tables were changed (${problem}); restore a backup or repair the database`,
         });
       }
-      return new TenantDb(db, options.tenantId);
+      return new TenantDb(db, options.tenantId, shared);
     } catch (error) {
       db.close();
       throw error;
@@ -249,6 +275,10 @@ export class TenantDb {
       try {
         this.migrationStep(step);
       } catch (error) {
+        // An interactive transaction holds the write lock: not the migration's fault; the shard parks the call until it ends.
+        if ((error as { code?: unknown }).code === 'SQLITE_BUSY') {
+          throw new ShardError(toWireError(error, { field: 'sql', tenantId: this.tenantId, denial: null, timedOut: false, timeoutMs: 0, storageLimitBytes: this.storageLimit }));
+        }
         throw new ShardError({
           code: Status.FAILED_PRECONDITION,
           reason: 'MIGRATION_FAILED',
@@ -293,6 +323,15 @@ export class TenantDb {
     }
   }
 
+  // ---- idempotent writes (requestLog.ts) ----
+
+  private requestLog: RequestLog | null = null;
+
+  get requests(): RequestLog {
+    this.requestLog ??= new RequestLog(this);
+    return this.requestLog;
+  }
+
   // ---- the event log (eventLog.ts) ----
 
   private events: EventLog | null = null;
@@ -309,8 +348,8 @@ export class TenantDb {
     return this.events;
   }
 
-  appendEvents(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, limits: CallLimits): bigint[] {
-    return this.eventsCall(limits, () => this.eventLog.append(events, expected, retentionMs));
+  appendEvents(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, limits: CallLimits, logged?: LoggedAppend): { positions: bigint[]; replayed: boolean } {
+    return this.eventsCall(limits, () => this.eventLog.append(events, expected, retentionMs, logged));
   }
 
   readEvents(
@@ -485,7 +524,20 @@ export class TenantDb {
   }
 
   beginGroup(): void {
-    this.ownStatement('BEGIN IMMEDIATE').run();
+    this.begin('IMMEDIATE');
+  }
+
+  /**
+   * Opens a transaction. SQLITE_BUSY (another connection of the tenant, an
+   * interactive transaction, has the write lock) comes back as a ShardError
+   * with reason SQLITE_BUSY, for the caller to park the call (transactions.ts).
+   */
+  begin(mode: 'DEFERRED' | 'IMMEDIATE'): void {
+    try {
+      this.ownStatement(mode === 'IMMEDIATE' ? 'BEGIN IMMEDIATE' : 'BEGIN DEFERRED').run();
+    } catch (error) {
+      throw new ShardError(toWireError(error, { field: 'sql', tenantId: this.tenantId, denial: null, timedOut: false, timeoutMs: 0, storageLimitBytes: this.storageLimit }));
+    }
   }
 
   /** Commits the open transaction; a failure (disk full, I/O) is the status of every call in it. */

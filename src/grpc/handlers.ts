@@ -10,6 +10,7 @@ import {
   type ServerUnaryCall,
   type ServerWritableStream,
   type ServerReadableStream,
+  type ServerDuplexStream,
   type sendUnaryData,
   type UntypedHandleCall,
 } from '@grpc/grpc-js';
@@ -54,6 +55,35 @@ export function serverStream<Req, Res>(
     let done: Promise<void>;
     try {
       done = rpc.run(() => fn(call, trailer, rpc));
+    } catch (error) {
+      done = Promise.reject(error);
+    }
+    done.then(
+      () => {
+        rpc.succeed(trailer);
+        call.end(trailer);
+      },
+      (error: unknown) => {
+        const status = rpc.fail(error, call.cancelled);
+        if (!call.cancelled) call.emit('error', status);
+      },
+    );
+  };
+}
+
+/** A bidirectional stream: `fn` writes its responses; resolving ends the call OK, rejecting ends it with that status. */
+export function bidiStream<Req, Res>(
+  service: ServiceObserver,
+  method: string,
+  fn: (call: ServerDuplexStream<Req, Res>, rpc: ObservedCall) => Promise<void>,
+) {
+  const observe = service.method(method);
+  return (call: ServerDuplexStream<Req, Res>): void => {
+    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const trailer = new Metadata();
+    let done: Promise<void>;
+    try {
+      done = rpc.run(() => fn(call, rpc));
     } catch (error) {
       done = Promise.reject(error);
     }

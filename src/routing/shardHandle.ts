@@ -141,7 +141,8 @@ export class ShardHandle implements ObservedShard {
     const full = request as unknown as ShardRequest;
     full.id = id;
     if (traced) full.trace = traced.carrier;
-    const message = full.op === 'execute' ? packExecute(id, full) : full;
+    // An Execute with a request_id is rare enough to cross in object form.
+    const message = full.op === 'execute' && full.requestId === undefined ? packExecute(id, full) : full;
     return new Promise<ShardResults[R['op']]>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call });
       this.outbox.push(message);

@@ -51,6 +51,8 @@ export function emptyOverrides(): QuotaOverrides {
     queryTimeoutMs: 0,
     eventRetentionHours: 0,
     shardMsPerSecond: 0,
+    transactionTimeoutMs: 0,
+    concurrentTransactions: 0,
   };
 }
 
