@@ -6,6 +6,7 @@
 import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { startServer } from './server.ts';
+import { DataDirLockedError } from './dataDirLock.ts';
 import { installTelemetry } from './telemetry/sdk.ts';
 import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
 
@@ -45,7 +46,7 @@ async function main(argv: string[]): Promise<number> {
     await telemetry?.shutdown();
     const message = error instanceof Error ? error.message : String(error);
     process.stderr.write(`tenantd: ${message}\n`);
-    return error instanceof ConfigError ? 2 : 1;
+    return error instanceof ConfigError || error instanceof DataDirLockedError ? 2 : 1;
   }
   if (server.adminKey.created) {
     process.stdout.write(

@@ -9,6 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import type { Config } from './config.ts';
 import { setUnexpectedErrorLogger } from './errors.ts';
+import { lockDataDir } from './dataDirLock.ts';
 import { createLogger, type Logger } from './log.ts';
 import { packageDefinition } from './protos.ts';
 import { Catalog } from './catalog/catalog.ts';
@@ -72,6 +73,8 @@ export async function startServer(
 ): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
   mkdirSync(join(dataDir, 'tenants'), { recursive: true });
+  // Before anything reads or repairs the directory: a second server exits here (main.ts: code 2).
+  const dirLock = lockDataDir(dataDir);
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
   emptyTrash(dataDir);
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
@@ -82,6 +85,7 @@ export async function startServer(
     adminKey = ensureAdminKey(catalog, dataDir, config.adminKeyFile);
   } catch (error) {
     catalog.close();
+    dirLock.release();
     throw error;
   }
   // Pages made before the shards exist reach them through quotaPages() at spawn.
@@ -133,6 +137,7 @@ export async function startServer(
       await router.stop();
       await fileChecks.close();
       catalog.close();
+      dirLock.release();
       throw error;
     }
   }
@@ -223,6 +228,7 @@ export async function startServer(
       metrics?.close();
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));
+      dirLock.release();
       logger.info('stopped');
     })();
     return stopping;
