@@ -34,6 +34,8 @@ import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from '.
 import { Replies } from './replies.ts';
 import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
+import { diskFull, hostFault } from './sqlErrors.ts';
+import Database from 'better-sqlite3';
 import type { TenantDb } from './tenantDb.ts';
 
 const data = workerData as ShardWorkerData;
@@ -148,6 +150,11 @@ function handle(request: Call): ShardResults[Call['op']] {
 
 function toWire(request: ShardRequest, error: unknown): WireError {
   if (error instanceof ShardError) return error.wire;
+  // A tenant's file that cannot be opened or read (damaged, disk): not a bug, and not INTERNAL.
+  if (error instanceof Database.SqliteError) {
+    const fault = error.code === 'SQLITE_FULL' ? diskFull(error.code) : hostFault(error.code, error.message);
+    if (fault) return fault;
+  }
   // A bug or an environment failure (disk, permissions): the front end
   // answers INTERNAL; the details stay in the server log.
   process.stderr.write(

@@ -27,7 +27,7 @@ import type {
   StatementInput,
 } from '../src/protocol.ts';
 import { Guard } from './guard.ts';
-import { toWireError } from './sqlErrors.ts';
+import { storageFullCause, toWireError } from './sqlErrors.ts';
 import { ShardError } from './shardError.ts';
 import { EventLog } from './eventLog.ts';
 
@@ -593,6 +593,8 @@ export class TenantDb {
       timedOut,
       timeoutMs: limits.timeoutMs,
       storageLimitBytes: limits.storageLimitBytes,
+      path: this.db.name,
+      fullCause: () => storageFullCause(this.db.name, limits.storageLimitBytes, () => this.sizeBytes()),
     };
   }
 

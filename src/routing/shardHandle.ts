@@ -13,7 +13,7 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
-import { TenantdError, unavailable } from '../errors.ts';
+import { isStorageFault, TenantdError, unavailable } from '../errors.ts';
 import {
   packExecute,
   unpackResult,
@@ -42,6 +42,7 @@ interface Pending {
   onChunk: ((chunk: QueryChunk) => void) | undefined;
   /** Set when the call is traced. */
   traced: TracedCall | undefined;
+  tenantId: string;
 }
 
 const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'bootstrap.mjs');
@@ -143,7 +144,7 @@ export class ShardHandle implements ObservedShard {
     if (traced) full.trace = traced.carrier;
     const message = full.op === 'execute' ? packExecute(id, full) : full;
     return new Promise<ShardResults[R['op']]>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call });
+      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call, tenantId: request.tenantId });
       this.outbox.push(message);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
@@ -235,7 +236,13 @@ export class ShardHandle implements ObservedShard {
     this.pending.delete(message.id);
     if (pending.traced) endShardSpan(pending.traced, this.index, message.kind === 'ok' ? null : message.error);
     if (message.kind === 'ok') pending.resolve(message.result);
-    else pending.reject(TenantdError.fromWire(message.error));
+    else {
+      // The operator has to act (free disk, restore a damaged file): an error in the log, not just a status.
+      if (isStorageFault(message.error)) {
+        this.options.onLog('error', 'storage fault', { shard: this.index, tenant: pending.tenantId, reason: message.error.reason, message: message.error.message });
+      }
+      pending.reject(TenantdError.fromWire(message.error));
+    }
   }
 
   private onExit(worker: Worker, code: number): void {
