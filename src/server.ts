@@ -28,7 +28,7 @@ import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
 import { FileChecks } from './tenants/fileChecks.ts';
 import { UnreadBudget } from './grpc/queryOutlet.ts';
-import { emptyTrash, recoverInterruptedRestores } from './tenants/restoreFiles.ts';
+import { emptyTrash, recoverInterruptedRestores, trashOrphans } from './tenants/restoreFiles.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
@@ -76,7 +76,6 @@ export async function startServer(
   // Before anything reads or repairs the directory: a second server exits here (main.ts: code 2).
   const dirLock = lockDataDir(dataDir);
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
-  emptyTrash(dataDir);
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
   const catalog = new Catalog(join(dataDir, 'catalog.db'));
@@ -95,6 +94,10 @@ export async function startServer(
   });
   const registry = new TenantRegistry(config, table);
   registry.load(catalog);
+  for (const tenantId of trashOrphans(dataDir, (id) => registry.get(id) !== undefined)) {
+    logger.warn('removed the files of a tenant the catalog does not list (a create, restore or delete cut short)', { tenant: tenantId });
+  }
+  emptyTrash(dataDir);
   const auth = new Authenticator(catalog);
 
   const shards: ShardHandle[] = [];
@@ -129,6 +132,8 @@ export async function startServer(
   const hub = new EventHub();
   const fileChecks = new FileChecks(config.sync);
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
+  manager.onOrphan = (tenantId, error) =>
+    logger.warn('a deleted tenant\'s files stay until the next start', { tenant: tenantId, error: String(error) });
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
     try {

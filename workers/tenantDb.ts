@@ -28,6 +28,7 @@ import type {
 } from '../src/protocol.ts';
 import { Guard } from './guard.ts';
 import { storageFullCause, toWireError } from './sqlErrors.ts';
+import { fsyncDir } from '../src/durableFs.ts';
 import { ShardError } from './shardError.ts';
 import { EventLog } from './eventLog.ts';
 
@@ -175,6 +176,12 @@ export class TenantDb {
          PRAGMA synchronous = ${options.sync === 'full' ? 'FULL' : 'NORMAL'}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 0;
          CREATE TABLE IF NOT EXISTS _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT;`,
       );
+      // A new tenant's files and directory must exist after a crash once the
+      // catalog lists it: SQLite syncs the file's contents, never the directory entries.
+      if (options.create) {
+        fsyncDir(dirname(options.path));
+        fsyncDir(dirname(dirname(options.path)));
+      }
       return new TenantDb(db, options.tenantId);
     } catch (error) {
       db.close();
