@@ -70,6 +70,8 @@ export interface Config {
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
   drainTimeoutMs: number;
+  /** No statement runs longer, whatever its plan says; a query_timeout_ms of -1 means up to this. */
+  maxQueryTimeoutMs: number;
   /** Let queued writes of one tenant share a commit (each in its own savepoint). */
   groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
@@ -131,6 +133,7 @@ export function defaultConfig(): Config {
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
+    maxQueryTimeoutMs: 60_000,
     groupCommit: true,
     faultInjection: false,
     eventSweepMs: 60_000,
@@ -246,6 +249,12 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_DRAIN_TIMEOUT_MS',
     yaml: 'drain_timeout_ms',
     apply: (c, r, w) => (c.drainTimeoutMs = asInteger(r, w, 0, 600_000)),
+  },
+  {
+    flag: 'max-query-timeout-ms',
+    env: 'TENANTD_MAX_QUERY_TIMEOUT_MS',
+    yaml: 'max_query_timeout_ms',
+    apply: (c, r, w) => (c.maxQueryTimeoutMs = asInteger(r, w, 1, 86_400_000)),
   },
   {
     flag: 'telemetry',

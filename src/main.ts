@@ -15,6 +15,9 @@ const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data
                      [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]
                      [--telemetry on|off] [--metrics-per-tenant on|off]`;
 
+/** What shutdown may take past the drain timeout: closing shards and catalog, flushing telemetry. */
+const SHUTDOWN_GRACE_MS = 800;
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
@@ -54,14 +57,34 @@ async function main(argv: string[]): Promise<number> {
     );
   }
   process.stdout.write(`tenantd listening on port ${server.port}\n`);
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
   });
-  await server.shutdown();
-  // Flushes the last spans and metrics to OTLP, if configured.
-  await telemetry?.shutdown();
+  // A second signal means "now": said in the log before the process goes.
+  const immediate = (second: NodeJS.Signals): void => {
+    logger.warn('second signal during shutdown; exiting now', { signal: second, first: signal });
+    process.exit(130);
+  };
+  process.once('SIGINT', immediate);
+  process.once('SIGTERM', immediate);
+  logger.info('shutting down', { signal });
+  // The drain ends calls at drainTimeoutMs; closing the shards and the catalog
+  // after that is quick, unless a worker is stuck in native code: then the
+  // process goes anyway, within drain timeout + 1 s.
+  const bound = config.drainTimeoutMs + SHUTDOWN_GRACE_MS;
+  let timer: NodeJS.Timeout | undefined;
+  const finished = await Promise.race([
+    server.shutdown().then(() => true),
+    new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), bound))),
+  ]);
+  clearTimeout(timer);
+  if (!finished) {
+    logger.error('shutdown did not finish in time; exiting', { afterMs: bound });
+    return 1;
+  }
+  // Flushes the last spans and metrics to OTLP, if configured (bounded too).
+  await Promise.race([telemetry?.shutdown(), new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS / 2).unref())]);
   return 0;
 }
 

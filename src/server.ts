@@ -10,6 +10,7 @@ import { ReflectionService } from '@grpc/reflection';
 import type { Config } from './config.ts';
 import { setUnexpectedErrorLogger } from './errors.ts';
 import { lockDataDir } from './dataDirLock.ts';
+import { CallCanceller } from '../workers/guard.ts';
 import { createLogger, type Logger } from './log.ts';
 import { packageDefinition } from './protos.ts';
 import { Catalog } from './catalog/catalog.ts';
@@ -100,6 +101,8 @@ export async function startServer(
   emptyTrash(dataDir);
   const auth = new Authenticator(catalog);
 
+  // Interrupts the statement of a cancelled call on whichever worker thread runs it.
+  const canceller = new CallCanceller();
   const shards: ShardHandle[] = [];
   for (let i = 0; i < config.shards; i++) {
     shards.push(
@@ -123,6 +126,7 @@ export async function startServer(
           }
         },
         onLog: (level, msg, fields) => logger[level](msg, fields),
+        canceller,
       }),
     );
   }
@@ -216,9 +220,14 @@ export async function startServer(
       health.endWatches();
       // Subscriptions never end on their own: end them so the drain can finish.
       hub.endAll('shutdown');
+      // Every other stream (Query, WatchUsage, BackupTenant, ...) ends now too, UNAVAILABLE: clients move on at once.
+      observer.calls.endStreams();
       await new Promise<void>((done) => {
         const timer = setTimeout(() => {
-          logger.warn('drain timed out; cancelling calls in flight');
+          logger.warn('drain timed out; cancelling calls in flight', { open: observer.calls.size });
+          // Interrupts their statements in the shards, and drops what is still queued there.
+          observer.calls.cancelAll();
+          for (const shard of shards) shard.cancelAll();
           server.forceShutdown();
           done();
         }, config.drainTimeoutMs);
@@ -232,6 +241,7 @@ export async function startServer(
       await fileChecks.close();
       metrics?.close();
       catalog.close();
+      canceller.close();
       if (http) await new Promise((done) => http!.close(done));
       dirLock.release();
       logger.info('stopped');

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type Database from 'better-sqlite3';
+import Database from 'better-sqlite3';
 import { PACKAGE_ROOT } from '../src/paths.ts';
 
 /**
@@ -45,6 +45,7 @@ const INTERRUPT_RETRIES = 5;
  */
 export class Guard {
   private readonly armStmt: Database.Statement<[Buffer, number], number>;
+  private readonly armCallStmt: Database.Statement<[Buffer, number, number], number>;
   private readonly disarmStmt: Database.Statement<[Buffer], number>;
   private readonly lastDenialStmt: Database.Statement<[Buffer], string | null>;
 
@@ -55,6 +56,7 @@ export class Guard {
     // safeIntegers(false): the caller may turn on db.defaultSafeIntegers(),
     // which would otherwise make these return BigInt.
     this.armStmt = db.prepare<[Buffer, number], number>('SELECT tenantd_arm(?, ?)').pluck().safeIntegers(false);
+    this.armCallStmt = db.prepare<[Buffer, number, number], number>('SELECT tenantd_arm(?, ?, ?)').pluck().safeIntegers(false);
     this.disarmStmt = db.prepare<[Buffer], number>('SELECT tenantd_disarm(?)').pluck().safeIntegers(false);
     this.lastDenialStmt = db
       .prepare<[Buffer], string | null>('SELECT tenantd_last_denial(?)')
@@ -114,11 +116,13 @@ export class Guard {
    * whole multi-statement call, not just the statement running at the time.
    * Clears the state reported by {@link Guard.disarm} and {@link Guard.lastDenial}.
    */
-  arm(timeoutMs: number): void {
+  arm(timeoutMs: number, callId = 0): void {
     // JS numbers are bound as REAL; round up so a fractional timeout never
     // becomes "no deadline".
     const ms = timeoutMs > 0 ? Math.min(Math.ceil(timeoutMs), MAX_TIMEOUT_MS) : 0;
-    this.control(this.armStmt, ms);
+    if (callId === 0) this.control(this.armStmt, ms);
+    // BigInt: bound as INTEGER, exact.
+    else this.controlCall(ms, callId);
   }
 
   /**
@@ -131,7 +135,16 @@ export class Guard {
    *   interrupted) since {@link Guard.arm}.
    */
   disarm(): boolean {
-    return this.control(this.disarmStmt) === 1;
+    return this.disarmAs() === 'timedOut';
+  }
+
+  /**
+   * {@link Guard.disarm}, telling why the connection was interrupted since
+   * arm: its deadline, or a cancel of its call ({@link CallCanceller}).
+   */
+  disarmAs(): 'ran' | 'timedOut' | 'cancelled' {
+    const state = this.control(this.disarmStmt);
+    return state === 2 ? 'cancelled' : state === 1 ? 'timedOut' : 'ran';
   }
 
   /**
@@ -142,6 +155,17 @@ export class Guard {
    */
   lastDenial(): string | null {
     return this.control(this.lastDenialStmt) ?? null;
+  }
+
+  private controlCall(ms: number, callId: number): void {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.armCallStmt.get(this.token, ms, callId);
+        return;
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'SQLITE_INTERRUPT' || attempt >= INTERRUPT_RETRIES) throw err;
+      }
+    }
   }
 
   private control<R>(stmt: Database.Statement<[Buffer], R>): R | undefined;
@@ -156,5 +180,35 @@ export class Guard {
         if ((err as { code?: unknown }).code !== 'SQLITE_INTERRUPT' || attempt >= INTERRUPT_RETRIES) throw err;
       }
     }
+  }
+}
+
+/**
+ * Interrupts a tenant call's statement from another thread (the front end's):
+ * the extension's globals are shared by every connection in the process, so
+ * a connection of the caller's own, with the guard loaded, reaches the
+ * connection that armed the call with its id (Guard.arm's `callId`). A call
+ * not armed yet is interrupted as soon as it arms.
+ */
+export class CallCanceller {
+  private readonly db: Database.Database;
+  private readonly cancelStmt: Database.Statement<[Buffer, bigint], number>;
+  private readonly token = randomBytes(16);
+
+  constructor() {
+    this.db = new Database(':memory:');
+    Guard.load(this.db);
+    this.db.prepare('SELECT tenantd_guard_init(?)').pluck().safeIntegers(false).get(this.token);
+    this.cancelStmt = this.db.prepare<[Buffer, bigint], number>('SELECT tenantd_cancel(?, ?)').pluck().safeIntegers(false);
+  }
+
+  /** True when the call was running (now interrupted); false when it has not armed yet (it will be at once). */
+  cancel(callId: number): boolean {
+    if (!this.db.open) return false;
+    return this.cancelStmt.get(this.token, BigInt(callId)) === 1;
+  }
+
+  close(): void {
+    this.db.close();
   }
 }

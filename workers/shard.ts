@@ -18,6 +18,7 @@ import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_thread
 import { status as Status } from '@grpc/grpc-js';
 import type { WireError } from '../src/errors.ts';
 import {
+  callIdOf,
   packResult,
   unpackExecute,
   type ExecuteResult,
@@ -80,7 +81,7 @@ function recordResults(db: TenantDb, slot: number, result: ExecuteResult | Execu
  * (quotaPage, retention, release) or in runTurn (hold, and snapshot, which
  * spans turns of the event loop).
  */
-type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' }>;
+type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' | 'cancel' }>;
 
 function handle(request: Call): ShardResults[Call['op']] {
   switch (request.op) {
@@ -258,7 +259,7 @@ function startSnapshot(request: Extract<ShardRequest, { op: 'snapshot' }>): void
  * right behind each other, which share one commit.
  */
 /** A request that waits for its tenant's turn: all but the control messages, which apply as they arrive. */
-type Queued = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' }>;
+type Queued = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'cancel' }>;
 const queues = new Map<string, Queued[]>();
 /** Tenants with calls waiting, in the order of their next turn. */
 let turns: string[] = [];
@@ -290,7 +291,12 @@ function receive(request: ShardRequest): void {
       // Sent once the other thread is done with the file: the tenant's calls may run again.
       release(request);
       return;
+    case 'cancel':
+      dropCancelled(request.tenantId, request.target);
+      return;
   }
+  // What the front end's cancel of this call names to the guard.
+  if ('limits' in request) request.limits.callId = callIdOf(request.id, data.shardIndex);
   const queue = queues.get(request.tenantId);
   if (queue !== undefined) {
     queue.push(request);
@@ -298,6 +304,15 @@ function receive(request: ShardRequest): void {
   }
   queues.set(request.tenantId, [request]);
   if (!held.has(request.tenantId)) turns.push(request.tenantId);
+}
+
+/** A cancelled call that has not run yet leaves its tenant's queue, answered CANCELLED. */
+function dropCancelled(tenantId: string, target: number): void {
+  const queue = queues.get(tenantId);
+  const index = queue?.findIndex((queued) => queued.id === target) ?? -1;
+  if (index < 0) return;
+  queue!.splice(index, 1);
+  replies.post({ id: target, kind: 'error', error: { code: Status.CANCELLED, reason: 'CALL_CANCELLED', message: 'the call was cancelled before it ran' } });
 }
 
 /** Takes in every message the port has waiting. */

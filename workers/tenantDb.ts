@@ -27,7 +27,7 @@ import type {
   StatementInput,
 } from '../src/protocol.ts';
 import { Guard } from './guard.ts';
-import { storageFullCause, toWireError } from './sqlErrors.ts';
+import { storageFullCause, toWireError, type FailureContext } from './sqlErrors.ts';
 import { fsyncDir } from '../src/durableFs.ts';
 import { ShardError } from './shardError.ts';
 import { EventLog } from './eventLog.ts';
@@ -574,17 +574,17 @@ export class TenantDb {
   private guarded<T>(limits: CallLimits, field: string, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);
     this.resultBytes = 0;
-    this.guard.arm(limits.timeoutMs);
+    this.guard.arm(limits.timeoutMs, limits.callId ?? 0);
     let denial: string | null = null;
-    let timedOut = false;
     try {
       return body();
     } catch (error) {
       if (error instanceof ShardError) throw error;
       denial = this.guard.lastDenial();
-      timedOut = this.guard.disarm();
+      const ended = this.guard.disarmAs();
       // Inside a Batch the failure names the statement that failed.
-      const failure = this.failure(this.currentField ?? field, limits, denial, timedOut);
+      const failure = this.failure(this.currentField ?? field, limits, denial, ended === 'timedOut');
+      failure.cancelled = ended === 'cancelled';
       throw new ShardError(toWireError(error, failure));
     } finally {
       this.currentField = null;
@@ -592,7 +592,7 @@ export class TenantDb {
     }
   }
 
-  private failure(field: string, limits: CallLimits, denial: string | null, timedOut: boolean) {
+  private failure(field: string, limits: CallLimits, denial: string | null, timedOut: boolean): FailureContext {
     return {
       field,
       tenantId: this.tenantId,

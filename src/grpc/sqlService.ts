@@ -85,7 +85,7 @@ export function sqlService(
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement }))).then(toResponse);
+      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement }, undefined, rpc.signal))).then(toResponse);
     }),
 
     Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>, trailer, rpc) => {
@@ -101,7 +101,7 @@ export function sqlService(
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'batch', tenantId, limits, statements: inputs }))).then((results) => ({ results: results.map(toResponse) }));
+      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'batch', tenantId, limits, statements: inputs }, undefined, rpc.signal))).then((results) => ({ results: results.map(toResponse) }));
     }),
 
     Query: serverStream(
@@ -128,6 +128,7 @@ export function sqlService(
           await dispatch(tenantCall, () =>
             shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
               outlet.push({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) }, chunk.bytes),
+              rpc.signal,
             ),
           );
           // The call ends after its last chunk has gone to gRPC.

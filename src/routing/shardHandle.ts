@@ -15,6 +15,7 @@ import { Worker } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
 import { isStorageFault, TenantdError, unavailable } from '../errors.ts';
 import {
+  callIdOf,
   packExecute,
   unpackResult,
   type EventSweep,
@@ -31,6 +32,7 @@ import {
 import type { QuotaPageBuffers } from '../quota/layout.ts';
 import type { ObservedShard } from '../telemetry/serverMetrics.ts';
 import { PACKAGE_ROOT } from '../paths.ts';
+import type { CallCanceller } from '../../workers/guard.ts';
 import { endShardSpan, traceShardCall, type TracedCall } from './shardSpans.ts';
 
 /** A request as callers write it: the handle assigns the id. */
@@ -45,6 +47,10 @@ interface Pending {
   tenantId: string;
 }
 
+function cancelledError(): TenantdError {
+  return new TenantdError(Status.CANCELLED, 'CALL_CANCELLED', 'the call was cancelled');
+}
+
 const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'bootstrap.mjs');
 const SHARD_ENTRY = new URL(`../../workers/shard.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
 const RESTART_DELAY_MS = [0, 100, 500, 2_000];
@@ -57,6 +63,8 @@ export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry' | 'quo
   /** The worker's notes of them changed: the catalog keeps them for the next worker. */
   onSweeps(noted: EventSweep[], cleared: string[]): void;
   onLog(level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown>): void;
+  /** Interrupts a running call's statement on the worker's thread; null: cancels only drop queued calls. */
+  canceller: CallCanceller | null;
 }
 
 export class ShardHandle implements ObservedShard {
@@ -131,7 +139,13 @@ export class ShardHandle implements ObservedShard {
     return this.worker;
   }
 
-  call<R extends RequestWithoutId>(request: R, onChunk?: (chunk: QueryChunk) => void): Promise<ShardResults[R['op']]> {
+  /**
+   * Posts a call. When `signal` aborts (the client cancelled or went away,
+   * or the server stops) the call is dropped if it has not run yet, and its
+   * statement is interrupted if it runs: it ends CANCELLED at once.
+   */
+  call<R extends RequestWithoutId>(request: R, onChunk?: (chunk: QueryChunk) => void, signal?: AbortSignal): Promise<ShardResults[R['op']]> {
+    if (signal?.aborted) return Promise.reject(cancelledError());
     if (this.stopping) return Promise.reject(unavailable('SHUTTING_DOWN', 'the server is shutting down'));
     if (!this.alive) {
       return Promise.reject(unavailable('SHARD_RESTARTING', 'the shard serving this tenant is restarting; retry the call'));
@@ -143,7 +157,7 @@ export class ShardHandle implements ObservedShard {
     full.id = id;
     if (traced) full.trace = traced.carrier;
     const message = full.op === 'execute' ? packExecute(id, full) : full;
-    return new Promise<ShardResults[R['op']]>((resolve, reject) => {
+    const answered = new Promise<ShardResults[R['op']]>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call, tenantId: request.tenantId });
       this.outbox.push(message);
       if (!this.flushScheduled) {
@@ -151,6 +165,39 @@ export class ShardHandle implements ObservedShard {
         setImmediate(this.flush);
       }
     });
+    if (signal === undefined) return answered;
+    const onAbort = (): void => this.cancel(id);
+    signal.addEventListener('abort', onAbort, { once: true });
+    return answered.finally(() => signal.removeEventListener('abort', onAbort));
+  }
+
+  /**
+   * Cancels call `id`: one still in the outbox never goes; one queued in the
+   * worker is dropped there; one running has its statement interrupted by
+   * the guard at once (its answer is then CANCELLED).
+   */
+  cancel(id: number): void {
+    const pending = this.pending.get(id);
+    if (!pending) return;
+    const index = this.outbox.findIndex((m) => (Array.isArray(m) ? m[0] : m.id) === id);
+    if (index >= 0) {
+      this.outbox.splice(index, 1);
+      this.pending.delete(id);
+      if (pending.traced) endShardSpan(pending.traced, this.index, cancelledError().toWire());
+      pending.reject(cancelledError());
+      return;
+    }
+    try {
+      this.options.canceller?.cancel(callIdOf(id, this.index));
+    } catch (error) {
+      this.options.onLog('warn', 'could not interrupt a cancelled call', { shard: this.index, error: String(error) });
+    }
+    if (this.alive) this.worker.postMessage({ op: 'cancel', id: 0, tenantId: pending.tenantId, target: id } satisfies ShardRequest);
+  }
+
+  /** Cancels every call in flight (shutdown, at the drain timeout). */
+  cancelAll(): void {
+    for (const id of [...this.pending.keys()]) this.cancel(id);
   }
 
   /**
@@ -184,7 +231,7 @@ export class ShardHandle implements ObservedShard {
 
   private spawn(): void {
     this.lastStart = Date.now();
-    const { onLog: _onLog, onSweeps: _onSweeps, quotaPages, closedSweeps, ...data } = this.options;
+    const { onLog: _onLog, onSweeps: _onSweeps, canceller: _canceller, quotaPages, closedSweeps, ...data } = this.options;
     const workerData: ShardWorkerData = { ...data, quotaPages: quotaPages(), closedSweeps: closedSweeps(), entry: SHARD_ENTRY.href };
     const worker = new Worker(BOOTSTRAP, { workerData, name: `shard-${data.shardIndex}` });
     worker.on('message', (message: ShardOutbound) => {

@@ -87,6 +87,11 @@ export class TenantRegistry {
     this.table.release(live.slot);
   }
 
+  /** The server-wide ceiling on any statement's run time (--max-query-timeout-ms). */
+  get maxQueryTimeoutMs(): number {
+    return this.config.maxQueryTimeoutMs;
+  }
+
   planExists(plan: string): boolean {
     return plan === '' || this.config.plans[plan] !== undefined;
   }

@@ -10,6 +10,9 @@
 **   tenantd_arm(token, timeout_ms)  guard ON, optional deadline
 **   tenantd_disarm(token)           guard OFF, 1 if the deadline fired
 **   tenantd_last_denial(token)      why the authorizer last said no, or NULL
+**   tenantd_arm(token, timeout_ms, call_id)   tenantd_arm, for that call
+**   tenantd_cancel(token, call_id)  interrupt that call, wherever it runs
+**   tenantd_disarm returns 2 instead of 1 when the call was cancelled
 **
 ** Loading the extension (entry point sqlite3_tenantdguard_init) also tightens
 ** the connection's limits and db_config flags for its whole lifetime, guard
@@ -58,6 +61,10 @@ struct GuardCtx {
   uint64_t deadline;        /* CLOCK_MONOTONIC, ns */
   int fired;                /* the deadline passed since arm */
   GuardCtx *pPrev, *pNext;  /* watchdog list, sorted by deadline */
+  /* Cancellation (see "Cancel by call id" below); guarded by wdMutex. */
+  sqlite3_int64 callId;     /* the call armed now; 0 when none */
+  int cancelled;            /* tenantd_cancel() named callId since arm */
+  GuardCtx *pCallNext;      /* list of contexts armed with a call id */
   /* Owned by the connection's thread. */
   char denial[DENIAL_BYTES];/* last denial since arm; "" when none */
 };
@@ -177,6 +184,57 @@ static void wdStart(void){
 }
 
 /* ---------------------------------------------------------------------------
+** Cancel by call id. The front end runs each tenant call on some worker
+** thread's connection; when the call is cancelled (client cancel, client
+** gone, shutdown) the main thread calls tenantd_cancel(token, call_id) on a
+** connection of its own (same process, same globals) and the statement stops
+** at once instead of at its deadline.
+**
+** Contexts armed with a call id are on callHead (unsorted; few at a time:
+** one per busy connection). A cancel that finds its call re-schedules the
+** context's deadline to "now", so the watchdog interrupts it and keeps doing
+** so every REFIRE_NS until disarm: a single sqlite3_interrupt() landing
+** between two statements would be lost. A cancel that finds nothing (the
+** call is still queued, or about to arm) is remembered in a small ring, and
+** an arm for that id finds itself cancelled at once. All under wdMutex.
+*/
+#define CANCEL_RING 256
+static GuardCtx *callHead = 0;
+static sqlite3_int64 cancelRing[CANCEL_RING];
+static unsigned cancelNext = 0;
+
+/* Caller holds wdMutex. */
+static void callUnlink(GuardCtx *p){
+  GuardCtx **pp;
+  if( p->callId==0 ) return;
+  for(pp=&callHead; *pp; pp=&(*pp)->pCallNext){
+    if( *pp==p ){ *pp = p->pCallNext; break; }
+  }
+  p->pCallNext = 0;
+  p->callId = 0;
+}
+
+/* Caller holds wdMutex. Interrupts p now and makes the watchdog repeat it. */
+static void callInterrupt(GuardCtx *p){
+  p->cancelled = 1;
+  sqlite3_interrupt(p->db);
+  if( p->watched ){
+    wdUnlink(p);
+    p->deadline = monoNow();
+    wdInsert(p);
+    wdWakeAt = 0;
+    pthread_cond_signal(&wdCond);
+  }
+}
+
+static int callDisarm(GuardCtx *p, int fired);
+
+static int wdStartedOk(void){
+  pthread_once(&wdOnce, wdStart);
+  return wdStarted;
+}
+
+/* ---------------------------------------------------------------------------
 ** Context lifetime.
 **
 ** INVARIANT: a GuardCtx is freed only by ctxRelease(), which runs from the
@@ -195,6 +253,7 @@ static void ctxRelease(void *pArg){
   GuardCtx *p = (GuardCtx*)pArg;
   if( --p->nRef > 0 ) return;
   pthread_mutex_lock(&wdMutex);
+  callUnlink(p);
   if( p->watched ){
     wdUnlink(p);
     p->watched = 0;
@@ -323,7 +382,7 @@ static void fnDisarm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   }else{
     fired = p->fired;
   }
-  sqlite3_result_int(ctx, fired);
+  sqlite3_result_int(ctx, callDisarm(p, fired));
 }
 
 static void fnLastDenial(sqlite3_context *ctx, int argc, sqlite3_value **argv){
@@ -338,6 +397,82 @@ static void fnLastDenial(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   }else{
     sqlite3_result_null(ctx);
   }
+}
+
+/* Drops p's call id at disarm; 2 when the call was cancelled, else fired. */
+static int callDisarm(GuardCtx *p, int fired){
+  int cancelled;
+  pthread_mutex_lock(&wdMutex);
+  cancelled = p->cancelled;
+  p->cancelled = 0;
+  callUnlink(p);
+  pthread_mutex_unlock(&wdMutex);
+  return cancelled ? 2 : fired;
+}
+
+/* tenantd_arm(token, timeout_ms, call_id): tenantd_arm for one call that
+** tenantd_cancel can name. call_id must be non-zero and unique in the
+** process for as long as the call may be cancelled. */
+static void fnArmCall(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  sqlite3_int64 id = sqlite3_value_int64(argv[2]);
+  int i;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  fnArm(ctx, 2, argv);
+  if( id==0 ) return;
+  pthread_mutex_lock(&wdMutex);
+  callUnlink(p);
+  p->cancelled = 0;
+  p->callId = id;
+  p->pCallNext = callHead;
+  callHead = p;
+  for(i=0; i<CANCEL_RING; i++){
+    if( cancelRing[i]==id ){
+      cancelRing[i] = 0;
+      callInterrupt(p);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&wdMutex);
+}
+
+/* tenantd_cancel(token, call_id): 1 when the call was running and is now
+** interrupted, 0 when it was not (yet) armed: then its arm interrupts it. */
+static void fnCancel(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  sqlite3_int64 id = sqlite3_value_int64(argv[1]);
+  GuardCtx *q;
+  int found = 0;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  if( id==0 ){
+    sqlite3_result_int(ctx, 0);
+    return;
+  }
+  if( !wdStartedOk() ){
+    sqlite3_result_error(ctx, "tenantd: watchdog thread unavailable", -1);
+    return;
+  }
+  pthread_mutex_lock(&wdMutex);
+  for(q=callHead; q; q=q->pCallNext){
+    if( q->callId==id ){
+      callInterrupt(q);
+      found = 1;
+    }
+  }
+  if( !found ){
+    cancelRing[cancelNext % CANCEL_RING] = id;
+    cancelNext++;
+  }
+  pthread_mutex_unlock(&wdMutex);
+  sqlite3_result_int(ctx, found);
 }
 
 /* ---------------------------------------------------------------------------
@@ -672,6 +807,8 @@ int sqlite3_tenantdguard_init(
     { "tenantd_arm",         2, fnArm        },
     { "tenantd_disarm",      1, fnDisarm     },
     { "tenantd_last_denial", 1, fnLastDenial },
+    { "tenantd_arm",         3, fnArmCall    },
+    { "tenantd_cancel",      2, fnCancel     },
   };
   const int nFunc = (int)(sizeof(aFunc)/sizeof(aFunc[0]));
   GuardCtx *p;
