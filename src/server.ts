@@ -57,6 +57,12 @@ export interface StartedServer {
   registry: TenantRegistry;
   health: HealthState;
   shutdown(): Promise<void>;
+  /**
+   * Interrupts every statement running in the process (an exit that cannot
+   * wait: a worker in a statement holds the exit up, and one interrupted
+   * while it is being terminated crashes the process).
+   */
+  interruptAll(): void;
 }
 
 export interface ServerOptions {
@@ -212,6 +218,13 @@ export async function startServer(
     httpPort,
   });
 
+  const interruptAll = (): void => {
+    try {
+      canceller.interruptAll();
+    } catch (error) {
+      logger.warn('could not interrupt running statements', { error: String(error) });
+    }
+  };
   let stopping: Promise<void> | null = null;
   const shutdown = (): Promise<void> => {
     stopping ??= (async () => {
@@ -228,6 +241,7 @@ export async function startServer(
           // Interrupts their statements in the shards, and drops what is still queued there.
           observer.calls.cancelAll();
           for (const shard of shards) shard.cancelAll();
+          interruptAll();
           server.forceShutdown();
           done();
         }, config.drainTimeoutMs);
@@ -241,7 +255,6 @@ export async function startServer(
       await fileChecks.close();
       metrics?.close();
       catalog.close();
-      canceller.close();
       if (http) await new Promise((done) => http!.close(done));
       dirLock.release();
       logger.info('stopped');
@@ -249,5 +262,5 @@ export async function startServer(
     return stopping;
   };
 
-  return { port, httpPort, adminKey, router, registry, health, shutdown };
+  return { port, httpPort, adminKey, router, registry, health, shutdown, interruptAll };
 }

@@ -193,6 +193,7 @@ export class Guard {
 export class CallCanceller {
   private readonly db: Database.Database;
   private readonly cancelStmt: Database.Statement<[Buffer, bigint], number>;
+  private readonly interruptAllStmt: Database.Statement<[Buffer], number>;
   private readonly token = randomBytes(16);
 
   constructor() {
@@ -200,12 +201,19 @@ export class CallCanceller {
     Guard.load(this.db);
     this.db.prepare('SELECT tenantd_guard_init(?)').pluck().safeIntegers(false).get(this.token);
     this.cancelStmt = this.db.prepare<[Buffer, bigint], number>('SELECT tenantd_cancel(?, ?)').pluck().safeIntegers(false);
+    this.interruptAllStmt = this.db.prepare<[Buffer], number>('SELECT tenantd_interrupt_all(?)').pluck().safeIntegers(false);
   }
 
   /** True when the call was running (now interrupted); false when it has not armed yet (it will be at once). */
   cancel(callId: number): boolean {
     if (!this.db.open) return false;
     return this.cancelStmt.get(this.token, BigInt(callId)) === 1;
+  }
+
+  /** Interrupts every armed statement in the process (an exit that cannot wait); how many there were. */
+  interruptAll(): number {
+    if (!this.db.open) return 0;
+    return this.interruptAllStmt.get(this.token) ?? 0;
   }
 
   close(): void {

@@ -12,6 +12,7 @@
 **   tenantd_last_denial(token)      why the authorizer last said no, or NULL
 **   tenantd_arm(token, timeout_ms, call_id)   tenantd_arm, for that call
 **   tenantd_cancel(token, call_id)  interrupt that call, wherever it runs
+**   tenantd_interrupt_all(token)   interrupt every armed connection (exit)
 **   tenantd_disarm returns 2 instead of 1 when the call was cancelled
 **
 ** Loading the extension (entry point sqlite3_tenantdguard_init) also tightens
@@ -475,6 +476,32 @@ static void fnCancel(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   sqlite3_result_int(ctx, found);
 }
 
+/* tenantd_interrupt_all(token): interrupts every armed connection of the
+** process (calls and deadlines alike), for a shutdown that cannot wait: a
+** worker thread stuck in a statement would otherwise hold up the exit.
+** Returns how many it interrupted. */
+static void fnInterruptAll(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  GuardCtx *q;
+  int n = 0;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  if( !wdStartedOk() ){
+    sqlite3_result_error(ctx, "tenantd: watchdog thread unavailable", -1);
+    return;
+  }
+  pthread_mutex_lock(&wdMutex);
+  for(q=callHead; q; q=q->pCallNext){ callInterrupt(q); n++; }
+  for(q=wdHead; q; q=q->pNext){
+    if( q->callId==0 ){ sqlite3_interrupt(q->db); n++; }
+  }
+  pthread_mutex_unlock(&wdMutex);
+  sqlite3_result_int(ctx, n);
+}
+
 /* ---------------------------------------------------------------------------
 ** Authorizer policy (only while the guard is ON).
 */
@@ -809,6 +836,7 @@ int sqlite3_tenantdguard_init(
     { "tenantd_last_denial", 1, fnLastDenial },
     { "tenantd_arm",         3, fnArmCall    },
     { "tenantd_cancel",      2, fnCancel     },
+    { "tenantd_interrupt_all", 1, fnInterruptAll },
   };
   const int nFunc = (int)(sizeof(aFunc)/sizeof(aFunc[0]));
   GuardCtx *p;
