@@ -10,6 +10,25 @@ export type SyncMode = 'full' | 'normal';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 
 /** Bytes of Query results that may wait for slow clients (src/grpc/queryOutlet.ts). */
+/** Tenant calls that may wait for the shards (routing/shardQueueBudget.ts). */
+export interface ShardQueueLimits {
+  /** Calls queued or running in one shard. */
+  perShardCalls: number;
+  /** Their request bytes (SQL, parameters, events) in one shard. */
+  perShardBytes: number;
+  /** Calls queued or running in every shard together. */
+  totalCalls: number;
+  totalBytes: number;
+}
+
+/** The documented defaults (README, "Memory and queue budgets"). */
+export const DEFAULT_SHARD_QUEUE_LIMITS: ShardQueueLimits = {
+  perShardCalls: 10_000,
+  perShardBytes: 64 * 1024 * 1024,
+  totalCalls: 50_000,
+  totalBytes: 256 * 1024 * 1024,
+};
+
 export interface UnreadLimits {
   /** For one tenant's calls together. */
   perTenant: number;
@@ -80,6 +99,8 @@ export interface Config {
   eventSweepMs: number;
   /** Bytes of Query results that may wait for slow clients, per tenant and in all (queryOutlet.ts). Not settable from flags, env or file. */
   queryUnreadLimits: UnreadLimits;
+  /** Tenant calls queued for the shards, per shard and in all (routing/shardQueueBudget.ts). Not settable from flags, env or file. */
+  shardQueueLimits: ShardQueueLimits;
   /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
@@ -138,6 +159,7 @@ export function defaultConfig(): Config {
     faultInjection: false,
     eventSweepMs: 60_000,
     queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
+    shardQueueLimits: { ...DEFAULT_SHARD_QUEUE_LIMITS },
     telemetry: true,
     metricsPerTenant: false,
   };

@@ -18,6 +18,7 @@ import { Authenticator } from './auth/authenticator.ts';
 import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
 import { ShardHandle } from './routing/shardHandle.ts';
 import { ShardRouter, shardOf } from './routing/shardRouter.ts';
+import { ShardQueueBudget } from './routing/shardQueueBudget.ts';
 import { TenantRegistry } from './tenants/registry.ts';
 import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
@@ -109,6 +110,7 @@ export async function startServer(
 
   // Interrupts the statement of a cancelled call on whichever worker thread runs it.
   const canceller = new CallCanceller();
+  const queueBudget = new ShardQueueBudget(config.shardQueueLimits);
   const shards: ShardHandle[] = [];
   for (let i = 0; i < config.shards; i++) {
     shards.push(
@@ -133,6 +135,7 @@ export async function startServer(
         },
         onLog: (level, msg, fields) => logger[level](msg, fields),
         canceller,
+        queueBudget,
       }),
     );
   }

@@ -40,6 +40,13 @@ describe('cancelled calls', () => {
     const heavy = await t.createTenant('heavy', { quotas });
     const light = await t.createTenant('light', { quotas });
     await t.sql(light, 'SELECT 1');
+    // The same call on an idle shard, in this run: what the host adds to any answer.
+    const idle: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const at = performance.now();
+      await t.sql(light, 'SELECT 1');
+      idle.push(performance.now() - at);
+    }
     const waits: number[] = [];
     for (let round = 0; round < 3; round++) {
       const call = cancellable(t, heavy, FOREVER);
@@ -51,8 +58,10 @@ describe('cancelled calls', () => {
       expect((await call.status)?.code).toBe(grpc.status.CANCELLED);
     }
     // Without the interrupt the light tenant waits for the heavy statement's 20 s timeout.
-    // The best of three rounds: one round may lose its 50 ms to a loaded host's scheduler.
-    expect(Math.min(...waits), `waits ${waits.map((w) => w.toFixed(1)).join(', ')} ms`).toBeLessThan(50);
+    // The best of three rounds, past what the host takes for the call on an idle shard
+    // (on a quiet host that is ~1 ms; at a load average of 30, 100 ms and more).
+    const detail = `waits ${waits.map((w) => w.toFixed(1)).join(', ')} ms, idle ${idle.map((w) => w.toFixed(1)).join(', ')} ms`;
+    expect(Math.min(...waits) - Math.min(...idle), detail).toBeLessThan(50);
     expect(Math.max(...waits)).toBeLessThan(2_000);
   });
 

@@ -33,6 +33,7 @@ import type { QuotaPageBuffers } from '../quota/layout.ts';
 import type { ObservedShard } from '../telemetry/serverMetrics.ts';
 import { PACKAGE_ROOT } from '../paths.ts';
 import type { CallCanceller } from '../../workers/guard.ts';
+import { queuedBytesOf, type ShardQueueBudget } from './shardQueueBudget.ts';
 import { endShardSpan, traceShardCall, type TracedCall } from './shardSpans.ts';
 
 /** A request as callers write it: the handle assigns the id. */
@@ -45,6 +46,8 @@ interface Pending {
   /** Set when the call is traced. */
   traced: TracedCall | undefined;
   tenantId: string;
+  /** Taken from the queue budget (0: not counted). */
+  queuedBytes: number;
 }
 
 function cancelledError(): TenantdError {
@@ -65,11 +68,16 @@ export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry' | 'quo
   onLog(level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown>): void;
   /** Interrupts a running call's statement on the worker's thread; null: cancels only drop queued calls. */
   canceller: CallCanceller | null;
+  /** The server's bound on queued tenant calls; null: none (tests of a handle alone). */
+  queueBudget: ShardQueueBudget | null;
 }
 
 export class ShardHandle implements ObservedShard {
   private worker!: Worker;
   private readonly pending = new Map<number, Pending>();
+  /** Tenant calls posted and not yet answered, and their bytes (the queue budget's count for this shard). */
+  private queuedCalls = 0;
+  private queuedBytes = 0;
   private nextId = 1;
   private stopping = false;
   /** False between a worker's death and its replacement's start. */
@@ -150,6 +158,16 @@ export class ShardHandle implements ObservedShard {
     if (!this.alive) {
       return Promise.reject(unavailable('SHARD_RESTARTING', 'the shard serving this tenant is restarting; retry the call'));
     }
+    const queued = this.options.queueBudget === null ? null : queuedBytesOf(request);
+    if (queued !== null) {
+      try {
+        this.options.queueBudget!.take(this.index, this.queuedCalls, this.queuedBytes, queued);
+      } catch (error) {
+        return Promise.reject(error as TenantdError);
+      }
+      this.queuedCalls++;
+      this.queuedBytes += queued;
+    }
     const id = this.nextId++;
     const traced = traceShardCall(request.op, request.tenantId);
     // Callers build a fresh object per call, so the id goes on it rather than on a copy.
@@ -158,7 +176,7 @@ export class ShardHandle implements ObservedShard {
     if (traced) full.trace = traced.carrier;
     const message = full.op === 'execute' ? packExecute(id, full) : full;
     const answered = new Promise<ShardResults[R['op']]>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call, tenantId: request.tenantId });
+      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call, tenantId: request.tenantId, queuedBytes: queued ?? -1 });
       this.outbox.push(message);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
@@ -182,7 +200,7 @@ export class ShardHandle implements ObservedShard {
     const index = this.outbox.findIndex((m) => (Array.isArray(m) ? m[0] : m.id) === id);
     if (index >= 0) {
       this.outbox.splice(index, 1);
-      this.pending.delete(id);
+      this.settle(id);
       if (pending.traced) endShardSpan(pending.traced, this.index, cancelledError().toWire());
       pending.reject(cancelledError());
       return;
@@ -193,6 +211,19 @@ export class ShardHandle implements ObservedShard {
       this.options.onLog('warn', 'could not interrupt a cancelled call', { shard: this.index, error: String(error) });
     }
     if (this.alive) this.worker.postMessage({ op: 'cancel', id: 0, tenantId: pending.tenantId, target: id } satisfies ShardRequest);
+  }
+
+  /** Forgets an answered (or failed) call and gives back what it took of the queue budget. */
+  private settle(id: number): Pending | undefined {
+    const pending = this.pending.get(id);
+    if (!pending) return undefined;
+    this.pending.delete(id);
+    if (pending.queuedBytes >= 0) {
+      this.queuedCalls--;
+      this.queuedBytes -= pending.queuedBytes;
+      this.options.queueBudget?.give(pending.queuedBytes);
+    }
+    return pending;
   }
 
   /** Cancels every call in flight (shutdown, at the drain timeout). */
@@ -231,7 +262,7 @@ export class ShardHandle implements ObservedShard {
 
   private spawn(): void {
     this.lastStart = Date.now();
-    const { onLog: _onLog, onSweeps: _onSweeps, canceller: _canceller, quotaPages, closedSweeps, ...data } = this.options;
+    const { onLog: _onLog, onSweeps: _onSweeps, canceller: _canceller, queueBudget: _queueBudget, quotaPages, closedSweeps, ...data } = this.options;
     const workerData: ShardWorkerData = { ...data, quotaPages: quotaPages(), closedSweeps: closedSweeps(), entry: SHARD_ENTRY.href };
     const worker = new Worker(BOOTSTRAP, { workerData, name: `shard-${data.shardIndex}` });
     worker.on('message', (message: ShardOutbound) => {
@@ -254,9 +285,8 @@ export class ShardHandle implements ObservedShard {
 
   private onPackedResult(message: PackedResult): void {
     const id = message[0];
-    const pending = this.pending.get(id);
+    const pending = this.settle(id);
     if (!pending) return;
-    this.pending.delete(id);
     if (pending.traced) endShardSpan(pending.traced, this.index, null);
     pending.resolve(unpackResult(message));
   }
@@ -280,7 +310,7 @@ export class ShardHandle implements ObservedShard {
       if (pending.traced) pending.traced.ran = message.span;
       return;
     }
-    this.pending.delete(message.id);
+    this.settle(message.id);
     if (pending.traced) endShardSpan(pending.traced, this.index, message.kind === 'ok' ? null : message.error);
     if (message.kind === 'ok') pending.resolve(message.result);
     else {
@@ -305,7 +335,7 @@ export class ShardHandle implements ObservedShard {
     // Calls not yet posted are in `pending` too and fail with the rest.
     this.outbox = [];
     for (const [id, pending] of this.pending) {
-      this.pending.delete(id);
+      this.settle(id);
       const error = new TenantdError(Status.UNAVAILABLE, 'SHARD_RESTARTING', 'the shard serving this tenant restarted; retry the call', {
         metadata: { shard: String(this.index) },
       });
