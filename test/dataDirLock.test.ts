@@ -32,7 +32,7 @@ describe('one server per data directory', () => {
     } finally {
       client.close();
     }
-  }, 60_000);
+  }, 240_000);
 
   it('a SIGKILLed owner leaves no stale lock: the next server starts and has its tenants', async () => {
     const dataDir = freshDataDir();
@@ -52,7 +52,7 @@ describe('one server per data directory', () => {
     } finally {
       again.close();
     }
-  }, 60_000);
+  }, 240_000);
 
   it('refuses a second server in the same process, and gives the directory up at shutdown', async () => {
     const first = await startTestServer({}, { keepDataDir: true });

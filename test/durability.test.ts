@@ -210,5 +210,5 @@ describe('a SIGKILL in the middle of restores, deletes and creates', () => {
         await again.exited;
       }
     }
-  }, 180_000);
+  }, 400_000);
 });

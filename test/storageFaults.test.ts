@@ -6,7 +6,7 @@ import { status as Status } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/log.ts';
 import { tenantDbPath } from '../src/protocol.ts';
-import { freshDataDir, RpcError, startTestServer, v, type TestServer } from './support/server.ts';
+import { freshDataDir, RpcError, startTestServer, type TestServer } from './support/server.ts';
 
 const cleanups: (() => void | Promise<void>)[] = [];
 afterEach(async () => {
@@ -83,7 +83,7 @@ describe('errors blame the right party', () => {
     expect(refused!.quotaViolations).toEqual([]);
     const logged = lines.map((line) => JSON.parse(line) as Record<string, unknown>).find((l) => l.msg === 'storage fault');
     expect(logged).toMatchObject({ level: 'error', reason: 'DISK_FULL', tenant: 'filler' });
-  });
+  }, 120_000);
 
   it('a damaged tenant file is DATA_LOSS with the SQLite code as reason, never INVALID_ARGUMENT', async () => {
     const dataDir = freshDataDir();
@@ -93,7 +93,7 @@ describe('errors blame the right party', () => {
     for (const id of ['header', 'pages']) {
       keys[id] = await t.createTenant(id, { quotas: unlimited });
       await t.sql(keys[id]!, 'CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)');
-      for (let i = 0; i < 20; i++) await t.sql(keys[id]!, 'INSERT INTO t (body) VALUES (?)', [v.text('x'.repeat(2000))]);
+      await t.sql(keys[id]!, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20) INSERT INTO t (body) SELECT hex(zeroblob(1000)) FROM c');
     }
     await t.stop();
 
@@ -117,5 +117,5 @@ describe('errors blame the right party', () => {
     const corrupt = await failure(t.sql(keys.pages!, 'SELECT sum(length(body)) FROM t'));
     expect(corrupt.code).toBe(Status.DATA_LOSS);
     expect(corrupt.reason).toMatch(/^SQLITE_CORRUPT/);
-  });
+  }, 120_000);
 });

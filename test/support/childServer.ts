@@ -19,7 +19,7 @@ export interface ChildServer {
 }
 
 /** Spawns `tenantd serve` on 127.0.0.1:0 with `args`; resolves once it listens. */
-export function serveChild(dataDir: string, args: string[] = [], startMs = 30_000): Promise<ChildServer> {
+export function serveChild(dataDir: string, args: string[] = [], startMs = 90_000): Promise<ChildServer> {
   const child = spawn(
     process.execPath,
     [BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--metrics-listen', 'off', '--shards', '2', '--log-level', 'warn', ...args],
