@@ -72,6 +72,7 @@ describe('overload', () => {
     clearInterval(sampler);
     const counts: Record<string, number> = {};
     for (const outcome of ended) counts[outcome] = (counts[outcome] ?? 0) + 1;
+    if (process.env.TENANTD_REPORT) console.info(JSON.stringify({ capacityPerS: Math.round(capacity), ratePerS: Math.round(rate), calls: ended.length, counts, rssGrowthMiB: Math.round((rssMax - rssBefore) / 1048576) }));
     // Every call ended, and only as answered or shed: none ran into its deadline.
     expect(Object.keys(counts).every((k) => k === 'OK' || k === 'UNAVAILABLE SHARD_OVERLOADED' || k.startsWith('RESOURCE_EXHAUSTED')), JSON.stringify(counts)).toBe(true);
     expect(counts['UNAVAILABLE SHARD_OVERLOADED'] ?? 0, JSON.stringify({ capacity, counts })).toBeGreaterThan(0);
@@ -82,6 +83,7 @@ describe('overload', () => {
     // Normal again at once: a plain call is answered within 2 s of the load's end.
     const after = performance.now();
     await t.sql(keys[0]!, 'SELECT 1');
+    if (process.env.TENANTD_REPORT) console.info(JSON.stringify({ firstCallAfterLoadMs: Math.round(performance.now() - after) }));
     expect(performance.now() - after).toBeLessThan(2_000);
     expect(t.server.router.forTenant('load-0').inFlight).toBe(0);
   }, 120_000);
