@@ -91,6 +91,8 @@ export interface Config {
   drainTimeoutMs: number;
   /** No statement runs longer, whatever its plan says; a query_timeout_ms of -1 means up to this. */
   maxQueryTimeoutMs: number;
+  /** A migration's time limit, per tenant and step, and for its validation (guard deadline). */
+  migrationTimeoutMs: number;
   /** Let queued writes of one tenant share a commit (each in its own savepoint). */
   groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
@@ -155,6 +157,7 @@ export function defaultConfig(): Config {
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
     maxQueryTimeoutMs: 60_000,
+    migrationTimeoutMs: 60_000,
     groupCommit: true,
     faultInjection: false,
     eventSweepMs: 60_000,
@@ -277,6 +280,12 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_MAX_QUERY_TIMEOUT_MS',
     yaml: 'max_query_timeout_ms',
     apply: (c, r, w) => (c.maxQueryTimeoutMs = asInteger(r, w, 1, 86_400_000)),
+  },
+  {
+    flag: 'migration-timeout-ms',
+    env: 'TENANTD_MIGRATION_TIMEOUT_MS',
+    yaml: 'migration_timeout_ms',
+    apply: (c, r, w) => (c.migrationTimeoutMs = asInteger(r, w, 1, 3_600_000)),
   },
   {
     flag: 'telemetry',
