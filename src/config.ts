@@ -10,6 +10,25 @@ export type SyncMode = 'full' | 'normal';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 
 /** Bytes of Query results that may wait for slow clients (src/grpc/queryOutlet.ts). */
+/** Tenant calls that may wait for the shards (routing/shardQueueBudget.ts). */
+export interface ShardQueueLimits {
+  /** Calls queued or running in one shard. */
+  perShardCalls: number;
+  /** Their request bytes (SQL, parameters, events) in one shard. */
+  perShardBytes: number;
+  /** Calls queued or running in every shard together. */
+  totalCalls: number;
+  totalBytes: number;
+}
+
+/** The documented defaults (README, "Memory and queue budgets"). */
+export const DEFAULT_SHARD_QUEUE_LIMITS: ShardQueueLimits = {
+  perShardCalls: 10_000,
+  perShardBytes: 64 * 1024 * 1024,
+  totalCalls: 50_000,
+  totalBytes: 256 * 1024 * 1024,
+};
+
 export interface UnreadLimits {
   /** For one tenant's calls together. */
   perTenant: number;
@@ -76,6 +95,8 @@ export interface Config {
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
   drainTimeoutMs: number;
+  /** No statement runs longer, whatever its plan says; a query_timeout_ms of -1 means up to this. */
+  maxQueryTimeoutMs: number;
   /** A migration's time limit, per tenant and step, and for its validation (guard deadline). */
   migrationTimeoutMs: number;
   /** Let queued writes of one tenant share a commit (each in its own savepoint). */
@@ -86,6 +107,8 @@ export interface Config {
   eventSweepMs: number;
   /** Bytes of Query results that may wait for slow clients, per tenant and in all (queryOutlet.ts). Not settable from flags, env or file. */
   queryUnreadLimits: UnreadLimits;
+  /** Tenant calls queued for the shards, per shard and in all (routing/shardQueueBudget.ts). Not settable from flags, env or file. */
+  shardQueueLimits: ShardQueueLimits;
   /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
@@ -149,11 +172,13 @@ export function defaultConfig(): Config {
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
+    maxQueryTimeoutMs: 60_000,
     migrationTimeoutMs: 60_000,
     groupCommit: true,
     faultInjection: false,
     eventSweepMs: 60_000,
     queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
+    shardQueueLimits: { ...DEFAULT_SHARD_QUEUE_LIMITS },
     telemetry: true,
     metricsPerTenant: false,
     transactionIdleMs: 5_000,
@@ -267,6 +292,12 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_DRAIN_TIMEOUT_MS',
     yaml: 'drain_timeout_ms',
     apply: (c, r, w) => (c.drainTimeoutMs = asInteger(r, w, 0, 600_000)),
+  },
+  {
+    flag: 'max-query-timeout-ms',
+    env: 'TENANTD_MAX_QUERY_TIMEOUT_MS',
+    yaml: 'max_query_timeout_ms',
+    apply: (c, r, w) => (c.maxQueryTimeoutMs = asInteger(r, w, 1, 86_400_000)),
   },
   {
     flag: 'migration-timeout-ms',

@@ -90,6 +90,16 @@ export function unavailable(reason: string, message: string): TenantdError {
   return new TenantdError(Status.UNAVAILABLE, reason, message);
 }
 
+/**
+ * A failure of the host or of a tenant's file rather than of the call: disk
+ * full, I/O, corruption, memory. The shard marks them with the SQLite code
+ * (workers/sqlErrors.ts); they are logged as errors and counted apart.
+ */
+export function isStorageFault(error: Pick<TenantdError, 'reason' | 'details'> | WireError): boolean {
+  const metadata = 'details' in error ? error.details.metadata : error.metadata;
+  return error.reason === 'DISK_FULL' || metadata?.sqlite_code !== undefined;
+}
+
 // ---- encoding ----
 
 function any(typeName: string, payload: Record<string, unknown>): { type_url: string; value: Uint8Array } {

@@ -41,6 +41,16 @@ export interface CallLimits {
   slot: number;
   /** shard_ms_per_second: past it the shard gives the tenant's turns after the others' (shareLanes.ts); absent or -1 is unlimited. */
   shareMs?: number;
+  /** Set by the shard as the call arrives (callIdOf): what a cancel of the call names to the guard. */
+  callId?: number;
+}
+
+/** More shards than this per process are not supported (call ids would collide). */
+export const kMaxShards = 4096;
+
+/** A call's id in the whole process, for the guard's cancel: its shard's request id, made unique across shards. */
+export function callIdOf(requestId: number, shardIndex: number): number {
+  return requestId * kMaxShards + shardIndex;
 }
 
 /** An event as the log keeps it. `time` is epoch ms. */
@@ -138,6 +148,12 @@ export type ShardRequest =
   | (RequestBase & { op: 'retention'; retentionMs: number })
   /** A new page of shared quota state; no answer is sent. */
   | (RequestBase & { op: 'quotaPage'; pageIndex: number; buffers: QuotaPageBuffers })
+  /**
+   * The call `target` was cancelled: dropped (answered CANCELLED) if still
+   * queued; one already running is interrupted through the guard
+   * (CallCanceller), not by this message. No answer of its own.
+   */
+  | (RequestBase & { op: 'cancel'; target: number })
   /** Fault injection for tests: the worker dies of an uncaught exception. Refused unless enabled. */
   | (RequestBase & { op: 'crash' });
 
@@ -277,6 +293,7 @@ export interface ShardResults {
   crash: never;
   quotaPage: never;
   retention: never;
+  cancel: never;
 }
 
 /** Given to each worker at start. */

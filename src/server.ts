@@ -9,6 +9,8 @@ import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import type { Config } from './config.ts';
 import { setUnexpectedErrorLogger } from './errors.ts';
+import { lockDataDir } from './dataDirLock.ts';
+import { CallCanceller } from '../workers/guard.ts';
 import { createLogger, type Logger } from './log.ts';
 import { packageDefinition } from './protos.ts';
 import { Catalog } from './catalog/catalog.ts';
@@ -16,6 +18,7 @@ import { Authenticator } from './auth/authenticator.ts';
 import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
 import { ShardHandle } from './routing/shardHandle.ts';
 import { ShardRouter, shardOf } from './routing/shardRouter.ts';
+import { ShardQueueBudget } from './routing/shardQueueBudget.ts';
 import { TenantRegistry } from './tenants/registry.ts';
 import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
@@ -28,7 +31,7 @@ import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
 import { FileChecks } from './tenants/fileChecks.ts';
 import { UnreadBudget } from './grpc/queryOutlet.ts';
-import { emptyTrash, recoverInterruptedRestores } from './tenants/restoreFiles.ts';
+import { emptyTrash, recoverInterruptedRestores, trashOrphans } from './tenants/restoreFiles.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
@@ -57,6 +60,12 @@ export interface StartedServer {
   registry: TenantRegistry;
   health: HealthState;
   shutdown(): Promise<void>;
+  /**
+   * Interrupts every statement running in the process (an exit that cannot
+   * wait: a worker in a statement holds the exit up, and one interrupted
+   * while it is being terminated crashes the process).
+   */
+  interruptAll(): void;
 }
 
 export interface ServerOptions {
@@ -74,8 +83,9 @@ export async function startServer(
 ): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
   mkdirSync(join(dataDir, 'tenants'), { recursive: true });
+  // Before anything reads or repairs the directory: a second server exits here (main.ts: code 2).
+  const dirLock = lockDataDir(dataDir);
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
-  emptyTrash(dataDir);
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
   const catalog = new Catalog(join(dataDir, 'catalog.db'));
@@ -84,6 +94,7 @@ export async function startServer(
     adminKey = ensureAdminKey(catalog, dataDir, config.adminKeyFile);
   } catch (error) {
     catalog.close();
+    dirLock.release();
     throw error;
   }
   // Pages made before the shards exist reach them through quotaPages() at spawn.
@@ -93,8 +104,15 @@ export async function startServer(
   });
   const registry = new TenantRegistry(config, table);
   registry.load(catalog);
+  for (const tenantId of trashOrphans(dataDir, (id) => registry.get(id) !== undefined)) {
+    logger.warn('removed the files of a tenant the catalog does not list (a create, restore or delete cut short)', { tenant: tenantId });
+  }
+  emptyTrash(dataDir);
   const auth = new Authenticator(catalog);
 
+  // Interrupts the statement of a cancelled call on whichever worker thread runs it.
+  const canceller = new CallCanceller();
+  const queueBudget = new ShardQueueBudget(config.shardQueueLimits);
   const shards: ShardHandle[] = [];
   for (let i = 0; i < config.shards; i++) {
     shards.push(
@@ -119,6 +137,8 @@ export async function startServer(
           }
         },
         onLog: (level, msg, fields) => logger[level](msg, fields),
+        canceller,
+        queueBudget,
       }),
     );
   }
@@ -129,6 +149,8 @@ export async function startServer(
   const hub = new EventHub();
   const openTransactions = new OpenTransactions();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
+  manager.onOrphan = (tenantId, error) =>
+    logger.warn('a deleted tenant\'s files stay until the next start', { tenant: tenantId, error: String(error) });
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
     try {
@@ -137,6 +159,7 @@ export async function startServer(
       await router.stop();
       await fileChecks.close();
       catalog.close();
+      dirLock.release();
       throw error;
     }
   }
@@ -205,6 +228,13 @@ export async function startServer(
     httpPort,
   });
 
+  const interruptAll = (): void => {
+    try {
+      canceller.interruptAll();
+    } catch (error) {
+      logger.warn('could not interrupt running statements', { error: String(error) });
+    }
+  };
   let stopping: Promise<void> | null = null;
   const shutdown = (): Promise<void> => {
     stopping ??= (async () => {
@@ -215,9 +245,15 @@ export async function startServer(
       hub.endAll('shutdown');
       // Open transactions would hold the drain until their idle limit: they roll back now.
       openTransactions.endAll();
+      // Every other stream (Query, WatchUsage, BackupTenant, ...) ends now too, UNAVAILABLE: clients move on at once.
+      observer.calls.endStreams();
       await new Promise<void>((done) => {
         const timer = setTimeout(() => {
-          logger.warn('drain timed out; cancelling calls in flight');
+          logger.warn('drain timed out; cancelling calls in flight', { open: observer.calls.size });
+          // Interrupts their statements in the shards, and drops what is still queued there.
+          observer.calls.cancelAll();
+          for (const shard of shards) shard.cancelAll();
+          interruptAll();
           server.forceShutdown();
           done();
         }, config.drainTimeoutMs);
@@ -232,10 +268,11 @@ export async function startServer(
       metrics?.close();
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));
+      dirLock.release();
       logger.info('stopped');
     })();
     return stopping;
   };
 
-  return { port, httpPort, adminKey, router, registry, health, shutdown };
+  return { port, httpPort, adminKey, router, registry, health, shutdown, interruptAll };
 }

@@ -33,8 +33,9 @@ describe('open databases', () => {
 
 describe('graceful shutdown', () => {
   it('finishes calls in flight, reports NOT_SERVING, refuses new work and closes every database cleanly', async () => {
-    const t = await startTestServer({ shards: 2 }, { keepDataDir: true });
-    const key = await t.createTenant('drain', { quotas: { requests_per_second: '-1' } });
+    // A drain long enough for the slow call on a loaded host: at the drain timeout its statement is interrupted.
+    const t = await startTestServer({ shards: 2, drainTimeoutMs: 15_000 }, { keepDataDir: true });
+    const key = await t.createTenant('drain', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1', query_timeout_ms: '15000' } });
     await t.sql(key, 'CREATE TABLE t (n)');
     await t.sql(key, 'INSERT INTO t VALUES (1)');
     const slow = t.sql(key, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) SELECT count(*) FROM c');

@@ -4,7 +4,8 @@
  * files, so closing one never races with another thread.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { fsyncDir, renameDurably } from '../src/durableFs.ts';
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
@@ -188,9 +189,11 @@ export class DbPool {
     rmSync(aside, { recursive: true, force: true });
     mkdirSync(dirname(aside), { recursive: true });
     const replacing = existsSync(dir);
-    if (replacing) renameSync(dir, aside);
+    // Each step durable before the next: the start-up repair reads which of them happened.
+    if (replacing) renameDurably(dir, aside);
     mkdirSync(dir, { recursive: true });
-    renameSync(file, path);
+    renameDurably(file, path);
+    fsyncDir(dirname(dir));
     if (replacing) this.discard(aside, tenantId);
     return replacing;
   }
@@ -225,7 +228,8 @@ export class DbPool {
   private discard(dir: string, tenantId: string): void {
     const trash = join(trashDir(this.dataDir), `${tenantId}-${randomUUID()}`);
     mkdirSync(dirname(trash), { recursive: true });
-    renameSync(dir, trash);
+    // Durable before the caller goes on (a delete then drops the catalog row).
+    renameDurably(dir, trash);
     rm(trash, { recursive: true, force: true }).catch((error: unknown) => {
       process.stderr.write(`${JSON.stringify({ level: 'warn', msg: 'could not remove a discarded tenant directory', dir: trash, error: String(error) })}\n`);
     });

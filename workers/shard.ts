@@ -18,6 +18,7 @@ import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_thread
 import { status as Status } from '@grpc/grpc-js';
 import type { WireError } from '../src/errors.ts';
 import {
+  callIdOf,
   packResult,
   unpackExecute,
   type ExecuteResult,
@@ -34,6 +35,8 @@ import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from '.
 import { Replies } from './replies.ts';
 import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
+import { diskFull, hostFault } from './sqlErrors.ts';
+import Database from 'better-sqlite3';
 import { ShareLedger, TurnLine } from './shareLanes.ts';
 import type { TenantDb } from './tenantDb.ts';
 import { CONFLICT_WAIT_MS, isTransactionOp, Transactions } from './transactions.ts';
@@ -84,7 +87,7 @@ function recordResults(db: TenantDb, slot: number, result: ExecuteResult | Execu
  * (quotaPage, retention, release) or in runTurn (hold, and snapshot, which
  * spans turns of the event loop).
  */
-type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' | 'txBegin' | 'txStep' | 'txCommit' | 'txRollback' }>;
+type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' | 'cancel' | 'txBegin' | 'txStep' | 'txCommit' | 'txRollback' }>;
 
 function handle(request: Call): ShardResults[Call['op']] {
   switch (request.op) {
@@ -158,6 +161,11 @@ function handle(request: Call): ShardResults[Call['op']] {
 
 function toWire(request: ShardRequest, error: unknown): WireError {
   if (error instanceof ShardError) return error.wire;
+  // A tenant's file that cannot be opened or read (damaged, disk): not a bug, and not INTERNAL.
+  if (error instanceof Database.SqliteError) {
+    const fault = error.code === 'SQLITE_FULL' ? diskFull(error.code) : hostFault(error.code, error.message);
+    if (fault) return fault;
+  }
   // A bug or an environment failure (disk, permissions): the front end
   // answers INTERNAL; the details stay in the server log.
   process.stderr.write(
@@ -291,7 +299,7 @@ function startSnapshot(request: Extract<ShardRequest, { op: 'snapshot' }>): void
  * right behind each other, which share one commit.
  */
 /** A request that waits for its tenant's turn: all but the control messages, which apply as they arrive. */
-type Queued = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' }>;
+type Queued = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'cancel' }>;
 const queues = new Map<string, Queued[]>();
 /**
  * Tenants with calls waiting, in the order of their next turn: those within
@@ -335,7 +343,12 @@ function receive(request: ShardRequest): void {
       // Sent once the other thread is done with the file: the tenant's calls may run again.
       release(request);
       return;
+    case 'cancel':
+      dropCancelled(request.tenantId, request.target);
+      return;
   }
+  // What the front end's cancel of this call names to the guard.
+  if ('limits' in request) request.limits.callId = callIdOf(request.id, data.shardIndex);
   const queue = queues.get(request.tenantId);
   if (queue !== undefined) {
     queue.push(request);
@@ -343,6 +356,15 @@ function receive(request: ShardRequest): void {
   }
   queues.set(request.tenantId, [request]);
   if (!held.has(request.tenantId)) lineUp(request.tenantId);
+}
+
+/** A cancelled call that has not run yet leaves its tenant's queue, answered CANCELLED. */
+function dropCancelled(tenantId: string, target: number): void {
+  const queue = queues.get(tenantId);
+  const index = queue?.findIndex((queued) => queued.id === target) ?? -1;
+  if (index < 0) return;
+  queue!.splice(index, 1);
+  replies.post({ id: target, kind: 'error', error: { code: Status.CANCELLED, reason: 'CALL_CANCELLED', message: 'the call was cancelled before it ran' } });
 }
 
 /** Takes in every message the port has waiting. */

@@ -27,7 +27,8 @@ import type {
   StatementInput,
 } from '../src/protocol.ts';
 import { Guard } from './guard.ts';
-import { toWireError } from './sqlErrors.ts';
+import { storageFullCause, toWireError, type FailureContext } from './sqlErrors.ts';
+import { fsyncDir } from '../src/durableFs.ts';
 import { ShardError } from './shardError.ts';
 import { EventLog, type LoggedAppend } from './eventLog.ts';
 import { RequestLog } from './requestLog.ts';
@@ -213,6 +214,12 @@ export class TenantDb {
          PRAGMA synchronous = ${options.sync === 'full' ? 'FULL' : 'NORMAL'}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 0;
          ${options.secondary ? '' : CREATE_META_SQL}`,
       );
+      // A new tenant's files and directory must exist after a crash once the
+      // catalog lists it: SQLite syncs the file's contents, never the directory entries.
+      if (options.create) {
+        fsyncDir(dirname(options.path));
+        fsyncDir(dirname(dirname(options.path)));
+      }
       // tenantd's own tables, exactly: a tenant trigger on them would run
       // whenever the service writes them (the guard checks trigger code as
       // the tenant's, but a tampered file is refused outright). A
@@ -748,17 +755,17 @@ export class TenantDb {
   private guarded<T>(limits: CallLimits, field: string, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);
     this.resultBytes = 0;
-    this.guard.armCall(limits.timeoutMs, 'tenant', callMaxLength(limits));
+    this.guard.armCall(limits.timeoutMs, 'tenant', callMaxLength(limits), limits.callId ?? 0);
     let denial: string | null = null;
-    let timedOut = false;
     try {
       return body();
     } catch (error) {
       if (error instanceof ShardError) throw error;
       denial = this.guard.lastDenial();
-      timedOut = this.guard.disarm();
+      const ended = this.guard.disarmAs();
       // Inside a Batch the failure names the statement that failed.
-      const failure = this.failure(this.currentField ?? field, limits, denial, timedOut);
+      const failure = this.failure(this.currentField ?? field, limits, denial, ended === 'timedOut');
+      failure.cancelled = ended === 'cancelled';
       throw new ShardError(toWireError(error, failure));
     } finally {
       this.currentField = null;
@@ -766,7 +773,7 @@ export class TenantDb {
     }
   }
 
-  private failure(field: string, limits: CallLimits, denial: string | null, timedOut: boolean) {
+  private failure(field: string, limits: CallLimits, denial: string | null, timedOut: boolean): FailureContext {
     return {
       field,
       tenantId: this.tenantId,
@@ -774,6 +781,8 @@ export class TenantDb {
       timedOut,
       timeoutMs: limits.timeoutMs,
       storageLimitBytes: limits.storageLimitBytes,
+      path: this.db.name,
+      fullCause: () => storageFullCause(this.db.name, limits.storageLimitBytes, () => this.sizeBytes()),
     };
   }
 

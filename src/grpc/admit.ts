@@ -6,7 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { status as Status, type Metadata } from '@grpc/grpc-js';
-import { TenantdError } from '../errors.ts';
+import { isStorageFault, TenantdError } from '../errors.ts';
 import type { SqlValue } from '../protocol.ts';
 import { isRefusal, type Admitter } from '../quota/admission.ts';
 import { quotaExceeded } from '../quota/refusal.ts';
@@ -45,6 +45,8 @@ export function createAdmit(admitter: Admitter, registry: TenantRegistry, metric
       code = Status[error instanceof TenantdError ? error.code : Status.INTERNAL];
       // The one quota a shard enforces: the database hit storage_bytes.
       if (error instanceof TenantdError && error.reason === 'STORAGE_QUOTA_EXCEEDED') metrics?.quotaRefused('storage_bytes');
+      // The host's fault, not a quota: counted apart (the shard handle logs it).
+      else if (error instanceof TenantdError && isStorageFault(error)) metrics?.storageFault(error.reason);
       throw error;
     } finally {
       registry.finish(live, code, performance.now() - started);

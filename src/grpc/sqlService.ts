@@ -92,7 +92,11 @@ export function sqlService(
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call(requestId === null ? { op: 'execute', tenantId, limits, statement } : { op: 'execute', tenantId, limits, statement, requestId }))).then(toResponse);
+      return admit(tenantCall, bytes, trailer, () =>
+        dispatch(tenantCall, () =>
+          shard.call(requestId === null ? { op: 'execute', tenantId, limits, statement } : { op: 'execute', tenantId, limits, statement, requestId }, undefined, rpc.signal),
+        ),
+      ).then(toResponse);
     }),
 
     Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[]; request_id?: string }, { results: ProtoExecuteResponse[] }>, trailer, rpc) => {
@@ -109,7 +113,15 @@ export function sqlService(
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call(requestId === null ? { op: 'batch', tenantId, limits, statements: inputs } : { op: 'batch', tenantId, limits, statements: inputs, requestId }))).then((results) => ({ results: results.map(toResponse) }));
+      return admit(tenantCall, bytes, trailer, () =>
+        dispatch(tenantCall, () =>
+          shard.call(
+            requestId === null ? { op: 'batch', tenantId, limits, statements: inputs } : { op: 'batch', tenantId, limits, statements: inputs, requestId },
+            undefined,
+            rpc.signal,
+          ),
+        ),
+      ).then((results) => ({ results: results.map(toResponse) }));
     }),
 
     Transaction: bidiStream(service, 'Transaction', (call: TransactionCall, rpc) =>
@@ -140,6 +152,7 @@ export function sqlService(
           await dispatch(tenantCall, () =>
             shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
               outlet.push({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) }, chunk.bytes),
+              rpc.signal,
             ),
           );
           // The call ends after its last chunk has gone to gRPC.

@@ -92,6 +92,11 @@ export class TenantRegistry {
     this.table.release(live.slot);
   }
 
+  /** The server-wide ceiling on any statement's run time (--max-query-timeout-ms). */
+  get maxQueryTimeoutMs(): number {
+    return this.config.maxQueryTimeoutMs;
+  }
+
   /** Tenants per schema version. */
   schemaVersions(): ReadonlyMap<number, number> {
     return this.versions;

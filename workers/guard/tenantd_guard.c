@@ -14,6 +14,12 @@
 **                                   tenantd_arm with a choice of policy and a
 **                                   per-call SQLITE_LIMIT_LENGTH
 **   tenantd_policy(token, on)       tenant policy on/off, deadline kept
+**   tenantd_arm(token, timeout_ms, call_id) and
+**   tenantd_arm_call(token, timeout_ms, flags, max_length, call_id)
+**                                   the same, for a call tenantd_cancel names
+**   tenantd_cancel(token, call_id)  interrupt that call, wherever it runs
+**   tenantd_interrupt_all(token)   interrupt every armed connection (exit)
+**   tenantd_disarm returns 2 instead of 1 when the call was cancelled
 **
 ** Loading the extension (entry point sqlite3_tenantdguard_init) also tightens
 ** the connection's limits and db_config flags for its whole lifetime, guard
@@ -70,6 +76,10 @@ struct GuardCtx {
   uint64_t deadline;        /* CLOCK_MONOTONIC, ns */
   int fired;                /* the deadline passed since arm */
   GuardCtx *pPrev, *pNext;  /* watchdog list, sorted by deadline */
+  /* Cancellation (see "Cancel by call id" below); guarded by wdMutex. */
+  sqlite3_int64 callId;     /* the call armed now; 0 when none */
+  int cancelled;            /* tenantd_cancel() named callId since arm */
+  GuardCtx *pCallNext;      /* list of contexts armed with a call id */
   /* Owned by the connection's thread. */
   char denial[DENIAL_BYTES];/* last denial since arm; "" when none */
 };
@@ -189,6 +199,57 @@ static void wdStart(void){
 }
 
 /* ---------------------------------------------------------------------------
+** Cancel by call id. The front end runs each tenant call on some worker
+** thread's connection; when the call is cancelled (client cancel, client
+** gone, shutdown) the main thread calls tenantd_cancel(token, call_id) on a
+** connection of its own (same process, same globals) and the statement stops
+** at once instead of at its deadline.
+**
+** Contexts armed with a call id are on callHead (unsorted; few at a time:
+** one per busy connection). A cancel that finds its call re-schedules the
+** context's deadline to "now", so the watchdog interrupts it and keeps doing
+** so every REFIRE_NS until disarm: a single sqlite3_interrupt() landing
+** between two statements would be lost. A cancel that finds nothing (the
+** call is still queued, or about to arm) is remembered in a small ring, and
+** an arm for that id finds itself cancelled at once. All under wdMutex.
+*/
+#define CANCEL_RING 256
+static GuardCtx *callHead = 0;
+static sqlite3_int64 cancelRing[CANCEL_RING];
+static unsigned cancelNext = 0;
+
+/* Caller holds wdMutex. */
+static void callUnlink(GuardCtx *p){
+  GuardCtx **pp;
+  if( p->callId==0 ) return;
+  for(pp=&callHead; *pp; pp=&(*pp)->pCallNext){
+    if( *pp==p ){ *pp = p->pCallNext; break; }
+  }
+  p->pCallNext = 0;
+  p->callId = 0;
+}
+
+/* Caller holds wdMutex. Interrupts p now and makes the watchdog repeat it. */
+static void callInterrupt(GuardCtx *p){
+  p->cancelled = 1;
+  sqlite3_interrupt(p->db);
+  if( p->watched ){
+    wdUnlink(p);
+    p->deadline = monoNow();
+    wdInsert(p);
+    wdWakeAt = 0;
+    pthread_cond_signal(&wdCond);
+  }
+}
+
+static int callDisarm(GuardCtx *p, int fired);
+
+static int wdStartedOk(void){
+  pthread_once(&wdOnce, wdStart);
+  return wdStarted;
+}
+
+/* ---------------------------------------------------------------------------
 ** Context lifetime.
 **
 ** INVARIANT: a GuardCtx is freed only by ctxRelease(), which runs from the
@@ -207,6 +268,7 @@ static void ctxRelease(void *pArg){
   GuardCtx *p = (GuardCtx*)pArg;
   if( --p->nRef > 0 ) return;
   pthread_mutex_lock(&wdMutex);
+  callUnlink(p);
   if( p->watched ){
     wdUnlink(p);
     p->watched = 0;
@@ -406,7 +468,7 @@ static void fnDisarm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
     fired = p->fired;
   }
 
-  sqlite3_result_int(ctx, fired);
+  sqlite3_result_int(ctx, callDisarm(p, fired));
 }
 
 static void fnLastDenial(sqlite3_context *ctx, int argc, sqlite3_value **argv){
@@ -421,6 +483,126 @@ static void fnLastDenial(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   }else{
     sqlite3_result_null(ctx);
   }
+}
+
+/* Drops p's call id at disarm; 2 when the call was cancelled, else fired. */
+static int callDisarm(GuardCtx *p, int fired){
+  int cancelled;
+  pthread_mutex_lock(&wdMutex);
+  cancelled = p->cancelled;
+  p->cancelled = 0;
+  callUnlink(p);
+  pthread_mutex_unlock(&wdMutex);
+  return cancelled ? 2 : fired;
+}
+
+/* Registers p as running call `id` (0: none), after an arm. A cancel that
+** came first (it is in the ring) interrupts it at once. */
+static void callRegister(GuardCtx *p, sqlite3_int64 id){
+  int i;
+  if( id==0 ) return;
+  pthread_mutex_lock(&wdMutex);
+  callUnlink(p);
+  p->cancelled = 0;
+  p->callId = id;
+  p->pCallNext = callHead;
+  callHead = p;
+  for(i=0; i<CANCEL_RING; i++){
+    if( cancelRing[i]==id ){
+      cancelRing[i] = 0;
+      callInterrupt(p);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&wdMutex);
+}
+
+/* tenantd_arm(token, timeout_ms, call_id): tenantd_arm for one call that
+** tenantd_cancel can name. call_id must be non-zero and unique in the
+** process for as long as the call may be cancelled. */
+static void fnArmWithId(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  fnArm(ctx, 2, argv);
+  callRegister(p, sqlite3_value_int64(argv[2]));
+}
+
+/* tenantd_arm_call(token, timeout_ms, flags, max_length, call_id): the same
+** for tenantd_arm_call. */
+static void fnArmCallWithId(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  fnArmCall(ctx, 4, argv);
+  callRegister(p, sqlite3_value_int64(argv[4]));
+}
+
+/* tenantd_cancel(token, call_id): 1 when the call was running and is now
+** interrupted, 0 when it was not (yet) armed: then its arm interrupts it. */
+static void fnCancel(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  sqlite3_int64 id = sqlite3_value_int64(argv[1]);
+  GuardCtx *q;
+  int found = 0;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  if( id==0 ){
+    sqlite3_result_int(ctx, 0);
+    return;
+  }
+  if( !wdStartedOk() ){
+    sqlite3_result_error(ctx, "tenantd: watchdog thread unavailable", -1);
+    return;
+  }
+  pthread_mutex_lock(&wdMutex);
+  for(q=callHead; q; q=q->pCallNext){
+    if( q->callId==id ){
+      callInterrupt(q);
+      found = 1;
+    }
+  }
+  if( !found ){
+    cancelRing[cancelNext % CANCEL_RING] = id;
+    cancelNext++;
+  }
+  pthread_mutex_unlock(&wdMutex);
+  sqlite3_result_int(ctx, found);
+}
+
+/* tenantd_interrupt_all(token): interrupts every armed connection of the
+** process (calls and deadlines alike), for a shutdown that cannot wait: a
+** worker thread stuck in a statement would otherwise hold up the exit.
+** Returns how many it interrupted. */
+static void fnInterruptAll(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  GuardCtx *q;
+  int n = 0;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  if( !wdStartedOk() ){
+    sqlite3_result_error(ctx, "tenantd: watchdog thread unavailable", -1);
+    return;
+  }
+  pthread_mutex_lock(&wdMutex);
+  for(q=callHead; q; q=q->pCallNext){ callInterrupt(q); n++; }
+  for(q=wdHead; q; q=q->pNext){
+    if( q->callId==0 ){ sqlite3_interrupt(q->db); n++; }
+  }
+  pthread_mutex_unlock(&wdMutex);
+  sqlite3_result_int(ctx, n);
 }
 
 /* ---------------------------------------------------------------------------
@@ -854,6 +1036,10 @@ int sqlite3_tenantdguard_init(
     { "tenantd_last_denial", 1, fnLastDenial },
     { "tenantd_arm_call",    4, fnArmCall    },
     { "tenantd_policy",      2, fnPolicy     },
+    { "tenantd_arm",         3, fnArmWithId  },
+    { "tenantd_arm_call",    5, fnArmCallWithId },
+    { "tenantd_cancel",      2, fnCancel     },
+    { "tenantd_interrupt_all", 1, fnInterruptAll },
   };
   const int nFunc = (int)(sizeof(aFunc)/sizeof(aFunc[0]));
   GuardCtx *p;
