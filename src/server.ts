@@ -19,6 +19,7 @@ import { ShardRouter, shardOf } from './routing/shardRouter.ts';
 import { TenantRegistry } from './tenants/registry.ts';
 import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
+import { acceptEncodedResponses } from './grpc/encodedResponses.ts';
 import { createAdmit } from './grpc/admit.ts';
 import { usageService } from './grpc/usageService.ts';
 import { backupService } from './grpc/backupService.ts';
@@ -162,7 +163,8 @@ export async function startServer(
   });
   const admit = createAdmit(admitter, registry, metrics);
   server.addService(
-    loaded.tenantd.v1.SqlService!.service,
+    // The shards answer SqlService calls in protobuf bytes.
+    acceptEncodedResponses(loaded.tenantd.v1.SqlService!.service),
     sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits)),
   );
   server.addService(loaded.tenantd.v1.EventService!.service, eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')));

@@ -1,10 +1,11 @@
 /**
- * tenantd.v1.SqlService: admit the call, hand it to the tenant's shard, and
- * turn the shard's result into protobuf.
+ * tenantd.v1.SqlService: admit the call and hand it to the tenant's shard.
+ * The shard answers with the response already in protobuf bytes
+ * (workers/resultWire.ts), which go to gRPC as they are
+ * (encodedResponses.ts).
  */
 import type { ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
 import { invalidArgument } from '../errors.ts';
-import type { ColumnInfo, ExecuteResult, SqlValue } from '../protocol.ts';
 import type { ShardHandle } from '../routing/shardHandle.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { Migrator } from '../schema/migrator.ts';
@@ -14,40 +15,11 @@ import { serverStream, unary, type Handlers } from './handlers.ts';
 import { QueryOutlet, type UnreadBudget } from './queryOutlet.ts';
 import { callLimits } from './limits.ts';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
-import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
+import { toStatement, type ProtoStatement } from './values.ts';
 
 const MAX_BATCH_STATEMENTS = 1_000;
 const DEFAULT_ROWS_PER_CHUNK = 500;
 const MAX_ROWS_PER_CHUNK = 10_000;
-
-interface ProtoColumn {
-  name: string;
-  decl_type: string;
-}
-
-interface ProtoExecuteResponse {
-  columns: ProtoColumn[];
-  rows: { values: ProtoValue[] }[];
-  rows_affected: string;
-  last_insert_rowid: string;
-}
-
-function toColumns(columns: ColumnInfo[]): ProtoColumn[] {
-  return columns.map((c) => ({ name: c.name, decl_type: c.declType }));
-}
-
-function toRows(rows: SqlValue[][]): { values: ProtoValue[] }[] {
-  return rows.map((row) => ({ values: row.map(toProtoValue) }));
-}
-
-function toResponse(result: ExecuteResult): ProtoExecuteResponse {
-  return {
-    columns: toColumns(result.columns),
-    rows: toRows(result.rows),
-    rows_affected: String(result.rowsAffected),
-    last_insert_rowid: result.lastInsertRowid.toString(),
-  };
-}
 
 export function sqlService(
   access: Access,
@@ -77,7 +49,7 @@ export function sqlService(
   }
 
   return {
-    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement, ProtoExecuteResponse>, trailer, rpc) => {
+    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement, Uint8Array>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const statement = toStatement(call.request, '');
@@ -85,10 +57,10 @@ export function sqlService(
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement }))).then(toResponse);
+      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement })));
     }),
 
-    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>, trailer, rpc) => {
+    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, Uint8Array>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const { statements } = call.request;
@@ -101,14 +73,14 @@ export function sqlService(
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'batch', tenantId, limits, statements: inputs }))).then((results) => ({ results: results.map(toResponse) }));
+      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'batch', tenantId, limits, statements: inputs })));
     }),
 
     Query: serverStream(
       service,
       'Query',
       async (
-        call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, { columns: ProtoColumn[]; rows: { values: ProtoValue[] }[] }>,
+        call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, Uint8Array>,
         trailer,
         rpc,
       ) => {
@@ -127,7 +99,7 @@ export function sqlService(
         await admit(tenantCall, bytes, trailer, async () => {
           await dispatch(tenantCall, () =>
             shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
-              outlet.push({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) }, chunk.bytes),
+              outlet.push(chunk.bytes, chunk.bytes.byteLength),
             ),
           );
           // The call ends after its last chunk has gone to gRPC.
