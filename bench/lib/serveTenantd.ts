@@ -18,7 +18,7 @@ try {
   serveParent({ type: 'ready', port: server.port, adminKey: server.adminKey.key, shards: config.shards }, async () => {
     await server.shutdown();
     await telemetry?.shutdown();
-  });
+  }, () => ({ rssBytes: process.memoryUsage.rss() }));
 } catch (error) {
   failToParent(error);
 }
