@@ -201,12 +201,19 @@ async function fillPostgres(pool: pg.Pool): Promise<void> {
 }
 
 const cleanups: (() => Promise<void>)[] = [];
-async function cleanup(): Promise<void> {
-  for (const c of cleanups.splice(0).reverse()) await c().catch((e: unknown) => process.stderr.write(`cleanup: ${String(e)}\n`));
+let cleaning: Promise<void> | null = null;
+/** Stops and removes what was started, newest first; a second caller waits for the same work. */
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const c of cleanups.splice(0).reverse()) await c().catch((e: unknown) => void process.stderr.write(`cleanup: ${String(e)}\n`));
+  })();
+  return cleaning;
 }
 let interrupted = false;
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
+  // `on`, not `once`: Ctrl-C reaches this process twice (from the terminal, and relayed by tsx),
+  // and a second signal without a handler would end it before the cleanup is done.
+  process.on(signal, () => {
     if (interrupted) return;
     interrupted = true;
     process.stderr.write(`\n${signal}: stopping PostgreSQL and tenantd, removing their data\n`);

@@ -48,6 +48,11 @@ const serverArgs: BenchServerArgs = { dataDir: mkdtempSync(join(tmpdir(), 'tenan
 const child = await startChild(new URL('./lib/serveTenantd.ts', import.meta.url), serverArgs, [], true);
 try {
   const rss = async () => Number((await child.sample()).counters?.rssBytes ?? 0);
+  /** The main thread's share: V8 heap and memory outside it (Buffers); the rest of RSS is the workers and native. */
+  const parts = async () => {
+    const c = (await child.sample()).counters ?? {};
+    return `main-thread heap ${mib(c.heapTotalBytes ?? 0)}, external ${mib(c.externalBytes ?? 0)}`;
+  };
   const tenants = await createTenants(`127.0.0.1:${child.ready.port}`, def, String(child.ready.adminKey), tenantCount, 1);
   const client = new grpc.Client(`127.0.0.1:${child.ready.port}`, grpc.credentials.createInsecure());
   const query = (def['tenantd.v1.SqlService'] as Record<string, MethodDefinition<object, object>>).Query!;
@@ -67,6 +72,7 @@ try {
   await Promise.all(tenants.map((_, i) => run(i)));
   await new Promise((r) => setTimeout(r, 2_000));
   const start = await rss();
+  line(`at start: RSS ${mib(start)}, ${await parts()}`);
   let peak = start;
   let sampling = true;
   const sampler = (async () => {
@@ -86,6 +92,7 @@ try {
   line(`RSS: ${mib(start)} at start, peak ${mib(peak)} during the load: growth ${mib(growth)} = ${(growth / inFlight).toFixed(2)}x the bytes in flight (goal <= 2x: ${growth <= 2 * inFlight ? 'met' : 'MISSED'})`);
   await new Promise((r) => setTimeout(r, afterMs));
   const after = await rss();
+  line(`after: ${await parts()}`);
   const drift = (after - start) / start;
   line(`RSS ${afterMs / 1000} s after the load: ${mib(after)}, ${(drift * 100).toFixed(0)} % from the start (goal within 20 %: ${Math.abs(drift) <= 0.2 ? 'met' : 'MISSED'})`);
   client.close();

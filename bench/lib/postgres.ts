@@ -103,7 +103,8 @@ export async function startPostgres(maxConnections: number): Promise<PostgresClu
         '-c', 'plan_cache_mode=force_generic_plan',
         '-c', 'logging_collector=off',
       ],
-      { ...as, stdio: ['ignore', 'ignore', 'pipe'] },
+      // Its own process group: Ctrl-C reaches the bench, which stops the cluster and then removes its files.
+      { ...as, stdio: ['ignore', 'ignore', 'pipe'], detached: true },
     );
     let log = '';
     postmaster.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-4000)));

@@ -18,7 +18,10 @@ try {
   serveParent({ type: 'ready', port: server.port, adminKey: server.adminKey.key, shards: config.shards }, async () => {
     await server.shutdown();
     await telemetry?.shutdown();
-  }, () => ({ rssBytes: process.memoryUsage.rss() }));
+  }, () => {
+    const m = process.memoryUsage();
+    return { rssBytes: m.rss, heapTotalBytes: m.heapTotal, externalBytes: m.external, arrayBuffersBytes: m.arrayBuffers };
+  });
 } catch (error) {
   failToParent(error);
 }
