@@ -1,5 +1,5 @@
 /**
- * npm run bench:query-memory [-- --calls 64 --mb 10 --tenants 8 --after 30s]
+ * npm run bench:query-memory [-- --calls 64 --mb 10 --tenants 8 --after 30s --malloc fixed|default]
  *
  * What results in flight cost the server: `--calls` concurrent Queries of
  * about `--mb` MB each (1 KiB rows: an integer, a 1 KiB blob), spread over
@@ -29,6 +29,8 @@ const { values: flags } = parseArgs({
     mb: { type: 'string', default: '10' },
     tenants: { type: 'string', default: '8' },
     after: { type: 'string', default: '30s' },
+    // 'fixed': glibc's thresholds as the Dockerfile sets them; 'default': glibc's own, dynamic ones.
+    malloc: { type: 'string', default: 'fixed' },
   },
   strict: true,
 });
@@ -43,6 +45,12 @@ const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 const def = packageDefinition();
 
 line(`machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${availableParallelism()} cores, Node ${process.version}, load average ${loadavg()[0]!.toFixed(1)} at start`);
+if (flags.malloc === 'fixed') {
+  // Inherited by the server child: see the Dockerfile.
+  process.env.MALLOC_MMAP_THRESHOLD_ ??= '131072';
+  process.env.MALLOC_TRIM_THRESHOLD_ ??= '131072';
+} else if (flags.malloc !== 'default') throw new Error(`--malloc is fixed or default, not ${flags.malloc}`);
+line(`glibc malloc thresholds: ${flags.malloc === 'fixed' ? `fixed (MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_}, MALLOC_TRIM_THRESHOLD_=${process.env.MALLOC_TRIM_THRESHOLD_}, as the Dockerfile sets them)` : "glibc's dynamic defaults"}`);
 buildCompiled();
 const serverArgs: BenchServerArgs = { dataDir: mkdtempSync(join(tmpdir(), 'tenantd-qmem-')), shards: availableParallelism(), sync: 'normal', maxOpenDbs: 1000 };
 const child = await startChild(new URL('./lib/serveTenantd.ts', import.meta.url), serverArgs, [], true);
