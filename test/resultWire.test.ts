@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { packageDefinition } from '../src/protos.ts';
-import type { ExecuteResult, SqlValue } from '../src/protocol.ts';
+import type { EncodedMessage, ExecuteResult, SqlValue } from '../src/protocol.ts';
 import { toProtoValue } from '../src/grpc/values.ts';
 import { encodeBatchResponse, encodeExecuteResponse, WireWriter } from '../workers/resultWire.ts';
 import { decodeQueryResponse } from './support/wire.ts';
@@ -22,7 +22,7 @@ function viaProtoLoader(result: ExecuteResult): unknown {
   }));
 }
 
-const decode = (bytes: Uint8Array) => sql.Execute.responseDeserialize(Buffer.from(bytes));
+const decode = (m: EncodedMessage) => sql.Execute.responseDeserialize(typeof m === 'string' ? Buffer.from(m, 'latin1') : Buffer.from(m));
 
 const EDGE_VALUES: SqlValue[] = [
   null,
@@ -69,7 +69,8 @@ describe('results written as protobuf in the shard', () => {
       { columns: [], rows: [], rowsAffected: 0, lastInsertRowid: 0n },
       { columns: [], rows: [], rowsAffected: 5, lastInsertRowid: 9n },
     ];
-    expect(sql.Batch.responseDeserialize(Buffer.from(encodeBatchResponse(results)))).toEqual({ results: results.map(viaProtoLoader) });
+    const batch = encodeBatchResponse(results);
+    expect(sql.Batch.responseDeserialize(typeof batch === 'string' ? Buffer.from(batch, 'latin1') : Buffer.from(batch))).toEqual({ results: results.map(viaProtoLoader) });
   });
 
   it('measures a row at exactly the bytes it adds, and takes a buffer of its own', () => {

@@ -20,6 +20,7 @@ import type { WireError } from '../src/errors.ts';
 import {
   packResult,
   unpackExecute,
+  type EncodedMessage,
   type ExecuteResult,
   type PackedResult,
   type ShardInbound,
@@ -187,8 +188,8 @@ function answer(request: Call): void {
   const wrote = db !== undefined && isWrite(request) && db.takeWrote();
   if (wrote) countCommit(1);
   if (request.op !== 'execute') replies.post({ id: request.id, kind: 'ok', result });
-  else if (wrote || db === undefined) replies.post(packResult(request.id, result as Uint8Array));
-  else replies.hold(packResult(request.id, result as Uint8Array));
+  else if (wrote || db === undefined) replies.post(packResult(request.id, result as EncodedMessage));
+  else replies.hold(packResult(request.id, result as EncodedMessage));
 }
 
 /** A group's answers: the group committed (or not) as a whole, so they go at once. */

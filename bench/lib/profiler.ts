@@ -49,14 +49,15 @@ export class ThreadProfiler {
     await this.post('NodeWorker.enable', { waitForDebuggerOnStart: false });
     // attachedToWorker arrives for the workers that already run, just after enable.
     await new Promise((resolve) => setTimeout(resolve, 200));
-    await this.post('Profiler.enable');
-    await this.post('Profiler.setSamplingInterval', { interval: 200 });
-    await this.post('Profiler.start');
     for (const w of this.workers) {
       await this.inWorker(w, 'Profiler.enable');
       await this.inWorker(w, 'Profiler.setSamplingInterval', { interval: 200 });
       await this.inWorker(w, 'Profiler.start');
     }
+    // The main thread's last, so that starting the workers' is not in its profile.
+    await this.post('Profiler.enable');
+    await this.post('Profiler.setSamplingInterval', { interval: 200 });
+    await this.post('Profiler.start');
   }
 
   /** Stops every profile and writes them to `dir`; returns the files. */

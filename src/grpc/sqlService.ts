@@ -6,6 +6,7 @@
  */
 import type { ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
 import { invalidArgument } from '../errors.ts';
+import type { EncodedMessage } from '../protocol.ts';
 import type { ShardHandle } from '../routing/shardHandle.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { Migrator } from '../schema/migrator.ts';
@@ -49,7 +50,7 @@ export function sqlService(
   }
 
   return {
-    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement, Uint8Array>, trailer, rpc) => {
+    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement, EncodedMessage>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const statement = toStatement(call.request, '');
@@ -60,7 +61,7 @@ export function sqlService(
       return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement })));
     }),
 
-    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, Uint8Array>, trailer, rpc) => {
+    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, EncodedMessage>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const { statements } = call.request;

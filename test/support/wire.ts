@@ -1,5 +1,8 @@
 /** Decodes SqlService responses that a shard answered in protobuf bytes, as a gRPC client would see them. */
 import { packageDefinition } from '../../src/protos.ts';
+import type { EncodedMessage } from '../../src/protocol.ts';
+
+const bytesOf = (m: EncodedMessage) => (typeof m === 'string' ? Buffer.from(m, 'latin1') : Buffer.from(m));
 
 type Method = { responseDeserialize(bytes: Buffer): unknown };
 
@@ -14,14 +17,14 @@ export interface DecodedExecuteResponse {
   last_insert_rowid: string;
 }
 
-export function decodeExecuteResponse(bytes: Uint8Array): DecodedExecuteResponse {
-  return method('Execute').responseDeserialize(Buffer.from(bytes)) as DecodedExecuteResponse;
+export function decodeExecuteResponse(bytes: EncodedMessage): DecodedExecuteResponse {
+  return method('Execute').responseDeserialize(bytesOf(bytes)) as DecodedExecuteResponse;
 }
 
-export function decodeBatchResponse(bytes: Uint8Array): { results: DecodedExecuteResponse[] } {
-  return method('Batch').responseDeserialize(Buffer.from(bytes)) as { results: DecodedExecuteResponse[] };
+export function decodeBatchResponse(bytes: EncodedMessage): { results: DecodedExecuteResponse[] } {
+  return method('Batch').responseDeserialize(bytesOf(bytes)) as { results: DecodedExecuteResponse[] };
 }
 
-export function decodeQueryResponse(bytes: Uint8Array): Pick<DecodedExecuteResponse, 'columns' | 'rows'> {
-  return method('Query').responseDeserialize(Buffer.from(bytes)) as Pick<DecodedExecuteResponse, 'columns' | 'rows'>;
+export function decodeQueryResponse(bytes: EncodedMessage): Pick<DecodedExecuteResponse, 'columns' | 'rows'> {
+  return method('Query').responseDeserialize(bytesOf(bytes)) as Pick<DecodedExecuteResponse, 'columns' | 'rows'>;
 }
