@@ -21,6 +21,7 @@ import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
 import { acceptEncodedResponses } from './grpc/encodedResponses.ts';
 import { createAdmit } from './grpc/admit.ts';
+import { ShardActivity } from './quota/shardActivity.ts';
 import { usageService } from './grpc/usageService.ts';
 import { backupService } from './grpc/backupService.ts';
 import { eventService } from './grpc/eventService.ts';
@@ -122,9 +123,9 @@ export async function startServer(
   }
   shardsForPages = shards;
   const router = new ShardRouter(shards);
-  const migrator = new Migrator(catalog, registry, router, logger);
-  const hub = new EventHub();
   const fileChecks = new FileChecks(config.sync);
+  const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
+  const hub = new EventHub();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
@@ -163,7 +164,7 @@ export async function startServer(
     ...usageService(access, manager, table, admitter, dataDir, tenantObserver),
     ...backupService(access, manager, backups, tenantObserver),
   });
-  const admit = createAdmit(admitter, registry, metrics);
+  const admit = createAdmit(admitter, registry, metrics, { shards: config.shards, tracker: new ShardActivity(config.shards) });
   server.addService(
     // The shards answer SqlService calls in protobuf bytes.
     acceptEncodedResponses(loaded.tenantd.v1.SqlService!.service),
