@@ -157,11 +157,10 @@ export type ShardRequest =
   /** Fault injection for tests: the worker dies of an uncaught exception. Refused unless enabled. */
   | (RequestBase & { op: 'crash' });
 
+/** One QueryResponse, already protobuf (workers/resultWire.ts): the columns in the first one only. */
 export interface QueryChunk {
-  columns: ColumnInfo[] | null;
-  rows: SqlValue[][];
-  /** About the size of `rows` on the wire. */
-  bytes: number;
+  bytes: Uint8Array;
+  rows: number;
 }
 
 /**
@@ -230,8 +229,20 @@ export type PackedExecute = [
   number,
 ];
 
-/** An `ok` answer to an Execute: [id, column names and declared types interleaved, rows, rowsAffected, lastInsertRowid]. */
-export type PackedResult = [number, string[], SqlValue[][], number, bigint];
+/**
+ * A protobuf message encoded in the shard, for the front end to hand to gRPC
+ * as it is: bytes in a Uint8Array, or, when small, the same bytes as a
+ * one-byte (latin1) string, which crosses the port far more cheaply than an
+ * ArrayBuffer (workers/resultWire.ts says why).
+ */
+export type EncodedMessage = Uint8Array | string;
+
+/**
+ * An `ok` answer to an Execute: [id, the ExecuteResponse as protobuf bytes].
+ * The shard writes the bytes (workers/resultWire.ts) and the front end
+ * hands them to gRPC as they are.
+ */
+export type PackedResult = [number, EncodedMessage];
 
 export function packExecute(id: number, request: Extract<ShardRequest, { op: 'execute' }>): PackedExecute {
   const { limits, statement } = request;
@@ -250,17 +261,12 @@ export function unpackExecute(p: PackedExecute): ShardRequest {
   return request;
 }
 
-export function packResult(id: number, result: ExecuteResult): PackedResult {
-  const columns: string[] = [];
-  for (const c of result.columns) columns.push(c.name, c.declType);
-  return [id, columns, result.rows, result.rowsAffected, result.lastInsertRowid];
+export function packResult(id: number, response: EncodedMessage): PackedResult {
+  return [id, response];
 }
 
-export function unpackResult(p: PackedResult): ExecuteResult {
-  const flat = p[1];
-  const columns: ColumnInfo[] = [];
-  for (let i = 0; i < flat.length; i += 2) columns.push({ name: flat[i]!, declType: flat[i + 1]! });
-  return { columns, rows: p[2], rowsAffected: p[3], lastInsertRowid: p[4] };
+export function unpackResult(p: PackedResult): EncodedMessage {
+  return p[1];
 }
 
 /** What the front end posts to a worker: a control message alone, or the calls of one event-loop turn. */
@@ -271,8 +277,10 @@ export type ShardOutbound = ShardResponse | PackedResult | (ShardResponse | Pack
 
 /** Results by op, for the typed call helpers on the front end. */
 export interface ShardResults {
-  execute: ExecuteResult;
-  batch: ExecuteResult[];
+  /** ExecuteResponse bytes. */
+  execute: EncodedMessage;
+  /** BatchResponse bytes. */
+  batch: EncodedMessage;
   query: { rowCount: number };
   txBegin: { replayed: boolean };
   txStep: TransactionStepResult;

@@ -21,6 +21,7 @@ import {
   callIdOf,
   packResult,
   unpackExecute,
+  type EncodedMessage,
   type ExecuteResult,
   type PackedResult,
   type ShardInbound,
@@ -33,6 +34,7 @@ import { addRows, addShardTime, kSlotsPerPage, storeStoragePages, viewPage, kSto
 import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from './groupCommit.ts';
 import { Replies } from './replies.ts';
+import { encodeBatchResponse, encodeExecuteResponse } from './resultWire.ts';
 import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
 import { diskFull, hostFault } from './sqlErrors.ts';
@@ -95,19 +97,20 @@ function handle(request: Call): ShardResults[Call['op']] {
       const db = pool.get(request.tenantId);
       const result = request.requestId === undefined ? db.execute(request.statement, request.limits) : (runLogged(db, request) as ExecuteResult);
       recordResults(db, request.limits.slot, result);
-      return result;
+      return encodeExecuteResponse(result);
     }
     case 'batch': {
       const db = pool.get(request.tenantId);
       const results = request.requestId === undefined ? db.batch(request.statements, request.limits) : (runLogged(db, request) as ExecuteResult[]);
       recordResults(db, request.limits.slot, results);
-      return results;
+      return encodeBatchResponse(results);
     }
     case 'query': {
       const id = request.id;
       const db = pool.get(request.tenantId);
       const rowCount = db.query(request.statement, request.limits, request.rowsPerChunk, (chunk) => {
-        port.postMessage({ id, kind: 'chunk', chunk } satisfies ShardResponse);
+        // Transferred, not copied: the chunk's bytes exist once on each side of the port.
+        port.postMessage({ id, kind: 'chunk', chunk } satisfies ShardResponse, [chunk.bytes.buffer as ArrayBuffer]);
       });
       record(db, request.limits.slot, rowCount, 0);
       return { rowCount };
@@ -233,8 +236,8 @@ function answer(request: Call): void {
   const wrote = db !== undefined && isWrite(request) && db.takeWrote();
   if (wrote) countCommit(1);
   if (request.op !== 'execute') replies.post({ id: request.id, kind: 'ok', result });
-  else if (wrote || db === undefined) replies.post(packResult(request.id, result as ExecuteResult));
-  else replies.hold(packResult(request.id, result as ExecuteResult));
+  else if (wrote || db === undefined) replies.post(packResult(request.id, result as EncodedMessage));
+  else replies.hold(packResult(request.id, result as EncodedMessage));
 }
 
 /** A group's answers: the group committed (or not) as a whole, so they go at once. */
@@ -245,7 +248,9 @@ function answerGroup(db: TenantDb, outcomes: Outcome[]): void {
     outcomes.map(({ request, result, error }): PackedResult | ShardResponse => {
       if (error !== undefined) return { id: request.id, kind: 'error', error: toWire(request, error) };
       recordResults(db, request.limits.slot, result!);
-      return request.op === 'execute' ? packResult(request.id, result as ExecuteResult) : { id: request.id, kind: 'ok', result: result! };
+      return request.op === 'execute'
+        ? packResult(request.id, encodeExecuteResponse(result as ExecuteResult))
+        : { id: request.id, kind: 'ok', result: encodeBatchResponse(result as ExecuteResult[]) };
     }),
   );
 }

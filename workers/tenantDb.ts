@@ -30,6 +30,7 @@ import { Guard } from './guard.ts';
 import { storageFullCause, toWireError, type FailureContext } from './sqlErrors.ts';
 import { fsyncDir } from '../src/durableFs.ts';
 import { ShardError } from './shardError.ts';
+import { WireWriter } from './resultWire.ts';
 import { EventLog, type LoggedAppend } from './eventLog.ts';
 import { RequestLog } from './requestLog.ts';
 import { CREATE_META_SQL, serviceSchemaProblem } from './serviceSchema.ts';
@@ -592,15 +593,17 @@ export class TenantDb {
           fieldViolations: [{ field: 'sql', description: 'statement returns no rows' }],
         });
       }
-      let columns: ColumnInfo[] | null = this.describe(statement);
-      let rows: SqlValue[][] = [];
-      let bytes = 0;
+      // Each row becomes wire bytes as it is read and is counted at its wire
+      // size before it is written: a call holds at most one chunk (~1 MiB)
+      // plus the row in hand, whatever its result's size.
+      const writer = new WireWriter(64 * 1024);
+      writer.columns(this.describe(statement));
+      let sent = false;
+      let rowsInChunk = 0;
       let total = 0;
       let count = 0;
       for (const row of statement.iterate(...bindArgs(input)) as IterableIterator<SqlValue[]>) {
-        rows.push(row);
-        const size = rowSize(row);
-        bytes += size;
+        const size = writer.measure(row);
         total += size;
         count++;
         if (total > MAX_QUERY_RESULT_BYTES) {
@@ -611,14 +614,16 @@ export class TenantDb {
             metadata: { rows_so_far: String(count) },
           });
         }
-        if (rows.length >= rowsPerChunk || bytes >= MAX_CHUNK_BYTES) {
-          emit({ columns, rows, bytes });
-          columns = null;
-          rows = [];
-          bytes = 0;
+        writer.row(row);
+        rowsInChunk++;
+        if (rowsInChunk >= rowsPerChunk || writer.length >= MAX_CHUNK_BYTES) {
+          emit({ bytes: writer.take(), rows: rowsInChunk });
+          sent = true;
+          rowsInChunk = 0;
         }
       }
-      if (rows.length > 0 || columns !== null) emit({ columns, rows, bytes });
+      // The columns go even when there are no rows.
+      if (rowsInChunk > 0 || !sent) emit({ bytes: writer.take(), rows: rowsInChunk });
       return count;
     });
   }

@@ -44,7 +44,8 @@ export function benchConfig(args: BenchServerArgs): Config {
     shards: args.shards,
     sync: args.sync,
     maxOpenDbs: args.maxOpenDbs,
-    metricsListen: null,
+    // Metrics on, as deployed (serveTenantd installs the SDK); port 0 so benches never collide.
+    metricsListen: '127.0.0.1:0',
     logLevel: 'warn',
     plans: { ...config.plans, [BENCH_PLAN]: { ...UNLIMITED } },
     defaultPlan: BENCH_PLAN,

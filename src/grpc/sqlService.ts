@@ -1,10 +1,12 @@
 /**
- * tenantd.v1.SqlService: admit the call, hand it to the tenant's shard, and
- * turn the shard's result into protobuf.
+ * tenantd.v1.SqlService: admit the call and hand it to the tenant's shard.
+ * The shard answers with the response already in protobuf bytes
+ * (workers/resultWire.ts), which go to gRPC as they are
+ * (encodedResponses.ts).
  */
 import type { ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
 import { invalidArgument } from '../errors.ts';
-import type { ColumnInfo, ExecuteResult, SqlValue } from '../protocol.ts';
+import type { EncodedMessage, ExecuteResult } from '../protocol.ts';
 import type { ShardHandle } from '../routing/shardHandle.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { Migrator } from '../schema/migrator.ts';
@@ -35,18 +37,14 @@ interface ProtoExecuteResponse {
   last_insert_rowid: string;
 }
 
-function toColumns(columns: ColumnInfo[]): ProtoColumn[] {
-  return columns.map((c) => ({ name: c.name, decl_type: c.declType }));
-}
-
-function toRows(rows: SqlValue[][]): { values: ProtoValue[] }[] {
-  return rows.map((row) => ({ values: row.map(toProtoValue) }));
-}
-
+/**
+ * ExecuteResult -> ExecuteResponse as objects, for a Transaction's answers
+ * (the shard encodes Execute, Batch and Query answers itself).
+ */
 function toResponse(result: ExecuteResult): ProtoExecuteResponse {
   return {
-    columns: toColumns(result.columns),
-    rows: toRows(result.rows),
+    columns: result.columns.map((c) => ({ name: c.name, decl_type: c.declType })),
+    rows: result.rows.map((row) => ({ values: row.map(toProtoValue) })),
     rows_affected: String(result.rowsAffected),
     last_insert_rowid: result.lastInsertRowid.toString(),
   };
@@ -82,7 +80,7 @@ export function sqlService(
   }
 
   return {
-    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement & { request_id?: string }, ProtoExecuteResponse>, trailer, rpc) => {
+    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement & { request_id?: string }, EncodedMessage>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const statement = toStatement(call.request, '');
@@ -96,10 +94,10 @@ export function sqlService(
         dispatch(tenantCall, () =>
           shard.call(requestId === null ? { op: 'execute', tenantId, limits, statement } : { op: 'execute', tenantId, limits, statement, requestId }, undefined, rpc.signal),
         ),
-      ).then(toResponse);
+      );
     }),
 
-    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[]; request_id?: string }, { results: ProtoExecuteResponse[] }>, trailer, rpc) => {
+    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[]; request_id?: string }, EncodedMessage>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const { statements } = call.request;
@@ -121,7 +119,7 @@ export function sqlService(
             rpc.signal,
           ),
         ),
-      ).then((results) => ({ results: results.map(toResponse) }));
+      );
     }),
 
     Transaction: bidiStream(service, 'Transaction', (call: TransactionCall, rpc) =>
@@ -132,7 +130,7 @@ export function sqlService(
       service,
       'Query',
       async (
-        call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, { columns: ProtoColumn[]; rows: { values: ProtoValue[] }[] }>,
+        call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, Uint8Array>,
         trailer,
         rpc,
       ) => {
@@ -151,7 +149,7 @@ export function sqlService(
         await admit(tenantCall, bytes, trailer, async () => {
           await dispatch(tenantCall, () =>
             shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
-              outlet.push({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) }, chunk.bytes),
+              outlet.push(chunk.bytes, chunk.bytes.byteLength),
               rpc.signal,
             ),
           );
