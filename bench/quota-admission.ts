@@ -37,7 +37,7 @@ import { Access } from '../src/grpc/access.ts';
 import { createAdmit, writeBytesOf } from '../src/grpc/admit.ts';
 import { toStatement, type ProtoStatement } from '../src/grpc/values.ts';
 import { createLogger } from '../src/log.ts';
-import type { CallLimits, ExecuteResult } from '../src/protocol.ts';
+import type { CallLimits, EncodedMessage } from '../src/protocol.ts';
 import { Admitter, isRefusal } from '../src/quota/admission.ts';
 import { addShardTime, kBytesPerSlot, kSlotsPerPage } from '../src/quota/layout.ts';
 import { QuotaTable } from '../src/quota/quotaTable.ts';
@@ -89,6 +89,8 @@ function record(tenantId: string, overrides: Partial<Record<'requestsPerSecond' 
       queryTimeoutMs: 0,
       eventRetentionHours: 0,
       shardMsPerSecond: 0,
+      transactionTimeoutMs: 0,
+      concurrentTransactions: 0,
     },
     state: 'ACTIVE',
     createTime: 0,
@@ -331,7 +333,7 @@ async function measurePath() {
     const order = tenantOrder(tenantCount, 1 << 16);
 
     /** SqlService.Execute's handler body, minus grpc-js and toResponse. */
-    const frontEnd = (i: number): Promise<ExecuteResult> => {
+    const frontEnd = (i: number): Promise<EncodedMessage> => {
       const trailer = new Metadata();
       const tenantCall = access.tenant(metadata[order[i & 0xffff]!]!);
       const statement = toStatement(requests[i & 1023]!, '');
@@ -350,7 +352,7 @@ async function measurePath() {
     // Dispatch alone, for comparison: the same shard call with everything precomputed.
     const fixedLimits = new Map(ids.map((id) => [id, setupLimits(id)]));
     const fixedStatements = requests.map((r) => toStatement(r, ''));
-    const dispatchOnly = (i: number): Promise<ExecuteResult> => {
+    const dispatchOnly = (i: number): Promise<EncodedMessage> => {
       const tenantId = ids[order[i & 0xffff]!]!;
       return router.forTenant(tenantId).call({ op: 'execute', tenantId, limits: fixedLimits.get(tenantId)!, statement: fixedStatements[i & 1023]! });
     };

@@ -71,9 +71,9 @@ const children: ChildServer[] = [];
 const serverMainUs: Record<string, number> = {};
 const serverProcessUs: Record<string, number> = {};
 try {
-  const execArgv = args.has('--profile') ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
-  if (execArgv.length) mkdirSync(profileDir, { recursive: true });
-  const tenantd = await startChild(new URL('./lib/serveTenantd.ts', import.meta.url), serverArgs, execArgv);
+  const profiling = args.has('--profile');
+  if (profiling) mkdirSync(profileDir, { recursive: true });
+  const tenantd = await startChild(new URL('./lib/serveTenantd.ts', import.meta.url), serverArgs);
   children.push(tenantd);
   const echo = await startChild(new URL('./lib/echoServer.ts', import.meta.url), {});
   children.push(echo);
@@ -95,6 +95,7 @@ try {
     let clientBefore: CpuSample | undefined;
     const { report } = await runLoad({
       beforeMeasure: async () => {
+        if (profiling) await server.profile('start', profileDir, name);
         before = await server.sample();
         clientBefore = cpuSample();
       },
@@ -111,6 +112,7 @@ try {
     });
     const client = cpuDelta(clientBefore!, cpuSample());
     const cpu = cpuDelta(before!, await server.sample());
+    if (profiling) await server.profile('stop', profileDir, name);
     const perCall = (ms: number | null) => (ms === null ? null : (ms * 1000) / report.count);
     if (cpu.mainThreadMs !== null) serverMainUs[name] = perCall(cpu.mainThreadMs)!;
     serverProcessUs[name] = perCall(cpu.processMs)!;
@@ -151,7 +153,7 @@ try {
   );
 
   await Promise.all(children.splice(0).map((c) => c.stop()));
-  if (args.has('--profile')) line(`CPU profiles of tenantd's threads (main, shard workers): ${profileDir}`);
+  if (profiling) line(`CPU profiles of both servers' threads over the measured window (main, shard workers): ${profileDir}`);
 
   line();
   line('main-thread cost per call without gRPC (real Authenticator/Access/ShardRouter/ShardHandle, in this process):');

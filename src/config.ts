@@ -10,6 +10,25 @@ export type SyncMode = 'full' | 'normal';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 
 /** Bytes of Query results that may wait for slow clients (src/grpc/queryOutlet.ts). */
+/** Tenant calls that may wait for the shards (routing/shardQueueBudget.ts). */
+export interface ShardQueueLimits {
+  /** Calls queued or running in one shard. */
+  perShardCalls: number;
+  /** Their request bytes (SQL, parameters, events) in one shard. */
+  perShardBytes: number;
+  /** Calls queued or running in every shard together. */
+  totalCalls: number;
+  totalBytes: number;
+}
+
+/** The documented defaults (README, "Memory and queue budgets"). */
+export const DEFAULT_SHARD_QUEUE_LIMITS: ShardQueueLimits = {
+  perShardCalls: 10_000,
+  perShardBytes: 64 * 1024 * 1024,
+  totalCalls: 50_000,
+  totalBytes: 256 * 1024 * 1024,
+};
+
 export interface UnreadLimits {
   /** For one tenant's calls together. */
   perTenant: number;
@@ -31,6 +50,10 @@ export interface QuotaValues {
    * tenant's heavy queries from taking the shard from its neighbours.
    */
   shardMsPerSecond: number;
+  /** The longest an interactive transaction may stay open, from begin to its end. */
+  transactionTimeoutMs: number;
+  /** Interactive transactions open at once. */
+  concurrentTransactions: number;
 }
 
 export const QUOTA_FIELDS = [
@@ -41,6 +64,8 @@ export const QUOTA_FIELDS = [
   'queryTimeoutMs',
   'eventRetentionHours',
   'shardMsPerSecond',
+  'transactionTimeoutMs',
+  'concurrentTransactions',
 ] as const satisfies readonly (keyof QuotaValues)[];
 
 export type QuotaField = (typeof QUOTA_FIELDS)[number];
@@ -86,6 +111,10 @@ export interface Config {
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
   drainTimeoutMs: number;
+  /** No statement runs longer, whatever its plan says; a query_timeout_ms of -1 means up to this. */
+  maxQueryTimeoutMs: number;
+  /** A migration's time limit, per tenant and step, and for its validation (guard deadline). */
+  migrationTimeoutMs: number;
   /** Let queued writes of one tenant share a commit (each in its own savepoint). */
   groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
@@ -94,11 +123,17 @@ export interface Config {
   eventSweepMs: number;
   /** Bytes of Query results that may wait for slow clients, per tenant and in all (queryOutlet.ts). Not settable from flags, env or file. */
   queryUnreadLimits: UnreadLimits;
+  /** Tenant calls queued for the shards, per shard and in all (routing/shardQueueBudget.ts). Not settable from flags, env or file. */
+  shardQueueLimits: ShardQueueLimits;
   /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
   metricsPerTenant: boolean;
   cluster: ClusterConfig;
+  /** Longest wait for a transaction's next request before it is rolled back (docs/transactions.md). */
+  transactionIdleMs: number;
+  /** How long a request_id's response is kept for retries. */
+  idempotencyWindowHours: number;
 }
 
 const MIB = 1024 * 1024;
@@ -112,6 +147,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 5_000,
     eventRetentionHours: 24 * 7,
     shardMsPerSecond: 200,
+    transactionTimeoutMs: 30_000,
+    concurrentTransactions: 4,
   },
   pro: {
     requestsPerSecond: 2_000,
@@ -121,6 +158,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 10_000,
     eventRetentionHours: 24 * 30,
     shardMsPerSecond: 500,
+    transactionTimeoutMs: 60_000,
+    concurrentTransactions: 16,
   },
   enterprise: {
     requestsPerSecond: -1,
@@ -130,6 +169,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 30_000,
     eventRetentionHours: -1,
     shardMsPerSecond: 1_000,
+    transactionTimeoutMs: 300_000,
+    concurrentTransactions: 64,
   },
 };
 
@@ -148,13 +189,18 @@ export function defaultConfig(): Config {
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
+    maxQueryTimeoutMs: 60_000,
+    migrationTimeoutMs: 60_000,
     groupCommit: true,
     faultInjection: false,
     eventSweepMs: 60_000,
     queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
+    shardQueueLimits: { ...DEFAULT_SHARD_QUEUE_LIMITS },
     telemetry: true,
     metricsPerTenant: false,
     cluster: { etcd: [], nodeId: hostname(), advertise: null, internalAdvertise: null, leaseTtlSeconds: 10, moveGraceMs: 30_000 },
+    transactionIdleMs: 5_000,
+    idempotencyWindowHours: 24,
   };
 }
 
@@ -277,6 +323,18 @@ const OPTIONS: ScalarOption[] = [
     apply: (c, r, w) => (c.drainTimeoutMs = asInteger(r, w, 0, 600_000)),
   },
   {
+    flag: 'max-query-timeout-ms',
+    env: 'TENANTD_MAX_QUERY_TIMEOUT_MS',
+    yaml: 'max_query_timeout_ms',
+    apply: (c, r, w) => (c.maxQueryTimeoutMs = asInteger(r, w, 1, 86_400_000)),
+  },
+  {
+    flag: 'migration-timeout-ms',
+    env: 'TENANTD_MIGRATION_TIMEOUT_MS',
+    yaml: 'migration_timeout_ms',
+    apply: (c, r, w) => (c.migrationTimeoutMs = asInteger(r, w, 1, 3_600_000)),
+  },
+  {
     flag: 'telemetry',
     env: 'TENANTD_TELEMETRY',
     yaml: 'telemetry',
@@ -322,6 +380,18 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_MOVE_GRACE_MS',
     yaml: 'move_grace_ms',
     apply: (c, r, w) => (c.cluster.moveGraceMs = asInteger(r, w, 0, 3_600_000)),
+  },
+  {
+    flag: 'transaction-idle-ms',
+    env: 'TENANTD_TRANSACTION_IDLE_MS',
+    yaml: 'transaction_idle_ms',
+    apply: (c, r, w) => (c.transactionIdleMs = asInteger(r, w, 1, 3_600_000)),
+  },
+  {
+    flag: 'idempotency-window-hours',
+    env: 'TENANTD_IDEMPOTENCY_WINDOW_HOURS',
+    yaml: 'idempotency_window_hours',
+    apply: (c, r, w) => (c.idempotencyWindowHours = asInteger(r, w, 1, 24 * 365)),
   },
 ];
 

@@ -9,6 +9,8 @@ import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import type { Config } from './config.ts';
 import { setUnexpectedErrorLogger } from './errors.ts';
+import { lockDataDir } from './dataDirLock.ts';
+import { CallCanceller } from '../workers/guard.ts';
 import { createLogger, type Logger } from './log.ts';
 import { packageDefinition } from './protos.ts';
 import { Catalog } from './catalog/catalog.ts';
@@ -16,10 +18,13 @@ import { Authenticator } from './auth/authenticator.ts';
 import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
 import { ShardHandle } from './routing/shardHandle.ts';
 import { ShardRouter, shardOf } from './routing/shardRouter.ts';
+import { ShardQueueBudget } from './routing/shardQueueBudget.ts';
 import { TenantRegistry } from './tenants/registry.ts';
 import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
+import { acceptEncodedResponses } from './grpc/encodedResponses.ts';
 import { createAdmit } from './grpc/admit.ts';
+import { ShardActivity } from './quota/shardActivity.ts';
 import { usageService } from './grpc/usageService.ts';
 import { backupService } from './grpc/backupService.ts';
 import { eventService } from './grpc/eventService.ts';
@@ -27,12 +32,13 @@ import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
 import { FileChecks } from './tenants/fileChecks.ts';
 import { UnreadBudget } from './grpc/queryOutlet.ts';
-import { emptyTrash, recoverInterruptedRestores } from './tenants/restoreFiles.ts';
+import { emptyTrash, recoverInterruptedRestores, trashOrphans } from './tenants/restoreFiles.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
 import { sqlService } from './grpc/sqlService.ts';
+import { OpenTransactions } from './grpc/transaction.ts';
 import { tenantService } from './grpc/tenantService.ts';
 import { schemaService } from './grpc/schemaService.ts';
 import { Migrator } from './schema/migrator.ts';
@@ -57,6 +63,12 @@ export interface StartedServer {
   registry: TenantRegistry;
   health: HealthState;
   shutdown(): Promise<void>;
+  /**
+   * Interrupts every statement running in the process (an exit that cannot
+   * wait: a worker in a statement holds the exit up, and one interrupted
+   * while it is being terminated crashes the process).
+   */
+  interruptAll(): void;
 }
 
 export interface ServerOptions {
@@ -74,8 +86,9 @@ export async function startServer(
 ): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
   mkdirSync(join(dataDir, 'tenants'), { recursive: true });
+  // Before anything reads or repairs the directory: a second server exits here (main.ts: code 2).
+  const dirLock = lockDataDir(dataDir);
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
-  emptyTrash(dataDir);
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
   const catalog = new Catalog(join(dataDir, 'catalog.db'));
@@ -84,6 +97,7 @@ export async function startServer(
     adminKey = ensureAdminKey(catalog, dataDir, config.adminKeyFile);
   } catch (error) {
     catalog.close();
+    dirLock.release();
     throw error;
   }
   // Pages made before the shards exist reach them through quotaPages() at spawn.
@@ -93,8 +107,15 @@ export async function startServer(
   });
   const registry = new TenantRegistry(config, table);
   registry.load(catalog);
+  for (const tenantId of trashOrphans(dataDir, (id) => registry.get(id) !== undefined)) {
+    logger.warn('removed the files of a tenant the catalog does not list (a create, restore or delete cut short)', { tenant: tenantId });
+  }
+  emptyTrash(dataDir);
   const auth = new Authenticator(catalog);
 
+  // Interrupts the statement of a cancelled call on whichever worker thread runs it.
+  const canceller = new CallCanceller();
+  const queueBudget = new ShardQueueBudget(config.shardQueueLimits);
   const shards: ShardHandle[] = [];
   for (let i = 0; i < config.shards; i++) {
     shards.push(
@@ -106,6 +127,7 @@ export async function startServer(
         faultInjection: config.faultInjection,
         groupCommit: config.groupCommit,
         eventSweepMs: config.eventSweepMs,
+        idempotencyWindowMs: config.idempotencyWindowHours * 3_600_000,
         quotaPages: () => table.allBuffers(),
         // Read at each worker start: the notes of the tenants this shard owns under today's shard count.
         closedSweeps: () => catalog.eventSweeps().filter((sweep) => shardOf(sweep.tenantId, config.shards) === i),
@@ -118,15 +140,20 @@ export async function startServer(
           }
         },
         onLog: (level, msg, fields) => logger[level](msg, fields),
+        canceller,
+        queueBudget,
       }),
     );
   }
   shardsForPages = shards;
   const router = new ShardRouter(shards);
-  const migrator = new Migrator(catalog, registry, router, logger);
-  const hub = new EventHub();
   const fileChecks = new FileChecks(config.sync, config.cluster.etcd.length > 0);
+  const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
+  const hub = new EventHub();
+  const openTransactions = new OpenTransactions();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
+  manager.onOrphan = (tenantId, error) =>
+    logger.warn('a deleted tenant\'s files stay until the next start', { tenant: tenantId, error: String(error) });
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
     try {
@@ -135,6 +162,7 @@ export async function startServer(
       await router.stop();
       await fileChecks.close();
       catalog.close();
+      dirLock.release();
       throw error;
     }
   }
@@ -153,10 +181,15 @@ export async function startServer(
     tenantd: { v1: Record<string, { service: grpc.ServiceDefinition }> };
     grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } };
   };
-  const definitions: Record<string, grpc.ServiceDefinition> = {
-    ...Object.fromEntries(Object.entries(loaded.tenantd.v1).flatMap(([name, value]) => (value?.service ? [[name, value.service]] : []))),
-    Health: loaded.grpc.health.v1.Health.service,
-  };
+  // Every method also accepts a response already in protobuf bytes: the shards
+  // answer SqlService calls that way, and a call passed on to another
+  // cluster node comes back that way.
+  const definitions: Record<string, grpc.ServiceDefinition> = Object.fromEntries(
+    [
+      ...Object.entries(loaded.tenantd.v1).flatMap(([name, value]) => (value?.service ? [[name, value.service] as const] : [])),
+      ['Health', loaded.grpc.health.v1.Health.service] as const,
+    ].map(([name, service]) => [name, acceptEncodedResponses(service)]),
+  );
   if (config.cluster.etcd.length > 0) {
     try {
       cluster = await ClusterNode.create({
@@ -180,17 +213,22 @@ export async function startServer(
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    // channelz (grpc-js's introspection service, which tenantd does not serve) counts every call: ~2.5 % of the main thread (bench:sql --profile).
+    'grpc.enable_channelz': 0,
   });
   const admitter = new Admitter(table);
   const tenantObserver = observer.service('tenantd.v1.TenantService');
-  const admit = createAdmit(admitter, registry, metrics);
+  const admit = createAdmit(admitter, registry, metrics, { shards: config.shards, tracker: new ShardActivity(config.shards) });
   const local: Record<string, Handlers> = {
     TenantService: {
       ...tenantService(access, manager, catalog, tenantObserver),
       ...usageService(access, manager, table, admitter, dataDir, tenantObserver),
       ...backupService(access, manager, backups, tenantObserver),
     },
-    SqlService: sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits)),
+    SqlService: sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits), {
+      open: openTransactions,
+      idleMs: config.transactionIdleMs,
+    }),
     EventService: eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')),
     SchemaService: schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
     Health: health.handlers(observer.service('grpc.health.v1.Health')),
@@ -242,6 +280,13 @@ export async function startServer(
     node: cluster ? config.cluster.nodeId : undefined,
   });
 
+  const interruptAll = (): void => {
+    try {
+      canceller.interruptAll();
+    } catch (error) {
+      logger.warn('could not interrupt running statements', { error: String(error) });
+    }
+  };
   let stopping: Promise<void> | null = null;
   const shutdown = (): Promise<void> => {
     stopping ??= (async () => {
@@ -250,9 +295,17 @@ export async function startServer(
       health.endWatches();
       // Subscriptions never end on their own: end them so the drain can finish.
       hub.endAll('shutdown');
+      // Open transactions would hold the drain until their idle limit: they roll back now.
+      openTransactions.endAll();
+      // Every other stream (Query, WatchUsage, BackupTenant, ...) ends now too, UNAVAILABLE: clients move on at once.
+      observer.calls.endStreams();
       await new Promise<void>((done) => {
         const timer = setTimeout(() => {
-          logger.warn('drain timed out; cancelling calls in flight');
+          logger.warn('drain timed out; cancelling calls in flight', { open: observer.calls.size });
+          // Interrupts their statements in the shards, and drops what is still queued there.
+          observer.calls.cancelAll();
+          for (const shard of shards) shard.cancelAll();
+          interruptAll();
           server.forceShutdown();
           done();
         }, config.drainTimeoutMs);
@@ -268,10 +321,11 @@ export async function startServer(
       metrics?.close();
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));
+      dirLock.release();
       logger.info('stopped');
     })();
     return stopping;
   };
 
-  return { port, httpPort, adminKey, router, registry, health, shutdown };
+  return { port, httpPort, adminKey, router, registry, health, shutdown, interruptAll };
 }

@@ -7,6 +7,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { status } from '@grpc/grpc-js';
 import { packageDefinition } from '../src/protos.ts';
 import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
+import { decodeExecuteResponse } from './support/wire.ts';
 
 let t: TestServer;
 let key: string;
@@ -179,7 +180,7 @@ describe('shard workers', () => {
     const crash = shard.call({ op: 'crash', tenantId: '' }).catch(() => undefined);
     // The write's answer went out as soon as it committed: a committed write is
     // never reported as failed. (The read's may be lost with the worker; reads are safe to retry.)
-    expect((await write).rowsAffected).toBe(1);
+    expect(decodeExecuteResponse(await write).rows_affected).toBe('1');
     await Promise.all([read, crash]);
     await exited;
     let rows: unknown[][] | null = null;

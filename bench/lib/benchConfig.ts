@@ -11,6 +11,8 @@ export const UNLIMITED: QuotaValues = {
   queryTimeoutMs: -1,
   eventRetentionHours: -1,
   shardMsPerSecond: -1,
+  transactionTimeoutMs: -1,
+  concurrentTransactions: -1,
 };
 
 /** The same overrides as they go on the wire in a Tenant's `quotas`. */
@@ -22,6 +24,8 @@ export const UNLIMITED_PROTO_QUOTAS = {
   query_timeout_ms: '-1',
   event_retention_hours: '-1',
   shard_ms_per_second: '-1',
+  transaction_timeout_ms: '-1',
+  concurrent_transactions: '-1',
 };
 
 export interface BenchServerArgs {
@@ -40,7 +44,8 @@ export function benchConfig(args: BenchServerArgs): Config {
     shards: args.shards,
     sync: args.sync,
     maxOpenDbs: args.maxOpenDbs,
-    metricsListen: null,
+    // Metrics on, as deployed (serveTenantd installs the SDK); port 0 so benches never collide.
+    metricsListen: '127.0.0.1:0',
     logLevel: 'warn',
     plans: { ...config.plans, [BENCH_PLAN]: { ...UNLIMITED } },
     defaultPlan: BENCH_PLAN,

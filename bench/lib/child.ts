@@ -31,13 +31,22 @@ export interface Ready {
   [key: string]: unknown;
 }
 
-type ToChild = { type: 'sample'; id: number } | { type: 'stop' };
-type FromChild = Ready | { type: 'sample'; id: number; sample: CpuSample } | { type: 'error'; message: string };
+type ToChild = { type: 'sample'; id: number } | { type: 'stop' } | { type: 'profile'; id: number; action: 'start' | 'stop'; dir: string; label: string };
+type FromChild =
+  | Ready
+  | { type: 'sample'; id: number; sample: CpuSample }
+  | { type: 'profiled'; id: number; files: string[] }
+  | { type: 'error'; message: string };
 
 export interface ChildServer {
   ready: Ready;
   /** The child's CPU counters now. */
   sample(): Promise<CpuSample>;
+  /**
+   * CPU profiles of every thread of the child (lib/profiler.ts) between
+   * `start` and `stop`; `stop` writes them to `dir` and returns the files.
+   */
+  profile(action: 'start' | 'stop', dir: string, label: string): Promise<string[]>;
   stop(): Promise<void>;
 }
 
@@ -52,6 +61,7 @@ export function startChild(script: URL, args: unknown, execArgv: string[] = [], 
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const waiting = new Map<number, (s: CpuSample) => void>();
+  const profiling = new Map<number, (files: string[]) => void>();
   let nextId = 1;
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   return new Promise((resolve, reject) => {
@@ -59,6 +69,7 @@ export function startChild(script: URL, args: unknown, execArgv: string[] = [], 
     proc.on('message', (message: FromChild) => {
       if (message.type === 'error') reject(new Error(`${script.pathname}: ${message.message}`));
       else if (message.type === 'sample') waiting.get(message.id)?.(message.sample);
+      else if (message.type === 'profiled') profiling.get(message.id)?.(message.files);
       else if (message.type === 'ready') {
         resolve({
           ready: message,
@@ -67,6 +78,12 @@ export function startChild(script: URL, args: unknown, execArgv: string[] = [], 
               const id = nextId++;
               waiting.set(id, done);
               proc.send({ type: 'sample', id } satisfies ToChild);
+            }),
+          profile: (action, dir, label) =>
+            new Promise((done) => {
+              const id = nextId++;
+              profiling.set(id, done);
+              proc.send({ type: 'profile', id, action, dir, label } satisfies ToChild);
             }),
           stop: async () => {
             if (proc.exitCode === null) proc.send({ type: 'stop' } satisfies ToChild);
@@ -94,10 +111,19 @@ export function serveParent(ready: Ready, stop: () => Promise<void>, counters?: 
     return;
   }
   process.send(ready);
+  let profiler: import('./profiler.ts').ThreadProfiler | undefined;
   process.on('message', (message: ToChild) => {
     if (message.type === 'sample') {
       const sample = { ...cpuSample(), ...(counters ? { counters: counters() } : {}) };
       process.send!({ type: 'sample', id: message.id, sample } satisfies FromChild);
+    }
+    else if (message.type === 'profile') {
+      void (async () => {
+        const { ThreadProfiler } = await import('./profiler.ts');
+        profiler ??= new ThreadProfiler();
+        const files = message.action === 'start' ? (await profiler.start(), []) : await profiler.stop(message.dir, message.label);
+        process.send!({ type: 'profiled', id: message.id, files } satisfies FromChild);
+      })();
     }
     else if (message.type === 'stop') {
       void stopOnce().then(() => process.exit(0));

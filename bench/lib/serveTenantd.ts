@@ -4,14 +4,24 @@
  */
 import { createLogger } from '../../src/log.ts';
 import { startServer } from '../../src/server.ts';
+import { installTelemetry } from '../../src/telemetry/sdk.ts';
 import { benchConfig, type BenchServerArgs } from './benchConfig.ts';
 import { failToParent, serveParent } from './child.ts';
 
 try {
   const args = JSON.parse(process.argv[2]!) as BenchServerArgs;
   const config = benchConfig(args);
-  const server = await startServer(config, createLogger(config.logLevel));
-  serveParent({ type: 'ready', port: server.port, adminKey: server.adminKey.key, shards: config.shards }, () => server.shutdown());
+  const logger = createLogger(config.logLevel);
+  // As main.ts runs it: the SDK installed, metrics served (on an ephemeral port), so their cost is measured.
+  const telemetry = installTelemetry(config, logger);
+  const server = await startServer(config, logger, { metricsHandler: telemetry?.metricsHandler ?? null });
+  serveParent({ type: 'ready', port: server.port, adminKey: server.adminKey.key, shards: config.shards }, async () => {
+    await server.shutdown();
+    await telemetry?.shutdown();
+  }, () => {
+    const m = process.memoryUsage();
+    return { rssBytes: m.rss, heapTotalBytes: m.heapTotal, externalBytes: m.external, arrayBuffersBytes: m.arrayBuffers };
+  });
 } catch (error) {
   failToParent(error);
 }

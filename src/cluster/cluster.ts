@@ -23,7 +23,7 @@ import { Membership } from './membership.ts';
 import { GrpcTenantTransport, MoveFences, Mover, type MoveReport } from './moves.ts';
 import { Placement, type NodeInfo } from './placement.ts';
 import { Rebalancer, type RemoteMoves } from './rebalance.ts';
-import { ClusterRouter, passThroughResponses, type HandlerMap } from './route.ts';
+import { ClusterRouter, type HandlerMap } from './route.ts';
 
 export interface ClusterDeps {
   config: ClusterConfig;
@@ -120,7 +120,7 @@ export class ClusterNode {
   route(name: string, handlers: HandlerMap, fanoutHandlers: Record<string, HandlerMap>): { definition: grpc.ServiceDefinition; handlers: HandlerMap } {
     const definition = this.d.definitions[name]!;
     if (name === 'Health') return { definition, handlers };
-    return { definition: passThroughResponses(definition), handlers: this.router.wrap(definition, handlers, fanoutHandlers[name] ?? {}) };
+    return { definition, handlers: this.router.wrap(definition, handlers, fanoutHandlers[name] ?? {}) };
   }
 
   fanoutHandlers(local: Record<string, HandlerMap>): Record<string, HandlerMap> {

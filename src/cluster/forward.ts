@@ -1,8 +1,8 @@
 /**
  * Calls passed on to the node that owns their tenant, as bytes: the request
  * is encoded again with the method's own serializer, the response goes back
- * to the caller undecoded (the server's serializers let Buffers through, see
- * passThroughResponses), and the status, its details and the trailers come
+ * to the caller undecoded (the server's serializers let bytes through, see
+ * grpc/encodedResponses.ts), and the status, its details and the trailers come
  * back as the owner sent them. The caller's deadline travels with the call,
  * and `x-tenantd-hop` marks it as forwarded so it is never forwarded again.
  */

@@ -322,16 +322,3 @@ export class ClusterRouter {
     }
   }
 }
-
-/**
- * The service definition with its response serializers letting Buffers
- * through unchanged: what a forwarded call's owner sent is already encoded.
- */
-export function passThroughResponses(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
-  const out: Record<string, MethodDefinition> = {};
-  for (const [name, method] of Object.entries(definition) as [string, MethodDefinition][]) {
-    const serialize = method.responseSerialize;
-    out[name] = { ...method, responseSerialize: (value: unknown) => (Buffer.isBuffer(value) ? value : serialize(value)) };
-  }
-  return out as grpc.ServiceDefinition;
-}

@@ -14,6 +14,8 @@ export interface TenantCall {
   principal: Principal;
   tenant: LiveTenant;
   readOnly: boolean;
+  /** The server's --max-query-timeout-ms. */
+  maxQueryTimeoutMs: number;
 }
 
 export class Access {
@@ -76,6 +78,6 @@ export class Access {
         metadata: { tenant: tenantId },
       });
     }
-    return { principal, tenant, readOnly: principal.role === 'READ_ONLY' || this.writeFenced(tenantId) };
+    return { principal, tenant, readOnly: principal.role === 'READ_ONLY' || this.writeFenced(tenantId), maxQueryTimeoutMs: this.registry.maxQueryTimeoutMs };
   }
 }

@@ -1,10 +1,12 @@
 /**
- * tenantd.v1.SqlService: admit the call, hand it to the tenant's shard, and
- * turn the shard's result into protobuf.
+ * tenantd.v1.SqlService: admit the call and hand it to the tenant's shard.
+ * The shard answers with the response already in protobuf bytes
+ * (workers/resultWire.ts), which go to gRPC as they are
+ * (encodedResponses.ts).
  */
 import type { ServerUnaryCall, ServerWritableStream } from '@grpc/grpc-js';
 import { invalidArgument } from '../errors.ts';
-import type { ColumnInfo, ExecuteResult, SqlValue } from '../protocol.ts';
+import type { EncodedMessage, ExecuteResult } from '../protocol.ts';
 import type { ShardHandle } from '../routing/shardHandle.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { Migrator } from '../schema/migrator.ts';
@@ -15,6 +17,9 @@ import { QueryOutlet, type UnreadBudget } from './queryOutlet.ts';
 import { callLimits } from './limits.ts';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
 import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
+import { checkRequestId } from './requestId.ts';
+import { runTransaction, type OpenTransactions, type TransactionCall } from './transaction.ts';
+import { bidiStream } from './handlers.ts';
 
 const MAX_BATCH_STATEMENTS = 1_000;
 const DEFAULT_ROWS_PER_CHUNK = 500;
@@ -32,18 +37,14 @@ interface ProtoExecuteResponse {
   last_insert_rowid: string;
 }
 
-function toColumns(columns: ColumnInfo[]): ProtoColumn[] {
-  return columns.map((c) => ({ name: c.name, decl_type: c.declType }));
-}
-
-function toRows(rows: SqlValue[][]): { values: ProtoValue[] }[] {
-  return rows.map((row) => ({ values: row.map(toProtoValue) }));
-}
-
+/**
+ * ExecuteResult -> ExecuteResponse as objects, for a Transaction's answers
+ * (the shard encodes Execute, Batch and Query answers itself).
+ */
 function toResponse(result: ExecuteResult): ProtoExecuteResponse {
   return {
-    columns: toColumns(result.columns),
-    rows: toRows(result.rows),
+    columns: result.columns.map((c) => ({ name: c.name, decl_type: c.declType })),
+    rows: result.rows.map((row) => ({ values: row.map(toProtoValue) })),
     rows_affected: String(result.rowsAffected),
     last_insert_rowid: result.lastInsertRowid.toString(),
   };
@@ -57,6 +58,8 @@ export function sqlService(
   service: ServiceObserver,
   /** What may wait for slow Query clients (Config.queryUnreadLimits). */
   unread: UnreadBudget,
+  /** Interactive transactions: the ones open, and Config.transactionIdleMs. */
+  transactions: { open: OpenTransactions; idleMs: number },
 ): Handlers {
   /**
    * Sends the call once the tenant's schema is current: a tenant whose turn
@@ -77,18 +80,24 @@ export function sqlService(
   }
 
   return {
-    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement, ProtoExecuteResponse>, trailer, rpc) => {
+    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement & { request_id?: string }, EncodedMessage>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const statement = toStatement(call.request, '');
+      // A READ_ONLY key's calls write nothing to retry safely: its request_id is checked, not recorded.
+      const requestId = tenantCall.readOnly ? (checkRequestId(call.request.request_id), null) : checkRequestId(call.request.request_id);
       rpc.statement(statement.sql);
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement }))).then(toResponse);
+      return admit(tenantCall, bytes, trailer, () =>
+        dispatch(tenantCall, () =>
+          shard.call(requestId === null ? { op: 'execute', tenantId, limits, statement } : { op: 'execute', tenantId, limits, statement, requestId }, undefined, rpc.signal),
+        ),
+      );
     }),
 
-    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>, trailer, rpc) => {
+    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[]; request_id?: string }, EncodedMessage>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const { statements } = call.request;
@@ -97,18 +106,31 @@ export function sqlService(
         throw invalidArgument('statements', `at most ${MAX_BATCH_STATEMENTS} statements`, 'INVALID_SQL');
       }
       const inputs = statements.map((s, i) => toStatement(s, `statements[${i}]`));
+      const requestId = tenantCall.readOnly ? (checkRequestId(call.request.request_id), null) : checkRequestId(call.request.request_id);
       rpc.statement(() => inputs.map((s) => s.sql).join('; '));
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'batch', tenantId, limits, statements: inputs }))).then((results) => ({ results: results.map(toResponse) }));
+      return admit(tenantCall, bytes, trailer, () =>
+        dispatch(tenantCall, () =>
+          shard.call(
+            requestId === null ? { op: 'batch', tenantId, limits, statements: inputs } : { op: 'batch', tenantId, limits, statements: inputs, requestId },
+            undefined,
+            rpc.signal,
+          ),
+        ),
+      );
     }),
+
+    Transaction: bidiStream(service, 'Transaction', (call: TransactionCall, rpc) =>
+      runTransaction({ access, admit, router, migrator, open: transactions.open, idleMs: transactions.idleMs, toResponse }, call, rpc),
+    ),
 
     Query: serverStream(
       service,
       'Query',
       async (
-        call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, { columns: ProtoColumn[]; rows: { values: ProtoValue[] }[] }>,
+        call: ServerWritableStream<ProtoStatement & { rows_per_chunk: number }, Uint8Array>,
         trailer,
         rpc,
       ) => {
@@ -127,7 +149,8 @@ export function sqlService(
         await admit(tenantCall, bytes, trailer, async () => {
           await dispatch(tenantCall, () =>
             shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
-              outlet.push({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) }, chunk.bytes),
+              outlet.push(chunk.bytes, chunk.bytes.byteLength),
+              rpc.signal,
             ),
           );
           // The call ends after its last chunk has gone to gRPC.
