@@ -3,7 +3,7 @@
  * for placement, three (then four) tenantd nodes, HAProxy routing on
  * `x-tenant-id` through maps that `tenantd cluster sync-proxy` keeps live.
  */
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync, statSync, watch } from 'node:fs';
 import { Etcd3 } from 'etcd3';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -48,6 +48,32 @@ async function retrying<T>(call: () => Promise<T>, attempts = 20): Promise<T> {
 async function count(client: TestClient, tenantId: string): Promise<number> {
   const result = await client.call('SqlService', 'Execute', { sql: 'SELECT count(*) FROM t' }, { key: keys.get(tenantId)!, tenantId });
   return Number(result.rows[0].values[0].integer_value);
+}
+
+/** Makes the tenant ~24 MB, so that its copy takes long enough to be cut. */
+async function fill(tenantId: string, key: string): Promise<void> {
+  await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'CREATE TABLE IF NOT EXISTS pad (b BLOB)' }, { key, tenantId }));
+  for (let i = 0; i < 6; i++) {
+    await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO pad VALUES (randomblob(4000000))' }, { key, tenantId }));
+  }
+}
+
+/** Resolves the moment a move's upload file appears in the node's tmp directory. */
+function copyArrives(dataDir: string): Promise<void> {
+  const dir = join(dataDir, 'tmp');
+  return new Promise((resolve, reject) => {
+    const watcher = watch(dir, (_event, name) => {
+      if (name?.startsWith('restore-')) {
+        watcher.close();
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    const timer = setTimeout(() => {
+      watcher.close();
+      reject(new Error(`no copy arrived in ${dir}`));
+    }, 30_000);
+  });
 }
 
 describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed through etcd, routed by HAProxy', () => {
@@ -257,13 +283,13 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
   it('loses nothing when the move’s target is killed in the middle', async () => {
     const tenantId = TENANTS[23]!;
     const key = keys.get(tenantId)!;
-    // Big enough that the copy takes a while.
-    await cluster.proxy.call('SqlService', 'Execute', { sql: "INSERT INTO t SELECT 5 FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c)" }, { key, tenantId });
-    const rowsBefore = await count(cluster.proxy, tenantId);
+    await fill(tenantId, key);
+    const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
     const from = await owner(tenantId);
     const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null)!;
+    const arrived = copyArrives(target.dataDir);
     const move = cluster.cli(['move', tenantId, target.id]);
-    await waitFor('the copy to reach the target', () => readdirSync(join(target.dataDir, 'tmp')).some((f) => f.startsWith('restore-')), 20_000);
+    await arrived;
     target.child.kill('SIGKILL');
     const result = await move;
     expect(result.code).toBe(1);
@@ -279,12 +305,13 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
   it('loses nothing when the move’s source is killed in the middle', async () => {
     const tenantId = TENANTS[31]!;
     const key = keys.get(tenantId)!;
-    await cluster.proxy.call('SqlService', 'Execute', { sql: "INSERT INTO t SELECT 5 FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 200000) SELECT x FROM c)" }, { key, tenantId });
+    await fill(tenantId, key);
     const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
     const from = await owner(tenantId);
     const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+    const arrived = copyArrives(target.dataDir);
     const move = cluster.cli(['move', tenantId, target.id], `127.0.0.1:${target.port}`);
-    await waitFor('the copy to reach the target', () => readdirSync(join(target.dataDir, 'tmp')).some((f) => f.startsWith('restore-')), 20_000);
+    await arrived;
     cluster.node(from).child.kill('SIGKILL');
     await move;
     await cluster.restartNode(from);
