@@ -6,11 +6,11 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
 import * as grpc from '@grpc/grpc-js';
-import { ReflectionService } from '@grpc/reflection';
 import type { Config } from './config.ts';
 import { setUnexpectedErrorLogger } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
-import { packageDefinition } from './protos.ts';
+import { descriptorSetBytes, fileDescriptors, packageDefinition } from './protos.ts';
+import { DescriptorIndex, REFLECTION_SERVICES, reflectionService, splitDescriptorSet } from './grpc/reflectionService.ts';
 import { Catalog } from './catalog/catalog.ts';
 import { Authenticator } from './auth/authenticator.ts';
 import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
@@ -147,7 +147,10 @@ export async function startServer(
   const definition = packageDefinition();
   const loaded = grpc.loadPackageDefinition(definition) as unknown as {
     tenantd: { v1: Record<string, { service: grpc.ServiceDefinition }> };
-    grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } };
+    grpc: {
+      health: { v1: { Health: { service: grpc.ServiceDefinition } } };
+      reflection: Record<string, { ServerReflection: { service: grpc.ServiceDefinition } }>;
+    };
   };
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
@@ -171,7 +174,9 @@ export async function startServer(
     schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
   );
   server.addService(loaded.grpc.health.v1.Health.service, health.handlers(observer.service('grpc.health.v1.Health')));
-  new ReflectionService(definition).addToServer(server);
+  const descriptorIndex = new DescriptorIndex(splitDescriptorSet(descriptorSetBytes()), fileDescriptors());
+  const reflection = reflectionService(descriptorIndex, [...SERVICES, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]);
+  for (const version of ['v1', 'v1alpha']) server.addService(loaded.grpc.reflection[version]!.ServerReflection.service, reflection);
 
   const port = await new Promise<number>((resolvePort, reject) => {
     server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
