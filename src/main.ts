@@ -12,7 +12,8 @@ import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
 const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
                      [--max-open-dbs N] [--metrics-listen 127.0.0.1:9464|off] [--config tenantd.yaml]
                      [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]
-                     [--telemetry on|off] [--metrics-per-tenant on|off]`;
+                     [--telemetry on|off] [--metrics-per-tenant on|off]
+                     [--tls-cert server.crt --tls-key server.key [--tls-client-ca ca.crt]] [--metrics-tls on|off]`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -53,6 +54,10 @@ async function main(argv: string[]): Promise<number> {
     );
   }
   process.stdout.write(`tenantd listening on port ${server.port}\n`);
+  // SIGHUP re-reads the TLS files (they are also polled); without TLS it changes nothing.
+  process.on('SIGHUP', () => {
+    if (!server.reloadCertificates()) logger.warn('SIGHUP: no TLS certificate reloaded (TLS off, or the files are invalid)');
+  });
   await new Promise<void>((resolve) => {
     const stop = () => resolve();
     process.once('SIGINT', stop);

@@ -39,6 +39,7 @@ import { Migrator } from './schema/migrator.ts';
 import { startHttpHealth, type MetricsHandler } from './httpHealth.ts';
 import { RpcObserver } from './grpc/rpcObserver.ts';
 import { ServerMetrics } from './telemetry/serverMetrics.ts';
+import { grpcServerCredentials, ReloadingCertificates } from './tls/certificates.ts';
 
 const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService', 'tenantd.v1.EventService'];
 
@@ -54,6 +55,8 @@ export interface StartedServer {
   router: ShardRouter;
   registry: TenantRegistry;
   health: HealthState;
+  /** Re-reads the TLS files (SIGHUP); false if they were bad (the old ones stay) or TLS is off. */
+  reloadCertificates(): boolean;
   shutdown(): Promise<void>;
 }
 
@@ -178,8 +181,12 @@ export async function startServer(
   const reflection = reflectionService(descriptorIndex, [...SERVICES, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]);
   for (const version of ['v1', 'v1alpha']) server.addService(loaded.grpc.reflection[version]!.ServerReflection.service, reflection);
 
+  // Checked at config time too; read again here because the files may have changed since.
+  const certs = config.tlsCert && config.tlsKey
+    ? new ReloadingCertificates({ cert: config.tlsCert, key: config.tlsKey, clientCa: config.tlsClientCa }, logger)
+    : null;
   const port = await new Promise<number>((resolvePort, reject) => {
-    server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
+    server.bindAsync(config.listen, certs ? grpcServerCredentials(certs) : grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
       error ? reject(new Error(`cannot listen on ${config.listen}: ${error.message}`)) : resolvePort(boundPort),
     );
   });
@@ -187,7 +194,12 @@ export async function startServer(
   let http: HttpServer | null = null;
   let httpPort: number | null = null;
   if (config.metricsListen) {
-    const started = await startHttpHealth(config.metricsListen, health, config.telemetry ? options.metricsHandler ?? null : null);
+    const started = await startHttpHealth(
+      config.metricsListen,
+      health,
+      config.telemetry ? options.metricsHandler ?? null : null,
+      config.metricsTls ? certs : null,
+    );
     http = started.server;
     httpPort = started.port;
   }
@@ -201,6 +213,7 @@ export async function startServer(
     sync: config.sync,
     tenants: registry.size,
     httpPort,
+    tls: certs ? (certs.mutual ? 'mutual' : 'server') : 'off',
   });
 
   let stopping: Promise<void> | null = null;
@@ -228,10 +241,12 @@ export async function startServer(
       metrics?.close();
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));
+      certs?.close();
       logger.info('stopped');
     })();
     return stopping;
   };
 
-  return { port, httpPort, adminKey, router, registry, health, shutdown };
+  const reloadCertificates = (): boolean => certs?.reload('SIGHUP') ?? false;
+  return { port, httpPort, adminKey, router, registry, health, reloadCertificates, shutdown };
 }
