@@ -36,6 +36,9 @@ async function main(argv: string[]): Promise<number> {
     }
     throw error;
   }
+  // Tenant data, the catalog and keys are nobody else's: directories 0700, files 0600,
+  // including the -wal and -shm files SQLite creates in the shard workers.
+  process.umask(0o077);
   const logger = createLogger(config.logLevel);
   // Before the server starts: its instruments come from the meter provider installed here.
   const telemetry = installTelemetry(config, logger);
@@ -49,8 +52,11 @@ async function main(argv: string[]): Promise<number> {
     return error instanceof ConfigError ? 2 : 1;
   }
   if (server.adminKey.created) {
+    // Only a person at a terminal sees stdout; piped, it lands in log collectors and container logs.
     process.stdout.write(
-      `\nAdmin key (shown once, also saved to ${server.adminKey.path}):\n\n  ${server.adminKey.key}\n\n`,
+      process.stdout.isTTY
+        ? `\nAdmin key (shown once, also saved to ${server.adminKey.path}):\n\n  ${server.adminKey.key}\n\n`
+        : `Admin key created and saved to ${server.adminKey.path} (mode 0600); not printed because stdout is not a terminal\n`,
     );
   }
   process.stdout.write(`tenantd listening on port ${server.port}\n`);

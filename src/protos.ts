@@ -16,6 +16,7 @@ import { PACKAGE_ROOT } from './paths.ts';
 export const PROTO_DIR = join(PACKAGE_ROOT, 'proto');
 export const DESCRIPTOR_SET_PATH = join(PACKAGE_ROOT, 'build', 'tenantd.binpb');
 const BUILD_SCRIPT = join(PACKAGE_ROOT, 'scripts', 'build-descriptors.mjs');
+const COMPILED = import.meta.url.endsWith('.js');
 
 export const SERVICE_FILES = [
   'tenantd/v1/tenant_service.proto',
@@ -83,7 +84,9 @@ let setBytes: Buffer | undefined;
  */
 export function descriptorSetBytes(): Buffer {
   if (setBytes) return setBytes;
-  const stale = !existsSync(DESCRIPTOR_SET_PATH) || statSync(DESCRIPTOR_SET_PATH).mtimeMs <= newestProtoSource(PROTO_DIR);
+  // Compiled code (dist/) trusts its build: `npm run build` makes the set before compiling, and
+  // an image has no buf to remake it with. Sources (tsx, vitest) check that proto/ is not newer.
+  const stale = !existsSync(DESCRIPTOR_SET_PATH) || (!COMPILED && statSync(DESCRIPTOR_SET_PATH).mtimeMs <= newestProtoSource(PROTO_DIR));
   if (stale) {
     try {
       execFileSync(process.execPath, [BUILD_SCRIPT], { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -2,7 +2,7 @@
  * tenantd serve: the catalog, the shard workers and the gRPC front end,
  * started in that order and stopped in the reverse one.
  */
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
 import * as grpc from '@grpc/grpc-js';
@@ -74,7 +74,15 @@ export async function startServer(
   options: ServerOptions = {},
 ): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
-  mkdirSync(join(dataDir, 'tenants'), { recursive: true });
+  mkdirSync(join(dataDir, 'tenants'), { recursive: true, mode: 0o700 });
+  // A data dir made by an older version (0755) is tightened; one we do not own is left as it is.
+  for (const dir of [dataDir, join(dataDir, 'tenants')]) {
+    try {
+      if ((statSync(dir).mode & 0o077) !== 0) chmodSync(dir, 0o700);
+    } catch (error) {
+      logger.warn('could not make the data directory private (mode 0700)', { dir, error: String(error) });
+    }
+  }
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
   emptyTrash(dataDir);
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
