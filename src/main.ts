@@ -9,7 +9,8 @@ import { startServer } from './server.ts';
 import { installTelemetry } from './telemetry/sdk.ts';
 import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
 
-const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
+const USAGE = `usage: tenantd admin-key rotate [--data-dir ./data]   (server stopped; see README "Keys and secrets")
+       tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
                      [--max-open-dbs N] [--metrics-listen 127.0.0.1:9464|off] [--config tenantd.yaml]
                      [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]
                      [--telemetry on|off] [--metrics-per-tenant on|off]
@@ -21,6 +22,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n${CLI_USAGE}\n`);
     return command === undefined ? 2 : 0;
   }
+  if (command === 'admin-key') return (await import('./adminKeyCommand.ts')).adminKeyCommand(rest);
   if (CLI_COMMANDS.has(command)) return cli(command, rest);
   if (command !== 'serve') {
     process.stderr.write(`unknown command ${JSON.stringify(command)}\n${USAGE}\n`);

@@ -95,6 +95,15 @@ export async function startServer(
     catalog.close();
     throw error;
   }
+  if (adminKey.revoked.length > 0) {
+    logger.warn('admin keys revoked: this start was given another admin key, and only one may be valid', {
+      audit: true,
+      action: 'RevokeAdminKeys',
+      principal: adminKey.keyId,
+      revoked: adminKey.revoked,
+      result: 'OK',
+    });
+  }
   // Pages made before the shards exist reach them through quotaPages() at spawn.
   let shardsForPages: ShardHandle[] = [];
   const table = new QuotaTable((pageIndex, buffers) => {
@@ -152,7 +161,7 @@ export async function startServer(
   const metrics = config.telemetry
     ? new ServerMetrics({ shards, storageBytes: () => table.totalStorageBytes() }, config.metricsPerTenant)
     : null;
-  const observer = new RpcObserver(metrics, logger);
+  const observer = new RpcObserver(metrics, logger, (metadata) => auth.keyIdOf(metadata));
   const health = new HealthState(SERVICES);
   const access = new Access(auth, registry);
   const definition = packageDefinition();

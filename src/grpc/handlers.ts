@@ -23,7 +23,7 @@ export function unary<Req, Res>(
 ) {
   const observe = service.method(method);
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const rpc = observe.start(call.metadata, () => call.getPeer(), call.request);
     let result: Promise<Res> | Res;
     const trailer = new Metadata();
     try {
@@ -49,7 +49,7 @@ export function serverStream<Req, Res>(
 ) {
   const observe = service.method(method);
   return (call: ServerWritableStream<Req, Res>): void => {
-    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const rpc = observe.start(call.metadata, () => call.getPeer(), call.request);
     const trailer = new Metadata();
     let done: Promise<void>;
     try {
