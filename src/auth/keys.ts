@@ -40,7 +40,7 @@ const MIN_ESTIMATED_BITS = 128;
  * while the output of `openssl rand -base64 32` or `-hex 32` passes.
  */
 export function keyWeakness(key: string): string | null {
-  if (key.length < MIN_KEY_LENGTH) return `it has ${key.length} characters; at least ${MIN_KEY_LENGTH} are needed (32 random bytes in base64)`;
+  if (key.length < MIN_KEY_LENGTH) return `it has ${key.length} characters; at least ${MIN_KEY_LENGTH} characters are needed (32 random bytes in base64)`;
   if (key.length > MAX_KEY_LENGTH) return `it has ${key.length} characters; at most ${MAX_KEY_LENGTH} are allowed`;
   const bad = /[^A-Za-z0-9._~+/=_-]/.exec(key);
   if (bad) return `it contains ${JSON.stringify(bad[0])}; keys use only A-Z a-z 0-9 and . _ ~ + / = -`;
