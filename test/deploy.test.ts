@@ -128,5 +128,6 @@ describe('compose', () => {
     expect(merged).toMatch(/published: 7443/);
     expect(merged).toMatch(/TENANTD_TLS_CERT: \/run\/secrets\/tls_cert/);
     expect(existsSync(join(ROOT, 'deploy', 'nginx-tls.conf'))).toBe(true);
-  });
+    // docker-compose 1.x is a Python program: three runs take half a minute on a busy host.
+  }, 120_000);
 });
