@@ -89,6 +89,8 @@ function record(tenantId: string, overrides: Partial<Record<'requestsPerSecond' 
       queryTimeoutMs: 0,
       eventRetentionHours: 0,
       shardMsPerSecond: 0,
+      transactionTimeoutMs: 0,
+      concurrentTransactions: 0,
     },
     state: 'ACTIVE',
     createTime: 0,

@@ -1,10 +1,10 @@
 /**
  * `tenantd admin-key rotate [--data-dir ./data]`: for a server that keeps its
  * own admin key in `<data-dir>/admin.key` (no --admin-key-file). Makes a new
- * key, revokes every other admin key and replaces admin.key, offline: the
- * catalog is opened under SQLite's exclusive lock, which fails while a server
- * has it open (stop the server, rotate, start it) and keeps a server from
- * starting meanwhile.
+ * key, revokes every other admin key and replaces admin.key, offline: it
+ * takes the data directory's lock (dataDirLock.ts) and the catalog's
+ * exclusive SQLite lock, so it fails while a server runs (stop the server,
+ * rotate, start it) and keeps a server from starting meanwhile.
  *
  * With --admin-key-file (a cluster's shared secret) there is nothing to run:
  * put a new key in that file and restart each node; a start revokes every
@@ -17,6 +17,7 @@ import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, writeSy
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Catalog } from './catalog/catalog.ts';
+import { DataDirLockedError, lockDataDir, type DataDirLock } from './dataDirLock.ts';
 import { generateKey } from './auth/keys.ts';
 import { revokeOtherAdminKeys } from './auth/adminKey.ts';
 
@@ -51,10 +52,22 @@ function replaceFile(path: string, text: string): void {
 export function rotateAdminKey(dataDir: string): { key: string; keyId: string; path: string; revoked: string[] } {
   const catalogPath = join(dataDir, 'catalog.db');
   if (!existsSync(catalogPath)) throw new Error(`no catalog at ${catalogPath}: start tenantd once with --data-dir ${dataDir} first`);
+  // The data directory's lock (dataDirLock.ts), as a server takes it: no server runs or starts meanwhile.
+  let dirLock: DataDirLock;
+  try {
+    dirLock = lockDataDir(dataDir);
+  } catch (error) {
+    if (error instanceof DataDirLockedError) {
+      throw new Error(`${dataDir} is in use by a running tenantd (${error.message}): stop it, rotate, start it again`);
+    }
+    throw error;
+  }
   let catalog: Catalog;
   try {
+    // And SQLite's exclusive lock on the catalog, which also holds against a server too old to take the directory lock.
     catalog = new Catalog(catalogPath, { exclusive: true });
   } catch (error) {
+    dirLock.release();
     if ((error as { code?: string }).code === 'SQLITE_BUSY') {
       throw new Error(`${dataDir} is in use by a running tenantd (its catalog is locked): stop it, rotate, start it again`);
     }
@@ -81,6 +94,7 @@ export function rotateAdminKey(dataDir: string): { key: string; keyId: string; p
     return { key: created.key, keyId: created.keyId, path, revoked };
   } finally {
     catalog.close();
+    dirLock.release();
   }
 }
 

@@ -11,6 +11,25 @@ export type SyncMode = 'full' | 'normal';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 
 /** Bytes of Query results that may wait for slow clients (src/grpc/queryOutlet.ts). */
+/** Tenant calls that may wait for the shards (routing/shardQueueBudget.ts). */
+export interface ShardQueueLimits {
+  /** Calls queued or running in one shard. */
+  perShardCalls: number;
+  /** Their request bytes (SQL, parameters, events) in one shard. */
+  perShardBytes: number;
+  /** Calls queued or running in every shard together. */
+  totalCalls: number;
+  totalBytes: number;
+}
+
+/** The documented defaults (README, "Memory and queue budgets"). */
+export const DEFAULT_SHARD_QUEUE_LIMITS: ShardQueueLimits = {
+  perShardCalls: 10_000,
+  perShardBytes: 64 * 1024 * 1024,
+  totalCalls: 50_000,
+  totalBytes: 256 * 1024 * 1024,
+};
+
 export interface UnreadLimits {
   /** For one tenant's calls together. */
   perTenant: number;
@@ -32,6 +51,10 @@ export interface QuotaValues {
    * tenant's heavy queries from taking the shard from its neighbours.
    */
   shardMsPerSecond: number;
+  /** The longest an interactive transaction may stay open, from begin to its end. */
+  transactionTimeoutMs: number;
+  /** Interactive transactions open at once. */
+  concurrentTransactions: number;
 }
 
 export const QUOTA_FIELDS = [
@@ -42,6 +65,8 @@ export const QUOTA_FIELDS = [
   'queryTimeoutMs',
   'eventRetentionHours',
   'shardMsPerSecond',
+  'transactionTimeoutMs',
+  'concurrentTransactions',
 ] as const satisfies readonly (keyof QuotaValues)[];
 
 export type QuotaField = (typeof QUOTA_FIELDS)[number];
@@ -71,6 +96,10 @@ export interface Config {
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
   drainTimeoutMs: number;
+  /** No statement runs longer, whatever its plan says; a query_timeout_ms of -1 means up to this. */
+  maxQueryTimeoutMs: number;
+  /** A migration's time limit, per tenant and step, and for its validation (guard deadline). */
+  migrationTimeoutMs: number;
   /** Let queued writes of one tenant share a commit (each in its own savepoint). */
   groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
@@ -79,6 +108,8 @@ export interface Config {
   eventSweepMs: number;
   /** Bytes of Query results that may wait for slow clients, per tenant and in all (queryOutlet.ts). Not settable from flags, env or file. */
   queryUnreadLimits: UnreadLimits;
+  /** Tenant calls queued for the shards, per shard and in all (routing/shardQueueBudget.ts). Not settable from flags, env or file. */
+  shardQueueLimits: ShardQueueLimits;
   /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
@@ -90,6 +121,10 @@ export interface Config {
   tlsClientCa: string | null;
   /** Serve /metrics, /healthz and /readyz over HTTPS with the same certificate. */
   metricsTls: boolean;
+  /** Longest wait for a transaction's next request before it is rolled back (docs/transactions.md). */
+  transactionIdleMs: number;
+  /** How long a request_id's response is kept for retries. */
+  idempotencyWindowHours: number;
 }
 
 const MIB = 1024 * 1024;
@@ -103,6 +138,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 5_000,
     eventRetentionHours: 24 * 7,
     shardMsPerSecond: 200,
+    transactionTimeoutMs: 30_000,
+    concurrentTransactions: 4,
   },
   pro: {
     requestsPerSecond: 2_000,
@@ -112,6 +149,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 10_000,
     eventRetentionHours: 24 * 30,
     shardMsPerSecond: 500,
+    transactionTimeoutMs: 60_000,
+    concurrentTransactions: 16,
   },
   enterprise: {
     requestsPerSecond: -1,
@@ -121,6 +160,8 @@ export const DEFAULT_PLANS: Record<string, QuotaValues> = {
     queryTimeoutMs: 30_000,
     eventRetentionHours: -1,
     shardMsPerSecond: 1_000,
+    transactionTimeoutMs: 300_000,
+    concurrentTransactions: 64,
   },
 };
 
@@ -139,16 +180,21 @@ export function defaultConfig(): Config {
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
+    maxQueryTimeoutMs: 60_000,
+    migrationTimeoutMs: 60_000,
     groupCommit: true,
     faultInjection: false,
     eventSweepMs: 60_000,
     queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
+    shardQueueLimits: { ...DEFAULT_SHARD_QUEUE_LIMITS },
     telemetry: true,
     metricsPerTenant: false,
     tlsCert: null,
     tlsKey: null,
     tlsClientCa: null,
     metricsTls: false,
+    transactionIdleMs: 5_000,
+    idempotencyWindowHours: 24,
   };
 }
 
@@ -260,6 +306,18 @@ const OPTIONS: ScalarOption[] = [
     apply: (c, r, w) => (c.drainTimeoutMs = asInteger(r, w, 0, 600_000)),
   },
   {
+    flag: 'max-query-timeout-ms',
+    env: 'TENANTD_MAX_QUERY_TIMEOUT_MS',
+    yaml: 'max_query_timeout_ms',
+    apply: (c, r, w) => (c.maxQueryTimeoutMs = asInteger(r, w, 1, 86_400_000)),
+  },
+  {
+    flag: 'migration-timeout-ms',
+    env: 'TENANTD_MIGRATION_TIMEOUT_MS',
+    yaml: 'migration_timeout_ms',
+    apply: (c, r, w) => (c.migrationTimeoutMs = asInteger(r, w, 1, 3_600_000)),
+  },
+  {
     flag: 'telemetry',
     env: 'TENANTD_TELEMETRY',
     yaml: 'telemetry',
@@ -280,6 +338,18 @@ const OPTIONS: ScalarOption[] = [
     apply: (c, r, w) => (c.tlsClientCa = asPemFile(r, w, 'CERTIFICATE')),
   },
   { flag: 'metrics-tls', env: 'TENANTD_METRICS_TLS', yaml: 'metrics_tls', apply: (c, r, w) => (c.metricsTls = asSwitch(r, w)) },
+  {
+    flag: 'transaction-idle-ms',
+    env: 'TENANTD_TRANSACTION_IDLE_MS',
+    yaml: 'transaction_idle_ms',
+    apply: (c, r, w) => (c.transactionIdleMs = asInteger(r, w, 1, 3_600_000)),
+  },
+  {
+    flag: 'idempotency-window-hours',
+    env: 'TENANTD_IDEMPOTENCY_WINDOW_HOURS',
+    yaml: 'idempotency_window_hours',
+    apply: (c, r, w) => (c.idempotencyWindowHours = asInteger(r, w, 1, 24 * 365)),
+  },
 ];
 
 /**

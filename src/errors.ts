@@ -30,6 +30,8 @@ export interface WireError {
   metadata?: Record<string, string>;
   fieldViolations?: FieldViolation[];
   quotaViolations?: QuotaViolation[];
+  /** When a retry may succeed (google.rpc.RetryInfo). */
+  retryDelayMs?: number;
 }
 
 export interface ErrorDetails {
@@ -58,6 +60,7 @@ export class TenantdError extends Error {
     if (wire.metadata) details.metadata = wire.metadata;
     if (wire.fieldViolations) details.fieldViolations = wire.fieldViolations;
     if (wire.quotaViolations) details.quotaViolations = wire.quotaViolations;
+    if (wire.retryDelayMs !== undefined) details.retryDelayMs = wire.retryDelayMs;
     return new TenantdError(wire.code, wire.reason, wire.message, details);
   }
 
@@ -87,6 +90,16 @@ export function unavailable(reason: string, message: string): TenantdError {
   return new TenantdError(Status.UNAVAILABLE, reason, message);
 }
 
+/**
+ * A failure of the host or of a tenant's file rather than of the call: disk
+ * full, I/O, corruption, memory. The shard marks them with the SQLite code
+ * (workers/sqlErrors.ts); they are logged as errors and counted apart.
+ */
+export function isStorageFault(error: Pick<TenantdError, 'reason' | 'details'> | WireError): boolean {
+  const metadata = 'details' in error ? error.details.metadata : error.metadata;
+  return error.reason === 'DISK_FULL' || metadata?.sqlite_code !== undefined;
+}
+
 // ---- encoding ----
 
 function any(typeName: string, payload: Record<string, unknown>): { type_url: string; value: Uint8Array } {
@@ -94,8 +107,18 @@ function any(typeName: string, payload: Record<string, unknown>): { type_url: st
   return { type_url: `type.googleapis.com/${typeName}`, value: type.encode(type.fromObject(payload)).finish() };
 }
 
-/** The `google.rpc.Status` for an error, as bytes for `grpc-status-details-bin`. */
-export function encodeStatus(error: TenantdError): Buffer {
+/**
+ * The `google.rpc.Status` for an error as a message object (details as
+ * `Any`s), for a response that carries a status in a field: the error
+ * entries of SqlService.Transaction.
+ */
+export function statusMessage(error: unknown): { code: number; message: string; details: { type_url: string; value: Uint8Array }[] } {
+  const tenantdError =
+    error instanceof TenantdError ? error : new TenantdError(Status.INTERNAL, 'INTERNAL', 'internal error; the server log has the details');
+  return { code: tenantdError.code, message: tenantdError.message, details: statusDetails(tenantdError) };
+}
+
+function statusDetails(error: TenantdError): { type_url: string; value: Uint8Array }[] {
   const details = [
     any('google.rpc.ErrorInfo', {
       reason: error.reason,
@@ -128,9 +151,14 @@ export function encodeStatus(error: TenantdError): Buffer {
       }),
     );
   }
+  return details;
+}
+
+/** The `google.rpc.Status` for an error, as bytes for `grpc-status-details-bin`. */
+export function encodeStatus(error: TenantdError): Buffer {
   const statusType = rpcTypes().lookupType('google.rpc.Status');
   return Buffer.from(
-    statusType.encode(statusType.fromObject({ code: error.code, message: error.message, details })).finish(),
+    statusType.encode(statusType.fromObject({ code: error.code, message: error.message, details: statusDetails(error) })).finish(),
   );
 }
 

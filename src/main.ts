@@ -6,6 +6,7 @@
 import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { startServer } from './server.ts';
+import { DataDirLockedError } from './dataDirLock.ts';
 import { installTelemetry } from './telemetry/sdk.ts';
 import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
 
@@ -15,6 +16,21 @@ const USAGE = `usage: tenantd admin-key rotate [--data-dir ./data]   (server sto
                      [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]
                      [--telemetry on|off] [--metrics-per-tenant on|off]
                      [--tls-cert server.crt --tls-key server.key [--tls-client-ca ca.crt]] [--metrics-tls on|off]`;
+
+/** What shutdown may take past the drain timeout: closing shards and catalog, flushing telemetry. */
+const SHUTDOWN_GRACE_MS = 600;
+/** After interrupting every statement: time for the workers to come back from SQLite before the exit. */
+const INTERRUPT_SETTLE_MS = 100;
+
+/**
+ * Exits without waiting for the drain. process.exit() waits for every worker
+ * thread to stop, which one inside a statement does only when the statement
+ * ends: the statements are interrupted first, and the exit follows a moment later.
+ */
+function exitNow(server: { interruptAll(): void }, code: number): void {
+  server.interruptAll();
+  setTimeout(() => process.exit(code), INTERRUPT_SETTLE_MS);
+}
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -51,7 +67,7 @@ async function main(argv: string[]): Promise<number> {
     await telemetry?.shutdown();
     const message = error instanceof Error ? error.message : String(error);
     process.stderr.write(`tenantd: ${message}\n`);
-    return error instanceof ConfigError ? 2 : 1;
+    return error instanceof ConfigError || error instanceof DataDirLockedError ? 2 : 1;
   }
   if (server.adminKey.created) {
     // Only a person at a terminal sees stdout; piped, it lands in log collectors and container logs.
@@ -66,14 +82,35 @@ async function main(argv: string[]): Promise<number> {
   process.on('SIGHUP', () => {
     if (!server.reloadCertificates()) logger.warn('SIGHUP: no TLS certificate reloaded (TLS off, or the files are invalid)');
   });
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
   });
-  await server.shutdown();
-  // Flushes the last spans and metrics to OTLP, if configured.
-  await telemetry?.shutdown();
+  // A second signal means "now": said in the log before the process goes.
+  const immediate = (second: NodeJS.Signals): void => {
+    logger.warn('second signal during shutdown; exiting now', { signal: second, first: signal });
+    exitNow(server, 130);
+  };
+  process.once('SIGINT', immediate);
+  process.once('SIGTERM', immediate);
+  logger.info('shutting down', { signal });
+  // The drain ends calls at drainTimeoutMs; closing the shards and the catalog
+  // after that is quick, unless a worker is stuck in native code: then the
+  // process goes anyway, within drain timeout + 1 s.
+  const bound = config.drainTimeoutMs + SHUTDOWN_GRACE_MS;
+  let timer: NodeJS.Timeout | undefined;
+  const finished = await Promise.race([
+    server.shutdown().then(() => true),
+    new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), bound))),
+  ]);
+  clearTimeout(timer);
+  if (!finished) {
+    logger.error('shutdown did not finish in time; exiting', { afterMs: bound });
+    exitNow(server, 1);
+    return new Promise<number>(() => undefined);
+  }
+  // Flushes the last spans and metrics to OTLP, if configured (bounded too).
+  await Promise.race([telemetry?.shutdown(), new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS / 2).unref())]);
   return 0;
 }
 

@@ -39,6 +39,18 @@ export interface CallLimits {
   storageLimitBytes: number;
   /** The tenant's slot in the shared quota pages, where the shard records rows and storage. */
   slot: number;
+  /** shard_ms_per_second: past it the shard gives the tenant's turns after the others' (shareLanes.ts); absent or -1 is unlimited. */
+  shareMs?: number;
+  /** Set by the shard as the call arrives (callIdOf): what a cancel of the call names to the guard. */
+  callId?: number;
+}
+
+/** More shards than this per process are not supported (call ids would collide). */
+export const kMaxShards = 4096;
+
+/** A call's id in the whole process, for the guard's cancel: its shard's request id, made unique across shards. */
+export function callIdOf(requestId: number, shardIndex: number): number {
+  return requestId * kMaxShards + shardIndex;
 }
 
 /** An event as the log keeps it. `time` is epoch ms. */
@@ -60,6 +72,8 @@ export interface MigrationStep {
   version: number;
   migrationId: string;
   sql: string;
+  /** The step's time limit (--migration-timeout-ms); 60000 when absent. */
+  timeoutMs?: number;
 }
 
 interface RequestBase {
@@ -74,9 +88,29 @@ interface RequestBase {
   trace?: Record<string, string>;
 }
 
+/** How an interactive transaction begins (SqlService.Transaction). */
+export type TransactionMode = 'DEFERRED' | 'IMMEDIATE' | 'READ_ONLY';
+
+/** What a transaction's statement or batch answered: a result, or a failure that may have ended the transaction. */
+export type TransactionStepResult =
+  | { ok: true; result: ExecuteResult | ExecuteResult[] }
+  | { ok: false; error: WireError; open: boolean };
+
 export type ShardRequest =
-  | (RequestBase & { op: 'execute'; limits: CallLimits; statement: StatementInput })
-  | (RequestBase & { op: 'batch'; limits: CallLimits; statements: StatementInput[] })
+  /** `requestId`: an idempotent write (workers/requestLog.ts); such an Execute crosses unpacked. */
+  | (RequestBase & { op: 'execute'; limits: CallLimits; statement: StatementInput; requestId?: string })
+  | (RequestBase & { op: 'batch'; limits: CallLimits; statements: StatementInput[]; requestId?: string })
+  /**
+   * Interactive transactions (workers/transactions.ts). `txId` is unique in
+   * the process; each transaction has its own connection to the tenant's
+   * database. `txBegin` answers `{ replayed: true }` when `requestId` names
+   * a transaction that already committed (and then nothing is open).
+   */
+  | (RequestBase & { op: 'txBegin'; limits: CallLimits; txId: number; mode: TransactionMode; requestId: string | null })
+  | (RequestBase & { op: 'txStep'; limits: CallLimits; txId: number; statements: StatementInput[]; batch: boolean })
+  | (RequestBase & { op: 'txCommit'; limits: CallLimits; txId: number })
+  /** Rolls back (also a transaction that no longer exists); `limits` absent when the front end ends it (cancel, idle, shutdown). */
+  | (RequestBase & { op: 'txRollback'; txId: number })
   | (RequestBase & { op: 'query'; limits: CallLimits; statement: StatementInput; rowsPerChunk: number })
   /** Creates the tenant's database, or adopts the copy that a `snapshot` left at its path. */
   | (RequestBase & { op: 'create'; adoptExisting: boolean; migrations: MigrationStep[] })
@@ -95,7 +129,7 @@ export type ShardRequest =
    * `expectedPosition`, only if the log's last position is that. Events older
    * than `retentionMs` (when > 0) are removed in the same transaction.
    */
-  | (RequestBase & { op: 'appendEvents'; limits: CallLimits; events: NewEvent[]; expectedPosition: bigint | null; retentionMs: number })
+  | (RequestBase & { op: 'appendEvents'; limits: CallLimits; events: NewEvent[]; expectedPosition: bigint | null; retentionMs: number; requestId?: string })
   /** Up to `limit` events from `fromPosition`, only `types` when not empty, none older than `retentionMs` (when > 0). */
   | (RequestBase & { op: 'readEvents'; limits: CallLimits; fromPosition: bigint; limit: number; types: string[]; retentionMs: number })
   /**
@@ -114,6 +148,12 @@ export type ShardRequest =
   | (RequestBase & { op: 'retention'; retentionMs: number })
   /** A new page of shared quota state; no answer is sent. */
   | (RequestBase & { op: 'quotaPage'; pageIndex: number; buffers: QuotaPageBuffers })
+  /**
+   * The call `target` was cancelled: dropped (answered CANCELLED) if still
+   * queued; one already running is interrupted through the guard
+   * (CallCanceller), not by this message. No answer of its own.
+   */
+  | (RequestBase & { op: 'cancel'; target: number })
   /** Fault injection for tests: the worker dies of an uncaught exception. Refused unless enabled. */
   | (RequestBase & { op: 'crash' });
 
@@ -174,7 +214,7 @@ export interface ShardStats {
  * bench/dispatch.ts). Everything else crosses as the objects above.
  *
  * PackedExecute: [id, tenantId, sql, params, named, readOnly (0|1),
- * timeoutMs, storageLimitBytes, slot, trace].
+ * timeoutMs, storageLimitBytes, slot, trace, shareMs].
  */
 export type PackedExecute = [
   number,
@@ -187,6 +227,7 @@ export type PackedExecute = [
   number,
   number,
   Record<string, string> | undefined,
+  number,
 ];
 
 /** An `ok` answer to an Execute: [id, column names and declared types interleaved, rows, rowsAffected, lastInsertRowid]. */
@@ -194,7 +235,7 @@ export type PackedResult = [number, string[], SqlValue[][], number, bigint];
 
 export function packExecute(id: number, request: Extract<ShardRequest, { op: 'execute' }>): PackedExecute {
   const { limits, statement } = request;
-  return [id, request.tenantId, statement.sql, statement.params, statement.named, limits.readOnly ? 1 : 0, limits.timeoutMs, limits.storageLimitBytes, limits.slot, request.trace];
+  return [id, request.tenantId, statement.sql, statement.params, statement.named, limits.readOnly ? 1 : 0, limits.timeoutMs, limits.storageLimitBytes, limits.slot, request.trace, limits.shareMs ?? -1];
 }
 
 export function unpackExecute(p: PackedExecute): ShardRequest {
@@ -203,7 +244,7 @@ export function unpackExecute(p: PackedExecute): ShardRequest {
     id: p[0],
     tenantId: p[1],
     statement: { sql: p[2], params: p[3], named: p[4] },
-    limits: { readOnly: p[5] === 1, timeoutMs: p[6], storageLimitBytes: p[7], slot: p[8] },
+    limits: { readOnly: p[5] === 1, timeoutMs: p[6], storageLimitBytes: p[7], slot: p[8], shareMs: p[10] },
   };
   if (p[9] !== undefined) request.trace = p[9];
   return request;
@@ -233,10 +274,15 @@ export interface ShardResults {
   execute: ExecuteResult;
   batch: ExecuteResult[];
   query: { rowCount: number };
+  txBegin: { replayed: boolean };
+  txStep: TransactionStepResult;
+  txCommit: { replayed: boolean };
+  txRollback: { rolledBack: boolean };
   create: { schemaVersion: number };
   snapshot: { bytes: number };
   restore: { replaced: boolean };
-  appendEvents: { positions: bigint[] };
+  /** `replayed`: a retry of an Append with the same request_id; nothing was written now. */
+  appendEvents: { positions: bigint[]; replayed: boolean };
   /** `complete`: the read reached the end of the log (not cut by its limit or its size). */
   readEvents: { events: LogEvent[]; nextPosition: bigint; complete: boolean };
   hold: { closed: boolean };
@@ -247,6 +293,7 @@ export interface ShardResults {
   crash: never;
   quotaPage: never;
   retention: never;
+  cancel: never;
 }
 
 /** Given to each worker at start. */
@@ -264,6 +311,8 @@ export interface ShardWorkerData {
   faultInjection: boolean;
   /** How often to remove the expired events of open tenants. */
   eventSweepMs: number;
+  /** How long a request_id's response is kept (ms); older ones are swept. */
+  idempotencyWindowMs: number;
   /** This shard's tenants with events to sweep while closed, as the catalog kept them. */
   closedSweeps: EventSweep[];
 }

@@ -8,6 +8,8 @@ import type { Server as HttpServer } from 'node:http';
 import * as grpc from '@grpc/grpc-js';
 import type { Config } from './config.ts';
 import { setUnexpectedErrorLogger } from './errors.ts';
+import { lockDataDir } from './dataDirLock.ts';
+import { CallCanceller } from '../workers/guard.ts';
 import { createLogger, type Logger } from './log.ts';
 import { descriptorSetBytes, fileDescriptors, packageDefinition } from './protos.ts';
 import { DescriptorIndex, REFLECTION_SERVICES, reflectionService, splitDescriptorSet } from './grpc/reflectionService.ts';
@@ -16,10 +18,12 @@ import { Authenticator } from './auth/authenticator.ts';
 import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
 import { ShardHandle } from './routing/shardHandle.ts';
 import { ShardRouter, shardOf } from './routing/shardRouter.ts';
+import { ShardQueueBudget } from './routing/shardQueueBudget.ts';
 import { TenantRegistry } from './tenants/registry.ts';
 import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
 import { createAdmit } from './grpc/admit.ts';
+import { ShardActivity } from './quota/shardActivity.ts';
 import { usageService } from './grpc/usageService.ts';
 import { backupService } from './grpc/backupService.ts';
 import { eventService } from './grpc/eventService.ts';
@@ -27,12 +31,13 @@ import { EventHub } from './events/hub.ts';
 import { Backups } from './tenants/backups.ts';
 import { FileChecks } from './tenants/fileChecks.ts';
 import { UnreadBudget } from './grpc/queryOutlet.ts';
-import { emptyTrash, recoverInterruptedRestores } from './tenants/restoreFiles.ts';
+import { emptyTrash, recoverInterruptedRestores, trashOrphans } from './tenants/restoreFiles.ts';
 import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
 import { sqlService } from './grpc/sqlService.ts';
+import { OpenTransactions } from './grpc/transaction.ts';
 import { tenantService } from './grpc/tenantService.ts';
 import { schemaService } from './grpc/schemaService.ts';
 import { Migrator } from './schema/migrator.ts';
@@ -58,6 +63,12 @@ export interface StartedServer {
   /** Re-reads the TLS files (SIGHUP); false if they were bad (the old ones stay) or TLS is off. */
   reloadCertificates(): boolean;
   shutdown(): Promise<void>;
+  /**
+   * Interrupts every statement running in the process (an exit that cannot
+   * wait: a worker in a statement holds the exit up, and one interrupted
+   * while it is being terminated crashes the process).
+   */
+  interruptAll(): void;
 }
 
 export interface ServerOptions {
@@ -75,6 +86,8 @@ export async function startServer(
 ): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
   mkdirSync(join(dataDir, 'tenants'), { recursive: true, mode: 0o700 });
+  // Before anything reads or repairs the directory: a second server exits here (main.ts: code 2).
+  const dirLock = lockDataDir(dataDir);
   // A data dir made by an older version (0755) is tightened; one we do not own is left as it is.
   for (const dir of [dataDir, join(dataDir, 'tenants')]) {
     try {
@@ -84,7 +97,6 @@ export async function startServer(
     }
   }
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
-  emptyTrash(dataDir);
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
   const catalog = new Catalog(join(dataDir, 'catalog.db'));
@@ -93,6 +105,7 @@ export async function startServer(
     adminKey = ensureAdminKey(catalog, dataDir, config.adminKeyFile);
   } catch (error) {
     catalog.close();
+    dirLock.release();
     throw error;
   }
   if (adminKey.revoked.length > 0) {
@@ -111,8 +124,15 @@ export async function startServer(
   });
   const registry = new TenantRegistry(config, table);
   registry.load(catalog);
+  for (const tenantId of trashOrphans(dataDir, (id) => registry.get(id) !== undefined)) {
+    logger.warn('removed the files of a tenant the catalog does not list (a create, restore or delete cut short)', { tenant: tenantId });
+  }
+  emptyTrash(dataDir);
   const auth = new Authenticator(catalog);
 
+  // Interrupts the statement of a cancelled call on whichever worker thread runs it.
+  const canceller = new CallCanceller();
+  const queueBudget = new ShardQueueBudget(config.shardQueueLimits);
   const shards: ShardHandle[] = [];
   for (let i = 0; i < config.shards; i++) {
     shards.push(
@@ -124,6 +144,7 @@ export async function startServer(
         faultInjection: config.faultInjection,
         groupCommit: config.groupCommit,
         eventSweepMs: config.eventSweepMs,
+        idempotencyWindowMs: config.idempotencyWindowHours * 3_600_000,
         quotaPages: () => table.allBuffers(),
         // Read at each worker start: the notes of the tenants this shard owns under today's shard count.
         closedSweeps: () => catalog.eventSweeps().filter((sweep) => shardOf(sweep.tenantId, config.shards) === i),
@@ -136,15 +157,20 @@ export async function startServer(
           }
         },
         onLog: (level, msg, fields) => logger[level](msg, fields),
+        canceller,
+        queueBudget,
       }),
     );
   }
   shardsForPages = shards;
   const router = new ShardRouter(shards);
-  const migrator = new Migrator(catalog, registry, router, logger);
-  const hub = new EventHub();
   const fileChecks = new FileChecks(config.sync);
+  const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
+  const hub = new EventHub();
+  const openTransactions = new OpenTransactions();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
+  manager.onOrphan = (tenantId, error) =>
+    logger.warn('a deleted tenant\'s files stay until the next start', { tenant: tenantId, error: String(error) });
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
     try {
@@ -153,6 +179,7 @@ export async function startServer(
       await router.stop();
       await fileChecks.close();
       catalog.close();
+      dirLock.release();
       throw error;
     }
   }
@@ -183,10 +210,13 @@ export async function startServer(
     ...usageService(access, manager, table, admitter, dataDir, tenantObserver),
     ...backupService(access, manager, backups, tenantObserver),
   });
-  const admit = createAdmit(admitter, registry, metrics);
+  const admit = createAdmit(admitter, registry, metrics, { shards: config.shards, tracker: new ShardActivity(config.shards) });
   server.addService(
     loaded.tenantd.v1.SqlService!.service,
-    sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits)),
+    sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits), {
+      open: openTransactions,
+      idleMs: config.transactionIdleMs,
+    }),
   );
   server.addService(loaded.tenantd.v1.EventService!.service, eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')));
   server.addService(
@@ -233,6 +263,13 @@ export async function startServer(
     tls: certs ? (certs.mutual ? 'mutual' : 'server') : 'off',
   });
 
+  const interruptAll = (): void => {
+    try {
+      canceller.interruptAll();
+    } catch (error) {
+      logger.warn('could not interrupt running statements', { error: String(error) });
+    }
+  };
   let stopping: Promise<void> | null = null;
   const shutdown = (): Promise<void> => {
     stopping ??= (async () => {
@@ -241,9 +278,17 @@ export async function startServer(
       health.endWatches();
       // Subscriptions never end on their own: end them so the drain can finish.
       hub.endAll('shutdown');
+      // Open transactions would hold the drain until their idle limit: they roll back now.
+      openTransactions.endAll();
+      // Every other stream (Query, WatchUsage, BackupTenant, ...) ends now too, UNAVAILABLE: clients move on at once.
+      observer.calls.endStreams();
       await new Promise<void>((done) => {
         const timer = setTimeout(() => {
-          logger.warn('drain timed out; cancelling calls in flight');
+          logger.warn('drain timed out; cancelling calls in flight', { open: observer.calls.size });
+          // Interrupts their statements in the shards, and drops what is still queued there.
+          observer.calls.cancelAll();
+          for (const shard of shards) shard.cancelAll();
+          interruptAll();
           server.forceShutdown();
           done();
         }, config.drainTimeoutMs);
@@ -259,11 +304,12 @@ export async function startServer(
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));
       certs?.close();
+      dirLock.release();
       logger.info('stopped');
     })();
     return stopping;
   };
 
   const reloadCertificates = (): boolean => certs?.reload('SIGHUP') ?? false;
-  return { port, httpPort, adminKey, router, registry, health, reloadCertificates, shutdown };
+  return { port, httpPort, adminKey, router, registry, health, reloadCertificates, shutdown, interruptAll };
 }

@@ -230,8 +230,9 @@ describe('logs', () => {
 
 describe('/readyz', () => {
   it('turns 503 as soon as the server drains, while a slow call still finishes', async () => {
-    const d = await startTestServer({ metricsListen: '127.0.0.1:0' });
-    const slowKey = await d.createTenant('slow', { quotas: { requests_per_second: '-1' } });
+    // A drain long enough for the slow call on a loaded host: at the drain timeout its statement is interrupted.
+    const d = await startTestServer({ metricsListen: '127.0.0.1:0', drainTimeoutMs: 15_000 });
+    const slowKey = await d.createTenant('slow', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1', query_timeout_ms: '15000' } });
     expect((await get(d.server.httpPort, '/readyz')).status).toBe(200);
     // Without an installed exporter there is no /metrics.
     expect((await get(d.server.httpPort, '/metrics')).status).toBe(404);

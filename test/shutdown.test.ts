@@ -18,6 +18,13 @@ describe('open databases', () => {
       for (let i = 0; i < keys.length; i++) {
         expect(rowsOf(await t.sql(keys[i]!, 'SELECT n FROM t ORDER BY n'))).toEqual([[BigInt(i * 10 + 1)], [BigInt(i * 10 + 2)], [BigInt(i * 10 + 3)]]);
       }
+      // Closed for good: a clean close checkpoints and empties the WAL. Every
+      // tenant wrote; only the two used last may still hold theirs open.
+      const last = keys.length - 1;
+      await t.sql(keys[last]!, 'INSERT INTO t VALUES (99)');
+      const walBytes = (i: number) => statSync(`${t.dataDir}/tenants/lru-${i}/db.sqlite-wal`, { throwIfNoEntry: false })?.size ?? 0;
+      for (let i = 0; i < keys.length - 2; i++) expect(walBytes(i), `lru-${i}`).toBe(0);
+      expect(walBytes(last)).toBeGreaterThan(0);
     } finally {
       await t.stop();
     }
@@ -26,8 +33,9 @@ describe('open databases', () => {
 
 describe('graceful shutdown', () => {
   it('finishes calls in flight, reports NOT_SERVING, refuses new work and closes every database cleanly', async () => {
-    const t = await startTestServer({ shards: 2 }, { keepDataDir: true });
-    const key = await t.createTenant('drain', { quotas: { requests_per_second: '-1' } });
+    // A drain long enough for the slow call on a loaded host: at the drain timeout its statement is interrupted.
+    const t = await startTestServer({ shards: 2, drainTimeoutMs: 15_000 }, { keepDataDir: true });
+    const key = await t.createTenant('drain', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1', query_timeout_ms: '15000' } });
     await t.sql(key, 'CREATE TABLE t (n)');
     await t.sql(key, 'INSERT INTO t VALUES (1)');
     const slow = t.sql(key, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) SELECT count(*) FROM c');

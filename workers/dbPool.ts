@@ -4,7 +4,8 @@
  * files, so closing one never races with another thread.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { fsyncDir, renameDurably } from '../src/durableFs.ts';
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { status as Status } from '@grpc/grpc-js';
@@ -35,6 +36,14 @@ export class DbPool {
    */
   private readonly kept = new Map<string, SweepNote>();
   private readonly changed = new Set<string>();
+  /**
+   * Tenants with interactive transactions: their connections open in
+   * NORMAL locking mode, so that each transaction's connection can share
+   * the file (workers/transactions.ts).
+   */
+  private readonly shared = new Set<string>();
+  /** Called before a tenant's connection is closed for good (its files go, or the shard stops): its transactions end. */
+  beforeForget: (tenantId: string) => void = () => {};
 
   constructor(
     private readonly dataDir: string,
@@ -110,7 +119,7 @@ export class DbPool {
         message: `the database of tenant ${tenantId} does not exist`,
       });
     }
-    const db = TenantDb.open({ path, tenantId, sync: this.sync, create: false });
+    const db = TenantDb.open({ path, tenantId, sync: this.sync, create: false, shared: this.shared.has(tenantId) });
     const sweep = this.closedSweeps.get(tenantId);
     if (sweep) {
       // Open again: the shard's sweep of open tenants takes it from here (the catalog keeps its note).
@@ -118,6 +127,40 @@ export class DbPool {
       this.closedSweeps.delete(tenantId);
     }
     return this.add(db);
+  }
+
+  /**
+   * Makes the tenant's connections shareable: its main connection, if it is
+   * open in EXCLUSIVE mode, is reopened in NORMAL mode (refused, ABORTED
+   * TENANT_BUSY, while a snapshot reads it).
+   */
+  share(tenantId: string): void {
+    this.shared.add(tenantId);
+    const db = this.get(tenantId);
+    if (db.shared) return;
+    if (this.pinned.has(tenantId)) {
+      throw new ShardError({
+        code: Status.ABORTED,
+        reason: 'TENANT_BUSY',
+        message: `a snapshot of tenant ${tenantId} is being made; retry the transaction when it is done`,
+        metadata: { tenant: tenantId },
+        retryDelayMs: 100,
+      });
+    }
+    this.closeConnection(tenantId, db);
+    this.get(tenantId);
+  }
+
+  /** The tenant has no transaction connections left: its main connection goes back to EXCLUSIVE mode when it next opens (now, if it can be closed). */
+  unshare(tenantId: string): void {
+    if (!this.shared.delete(tenantId)) return;
+    const db = this.open.get(tenantId);
+    if (db?.shared && !this.pinned.has(tenantId)) this.closeConnection(tenantId, db);
+  }
+
+  /** A connection for one interactive transaction, outside the pool (its owner closes it); after share(). */
+  openSecondary(tenantId: string): TenantDb {
+    return TenantDb.open({ path: tenantDbPath(this.dataDir, tenantId), tenantId, sync: this.sync, create: false, shared: true, secondary: true });
   }
 
   /** Creates the tenant's database (or opens the copy already at its path). */
@@ -146,9 +189,11 @@ export class DbPool {
     rmSync(aside, { recursive: true, force: true });
     mkdirSync(dirname(aside), { recursive: true });
     const replacing = existsSync(dir);
-    if (replacing) renameSync(dir, aside);
+    // Each step durable before the next: the start-up repair reads which of them happened.
+    if (replacing) renameDurably(dir, aside);
     mkdirSync(dir, { recursive: true });
-    renameSync(file, path);
+    renameDurably(file, path);
+    fsyncDir(dirname(dir));
     if (replacing) this.discard(aside, tenantId);
     return replacing;
   }
@@ -172,6 +217,8 @@ export class DbPool {
 
   /** Closes the tenant's connection and forgets what it knew of its files: they are about to go. */
   private forget(tenantId: string): void {
+    this.beforeForget(tenantId);
+    this.shared.delete(tenantId);
     this.open.get(tenantId)?.close();
     this.open.delete(tenantId);
     this.noteSweep(tenantId, null);
@@ -181,7 +228,8 @@ export class DbPool {
   private discard(dir: string, tenantId: string): void {
     const trash = join(trashDir(this.dataDir), `${tenantId}-${randomUUID()}`);
     mkdirSync(dirname(trash), { recursive: true });
-    renameSync(dir, trash);
+    // Durable before the caller goes on (a delete then drops the catalog row).
+    renameDurably(dir, trash);
     rm(trash, { recursive: true, force: true }).catch((error: unknown) => {
       process.stderr.write(`${JSON.stringify({ level: 'warn', msg: 'could not remove a discarded tenant directory', dir: trash, error: String(error) })}\n`);
     });

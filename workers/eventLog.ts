@@ -17,7 +17,8 @@ import { ShardError } from './shardError.ts';
  */
 const MAX_EVENT_PAGE_BYTES = 3 * 1024 * 1024;
 
-const CREATE = `CREATE TABLE IF NOT EXISTS _tenantd_events (
+/** The log's table and index; serviceSchema.ts checks a tenant's copy against them. */
+export const CREATE_EVENTS_SQL = `CREATE TABLE IF NOT EXISTS _tenantd_events (
     position INTEGER PRIMARY KEY,
     type TEXT NOT NULL,
     data BLOB NOT NULL,
@@ -39,6 +40,12 @@ export interface EventLogHost {
   schemaChanged(): void;
 }
 
+/** An Append's request_id: its recorded positions, and recording them, inside the append's transaction (requestLog.ts). */
+export interface LoggedAppend {
+  lookup(): bigint[] | undefined;
+  record(positions: bigint[]): void;
+}
+
 export class EventLog {
   private exists = false;
   /** The tenant's event_retention_hours in ms as its last events call carried it; 0 keeps everything. */
@@ -47,13 +54,19 @@ export class EventLog {
   constructor(private readonly host: EventLogHost) {}
 
   /** Appends in one transaction; with `expected`, nothing is written unless the log's last position is it. */
-  append(events: readonly NewEvent[], expected: bigint | null, retentionMs: number): bigint[] {
+  append(events: readonly NewEvent[], expected: bigint | null, retentionMs: number, logged?: LoggedAppend): { positions: bigint[]; replayed: boolean } {
     this.retentionMs = retentionMs;
     this.ensure();
     this.host.sizeChanged();
     const { db } = this.host;
     this.host.statement('BEGIN IMMEDIATE').run();
     try {
+      // An Append with a request_id that already committed: its positions, and nothing written.
+      const recorded = logged?.lookup();
+      if (recorded !== undefined) {
+        this.host.statement('ROLLBACK').run();
+        return { positions: recorded, replayed: true };
+      }
       const last = this.lastPosition();
       if (expected !== null && expected !== last) {
         throw new ShardError({
@@ -73,8 +86,9 @@ export class EventLog {
       this.host
         .statement("INSERT INTO _tenantd_meta (key, value) VALUES ('events_last_position', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .run(last + BigInt(events.length));
+      logged?.record(positions);
       this.host.statement('COMMIT').run();
-      return positions;
+      return { positions, replayed: false };
     } catch (error) {
       if (db.inTransaction) this.host.statement('ROLLBACK').run();
       throw error;
@@ -145,7 +159,7 @@ export class EventLog {
 
   private ensure(): void {
     if (this.has()) return;
-    this.host.db.exec(CREATE);
+    this.host.db.exec(CREATE_EVENTS_SQL);
     this.exists = true;
     this.host.schemaChanged();
   }

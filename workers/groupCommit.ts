@@ -10,6 +10,7 @@ import type { WireError } from '../src/errors.ts';
 import type { ExecuteResult, ShardRequest } from '../src/protocol.ts';
 import { ShardError } from './shardError.ts';
 import type { TenantDb } from './tenantDb.ts';
+import { runInTransaction } from './writeCall.ts';
 
 export type WriteRequest = Extract<ShardRequest, { op: 'execute' | 'batch' }>;
 
@@ -32,9 +33,8 @@ export function sameGroup(a: WriteRequest, b: ShardRequest): b is WriteRequest {
 }
 
 function runCall(db: TenantDb, request: WriteRequest): ExecuteResult | ExecuteResult[] {
-  return db.inSavepoint(() =>
-    request.op === 'execute' ? db.execute(request.statement, request.limits) : db.batchStatements(request.statements, request.limits),
-  );
+  // A call with a request_id finds or leaves its record in its own savepoint too (writeCall.ts).
+  return db.inSavepoint(() => runInTransaction(db, request));
 }
 
 const GROUP_LOST: WireError = {

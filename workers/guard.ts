@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type Database from 'better-sqlite3';
+import Database from 'better-sqlite3';
 import { PACKAGE_ROOT } from '../src/paths.ts';
 
 /**
@@ -29,6 +29,10 @@ const MAX_TIMEOUT_MS = 2 ** 31 - 1;
  */
 const INTERRUPT_RETRIES = 5;
 
+/** Flags of tenantd_arm_call (tenantd_guard.c). */
+const ARM_TENANT_POLICY = 0x01;
+const ARM_RESET_SESSION = 0x02;
+
 /**
  * Per-connection guard around tenant SQL, backed by the `tenantd_guard`
  * SQLite extension.
@@ -45,16 +49,21 @@ const INTERRUPT_RETRIES = 5;
  */
 export class Guard {
   private readonly armStmt: Database.Statement<[Buffer, number], number>;
+  private readonly armIdStmt: Database.Statement<[Buffer, number, number], number>;
+  private armCallIdStmt: Database.Statement<[Buffer, number, number, number, number], number> | null = null;
   private readonly disarmStmt: Database.Statement<[Buffer], number>;
   private readonly lastDenialStmt: Database.Statement<[Buffer], string | null>;
+  private armCallStmt: Database.Statement<[Buffer, number, number, number], number> | null = null;
+  private policyStmt: Database.Statement<[Buffer, number], number> | null = null;
 
   private constructor(
-    db: Database.Database,
+    private readonly db: Database.Database,
     private readonly token: Buffer,
   ) {
     // safeIntegers(false): the caller may turn on db.defaultSafeIntegers(),
     // which would otherwise make these return BigInt.
     this.armStmt = db.prepare<[Buffer, number], number>('SELECT tenantd_arm(?, ?)').pluck().safeIntegers(false);
+    this.armIdStmt = db.prepare<[Buffer, number, number], number>('SELECT tenantd_arm(?, ?, ?)').pluck().safeIntegers(false);
     this.disarmStmt = db.prepare<[Buffer], number>('SELECT tenantd_disarm(?)').pluck().safeIntegers(false);
     this.lastDenialStmt = db
       .prepare<[Buffer], string | null>('SELECT tenantd_last_denial(?)')
@@ -114,11 +123,56 @@ export class Guard {
    * whole multi-statement call, not just the statement running at the time.
    * Clears the state reported by {@link Guard.disarm} and {@link Guard.lastDenial}.
    */
-  arm(timeoutMs: number): void {
+  arm(timeoutMs: number, callId = 0): void {
     // JS numbers are bound as REAL; round up so a fractional timeout never
     // becomes "no deadline".
     const ms = timeoutMs > 0 ? Math.min(Math.ceil(timeoutMs), MAX_TIMEOUT_MS) : 0;
-    this.control(this.armStmt, ms);
+    if (callId === 0) this.control(this.armStmt, ms);
+    // BigInt: bound as INTEGER, exact.
+    else this.controlCall(ms, callId);
+  }
+
+  /**
+   * Arms the guard for one call: `mode` says whose SQL the top-level
+   * statements are. `'tenant'` is {@link Guard.arm} with a per-call
+   * SQLITE_LIMIT_LENGTH (`maxLength` bytes, <= 0: the service's 16 MiB).
+   * `'service'` leaves the service's own statements unchecked but still
+   * checks any trigger or view code they reach as tenant code, and bounds
+   * the call by `timeoutMs` all the same: a tenant's trigger fired by the
+   * service's append, or an operator's migration firing one, runs under the
+   * tenant's rules and deadline.
+   */
+  armCall(timeoutMs: number, mode: 'tenant' | 'service', maxLength = 0, callId = 0): void {
+    const ms = timeoutMs > 0 ? Math.min(Math.ceil(timeoutMs), MAX_TIMEOUT_MS) : 0;
+    if (callId !== 0) {
+      // The same, for a call that CallCanceller can interrupt by its id.
+      this.armCallIdStmt ??= this.db
+        .prepare<[Buffer, number, number, number, number], number>('SELECT tenantd_arm_call(?, ?, ?, ?, ?)')
+        .pluck()
+        .safeIntegers(false);
+      const stmt = this.armCallIdStmt;
+      const flags = mode === 'tenant' ? ARM_TENANT_POLICY | ARM_RESET_SESSION : 0;
+      this.retryInterrupted(() => stmt.get(this.token, ms, flags, Math.max(0, Math.floor(maxLength)), callId));
+      return;
+    }
+    this.armCallStmt ??= this.db
+      .prepare<[Buffer, number, number, number], number>('SELECT tenantd_arm_call(?, ?, ?, ?)')
+      .pluck()
+      .safeIntegers(false);
+    const flags = mode === 'tenant' ? ARM_TENANT_POLICY | ARM_RESET_SESSION : 0;
+    this.control4(this.armCallStmt, ms, flags, Math.max(0, Math.floor(maxLength)));
+  }
+
+  /**
+   * Suspends (`false`) or resumes (`true`) the tenant policy for top-level
+   * SQL without touching the deadline, for the service's own statements in
+   * the middle of a tenant call (a savepoint around tenant DDL, the schema
+   * check after it).
+   */
+  setTenantPolicy(on: boolean): void {
+    this.policyStmt ??= this.db.prepare<[Buffer, number], number>('SELECT tenantd_policy(?, ?)').pluck().safeIntegers(false);
+    const stmt = this.policyStmt;
+    this.retryInterrupted(() => stmt.get(this.token, on ? 1 : 0));
   }
 
   /**
@@ -131,7 +185,16 @@ export class Guard {
    *   interrupted) since {@link Guard.arm}.
    */
   disarm(): boolean {
-    return this.control(this.disarmStmt) === 1;
+    return this.disarmAs() === 'timedOut';
+  }
+
+  /**
+   * {@link Guard.disarm}, telling why the connection was interrupted since
+   * arm: its deadline, or a cancel of its call ({@link CallCanceller}).
+   */
+  disarmAs(): 'ran' | 'timedOut' | 'cancelled' {
+    const state = this.control(this.disarmStmt);
+    return state === 2 ? 'cancelled' : state === 1 ? 'timedOut' : 'ran';
   }
 
   /**
@@ -142,6 +205,24 @@ export class Guard {
    */
   lastDenial(): string | null {
     return this.control(this.lastDenialStmt) ?? null;
+  }
+
+  private controlCall(ms: number, callId: number): void {
+    this.retryInterrupted(() => this.armIdStmt.get(this.token, ms, callId));
+  }
+
+  private control4(stmt: Database.Statement<[Buffer, number, number, number], number>, a: number, b: number, c: number): void {
+    this.retryInterrupted(() => stmt.get(this.token, a, b, c));
+  }
+
+  private retryInterrupted<R>(run: () => R): R {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return run();
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'SQLITE_INTERRUPT' || attempt >= INTERRUPT_RETRIES) throw err;
+      }
+    }
   }
 
   private control<R>(stmt: Database.Statement<[Buffer], R>): R | undefined;
@@ -156,5 +237,43 @@ export class Guard {
         if ((err as { code?: unknown }).code !== 'SQLITE_INTERRUPT' || attempt >= INTERRUPT_RETRIES) throw err;
       }
     }
+  }
+}
+
+/**
+ * Interrupts a tenant call's statement from another thread (the front end's):
+ * the extension's globals are shared by every connection in the process, so
+ * a connection of the caller's own, with the guard loaded, reaches the
+ * connection that armed the call with its id (Guard.arm's `callId`). A call
+ * not armed yet is interrupted as soon as it arms.
+ */
+export class CallCanceller {
+  private readonly db: Database.Database;
+  private readonly cancelStmt: Database.Statement<[Buffer, bigint], number>;
+  private readonly interruptAllStmt: Database.Statement<[Buffer], number>;
+  private readonly token = randomBytes(16);
+
+  constructor() {
+    this.db = new Database(':memory:');
+    Guard.load(this.db);
+    this.db.prepare('SELECT tenantd_guard_init(?)').pluck().safeIntegers(false).get(this.token);
+    this.cancelStmt = this.db.prepare<[Buffer, bigint], number>('SELECT tenantd_cancel(?, ?)').pluck().safeIntegers(false);
+    this.interruptAllStmt = this.db.prepare<[Buffer], number>('SELECT tenantd_interrupt_all(?)').pluck().safeIntegers(false);
+  }
+
+  /** True when the call was running (now interrupted); false when it has not armed yet (it will be at once). */
+  cancel(callId: number): boolean {
+    if (!this.db.open) return false;
+    return this.cancelStmt.get(this.token, BigInt(callId)) === 1;
+  }
+
+  /** Interrupts every armed statement in the process (an exit that cannot wait); how many there were. */
+  interruptAll(): number {
+    if (!this.db.open) return 0;
+    return this.interruptAllStmt.get(this.token) ?? 0;
+  }
+
+  close(): void {
+    this.db.close();
   }
 }

@@ -18,6 +18,7 @@ import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_thread
 import { status as Status } from '@grpc/grpc-js';
 import type { WireError } from '../src/errors.ts';
 import {
+  callIdOf,
   packResult,
   unpackExecute,
   type ExecuteResult,
@@ -34,12 +35,19 @@ import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from '.
 import { Replies } from './replies.ts';
 import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
+import { diskFull, hostFault } from './sqlErrors.ts';
+import Database from 'better-sqlite3';
+import { ShareLedger, TurnLine } from './shareLanes.ts';
 import type { TenantDb } from './tenantDb.ts';
+import { CONFLICT_WAIT_MS, isTransactionOp, Transactions } from './transactions.ts';
+import { loggedAppend, runLogged, setRequestWindow } from './writeCall.ts';
+import { afterCommit } from './requestLog.ts';
 
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
 const pool = new DbPool(data.dataDir, data.sync, data.maxOpenDbs, data.closedSweeps);
 const quotaPages: QuotaPage[] = data.quotaPages.map(viewPage);
+setRequestWindow(data.idempotencyWindowMs);
 
 /** Records what a call did in the tenant's shared usage slot. */
 function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: number): void {
@@ -58,6 +66,7 @@ function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: numbe
  */
 function chargeTime(request: ShardRequest, ms: number): void {
   if (!('limits' in request)) return;
+  ledger.charge(request.tenantId, request.limits.shareMs, ms, performance.now());
   const slot = request.limits.slot;
   const page = quotaPages[Math.floor(slot / kSlotsPerPage)];
   if (page) addShardTime(page, slot % kSlotsPerPage, ms * 1000);
@@ -78,19 +87,19 @@ function recordResults(db: TenantDb, slot: number, result: ExecuteResult | Execu
  * (quotaPage, retention, release) or in runTurn (hold, and snapshot, which
  * spans turns of the event loop).
  */
-type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' }>;
+type Call = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'hold' | 'snapshot' | 'cancel' | 'txBegin' | 'txStep' | 'txCommit' | 'txRollback' }>;
 
 function handle(request: Call): ShardResults[Call['op']] {
   switch (request.op) {
     case 'execute': {
       const db = pool.get(request.tenantId);
-      const result = db.execute(request.statement, request.limits);
+      const result = request.requestId === undefined ? db.execute(request.statement, request.limits) : (runLogged(db, request) as ExecuteResult);
       recordResults(db, request.limits.slot, result);
       return result;
     }
     case 'batch': {
       const db = pool.get(request.tenantId);
-      const results = db.batch(request.statements, request.limits);
+      const results = request.requestId === undefined ? db.batch(request.statements, request.limits) : (runLogged(db, request) as ExecuteResult[]);
       recordResults(db, request.limits.slot, results);
       return results;
     }
@@ -121,10 +130,13 @@ function handle(request: Call): ShardResults[Call['op']] {
       return { replaced: pool.restore(request.tenantId, request.file) };
     case 'appendEvents': {
       const db = pool.get(request.tenantId);
-      const positions = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits);
-      record(db, request.limits.slot, 0, positions.length);
-      countCommit(1);
-      return { positions };
+      const appended = db.appendEvents(request.events, request.expectedPosition, request.retentionMs, request.limits, loggedAppend(db, request));
+      if (!appended.replayed) {
+        record(db, request.limits.slot, 0, appended.positions.length);
+        countCommit(1);
+      }
+      afterCommit(request.requestId);
+      return appended;
     }
     case 'readEvents': {
       const db = pool.get(request.tenantId);
@@ -135,6 +147,7 @@ function handle(request: Call): ShardResults[Call['op']] {
     case 'drop':
       return { removed: pool.remove(request.tenantId) };
     case 'shutdown': {
+      transactions.closeAll();
       const closed = pool.closeAll();
       // Posted ahead of this answer: the front end keeps them before it closes the catalog.
       reportSweeps(pool);
@@ -148,6 +161,11 @@ function handle(request: Call): ShardResults[Call['op']] {
 
 function toWire(request: ShardRequest, error: unknown): WireError {
   if (error instanceof ShardError) return error.wire;
+  // A tenant's file that cannot be opened or read (damaged, disk): not a bug, and not INTERNAL.
+  if (error instanceof Database.SqliteError) {
+    const fault = error.code === 'SQLITE_FULL' ? diskFull(error.code) : hostFault(error.code, error.message);
+    if (fault) return fault;
+  }
   // A bug or an environment failure (disk, permissions): the front end
   // answers INTERNAL; the details stay in the server log.
   process.stderr.write(
@@ -165,6 +183,21 @@ function toWire(request: ShardRequest, error: unknown): WireError {
 
 const replies = new Replies(port);
 
+const transactions = new Transactions({
+  pool,
+  post: (response) => replies.post(response),
+  ran: (db, limits, result) => recordResults(db, limits.slot, result),
+  committed: (db, limits, wrote) => {
+    if (wrote) countCommit(1);
+    record(db, limits.slot, 0, 0);
+  },
+  toWire,
+});
+pool.beforeForget = (tenantId) => transactions.closeTenant(tenantId);
+
+/** When a call parked for a transaction's write lock first found it taken: its wait is bounded from there. */
+const parkedSince = new WeakMap<ShardRequest, number>();
+
 function answer(request: Call): void {
   const start = performance.now();
   let result: unknown;
@@ -174,6 +207,21 @@ function answer(request: Call): void {
     const ms = performance.now() - start;
     chargeTime(request, ms);
     replies.ran(pool.peek(request.tenantId), ms);
+    // A write that found an interactive transaction holding the lock waits for it, elsewhere: the shard goes on.
+    const since = parkedSince.get(request) ?? Date.now();
+    const timeoutMs = 'limits' in request ? request.limits.timeoutMs : CONFLICT_WAIT_MS;
+    const parked = transactions.parkCall(
+      request.tenantId,
+      error,
+      timeoutMs,
+      since,
+      () => {
+        parkedSince.set(request, since);
+        requeue(request);
+      },
+      (wire) => replies.post({ id: request.id, kind: 'error', error: wire }),
+    );
+    if (parked) return;
     replies.post({ id: request.id, kind: 'error', error: toWire(request, error) });
     return;
   }
@@ -251,11 +299,23 @@ function startSnapshot(request: Extract<ShardRequest, { op: 'snapshot' }>): void
  * right behind each other, which share one commit.
  */
 /** A request that waits for its tenant's turn: all but the control messages, which apply as they arrive. */
-type Queued = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' }>;
+type Queued = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' | 'cancel' }>;
 const queues = new Map<string, Queued[]>();
-/** Tenants with calls waiting, in the order of their next turn. */
-let turns: string[] = [];
-let turnsHead = 0;
+/**
+ * Tenants with calls waiting, in the order of their next turn: those within
+ * their shard_ms_per_second first, and only when none of them waits, those
+ * past it (shareLanes.ts), so that the shard serves a tenant over its share
+ * when it would otherwise idle, and never ahead of one within it.
+ */
+const turns = new TurnLine();
+const overShareTurns = new TurnLine();
+const ledger = new ShareLedger();
+
+/** Puts a tenant with calls waiting in line for its next turn. */
+function lineUp(tenantId: string): void {
+  if (ledger.overShare(tenantId, performance.now())) overShareTurns.push(tenantId);
+  else turns.push(tenantId);
+}
 /**
  * Tenants whose database file another thread has to itself (VACUUM and the
  * like, in the file-task pool): their calls stay queued, and they get no
@@ -283,14 +343,28 @@ function receive(request: ShardRequest): void {
       // Sent once the other thread is done with the file: the tenant's calls may run again.
       release(request);
       return;
+    case 'cancel':
+      dropCancelled(request.tenantId, request.target);
+      return;
   }
+  // What the front end's cancel of this call names to the guard.
+  if ('limits' in request) request.limits.callId = callIdOf(request.id, data.shardIndex);
   const queue = queues.get(request.tenantId);
   if (queue !== undefined) {
     queue.push(request);
     return;
   }
   queues.set(request.tenantId, [request]);
-  if (!held.has(request.tenantId)) turns.push(request.tenantId);
+  if (!held.has(request.tenantId)) lineUp(request.tenantId);
+}
+
+/** A cancelled call that has not run yet leaves its tenant's queue, answered CANCELLED. */
+function dropCancelled(tenantId: string, target: number): void {
+  const queue = queues.get(tenantId);
+  const index = queue?.findIndex((queued) => queued.id === target) ?? -1;
+  if (index < 0) return;
+  queue!.splice(index, 1);
+  replies.post({ id: target, kind: 'error', error: { code: Status.CANCELLED, reason: 'CALL_CANCELLED', message: 'the call was cancelled before it ran' } });
 }
 
 /** Takes in every message the port has waiting. */
@@ -301,32 +375,43 @@ function receiveWaiting(): void {
 /** The next tenant's next call; undefined when no tenant has one. */
 function nextTurn(): Queued | undefined {
   for (let pulled = false; ; pulled = true) {
-    while (turnsHead < turns.length) {
-      const tenantId = turns[turnsHead++]!;
-      if (turnsHead >= 1024 && turnsHead * 2 >= turns.length) {
-        // Under steady load the line never empties: drop the part already served.
-        turns = turns.slice(turnsHead);
-        turnsHead = 0;
-      }
-      const queue = queues.get(tenantId);
-      const request = queue?.shift();
-      if (request !== undefined) return request;
-      if (queue !== undefined) queues.delete(tenantId);
-    }
-    turns = [];
-    turnsHead = 0;
-    if (pulled) return undefined;
+    const request = nextOf(turns);
+    if (request !== undefined) return request;
+    // Only then an over-share tenant's, after what arrived meanwhile.
+    if (pulled) return nextOf(overShareTurns);
     receiveWaiting();
   }
 }
 
+/** The next call of the first tenant in `line` that has one. */
+function nextOf(line: TurnLine): Queued | undefined {
+  for (let tenantId = line.shift(); tenantId !== undefined; tenantId = line.shift()) {
+    const queue = queues.get(tenantId);
+    const request = queue?.shift();
+    if (request !== undefined) return request;
+    if (queue !== undefined) queues.delete(tenantId);
+  }
+  return undefined;
+}
+
 /** After a tenant's turn: back in line for its next one, behind whoever arrived meanwhile. */
+/** A parked call's turn again (a transaction released the write lock): first in its tenant's queue. */
+function requeue(request: Queued): void {
+  const queue = queues.get(request.tenantId);
+  if (queue !== undefined) queue.unshift(request);
+  else {
+    queues.set(request.tenantId, [request]);
+    if (!held.has(request.tenantId)) turns.push(request.tenantId);
+  }
+  if (!running) setImmediate(runWaiting);
+}
+
 function endTurn(tenantId: string, ms: number): void {
   if (ms >= LONG_TURN_MS) receiveWaiting();
   const queue = queues.get(tenantId);
   if (queue === undefined) return;
   if (queue.length === 0) queues.delete(tenantId);
-  else if (!held.has(tenantId)) turns.push(tenantId);
+  else if (!held.has(tenantId)) lineUp(tenantId);
 }
 
 /**
@@ -345,6 +430,7 @@ function nextWriteOf(first: WriteRequest): WriteRequest | undefined {
 
 /** `hold`, in its turn: closes the tenant's database and takes it out of the turns until `release`. */
 function hold(request: Extract<ShardRequest, { op: 'hold' }>): void {
+  transactions.closeSpares(request.tenantId);
   if (!pool.close(request.tenantId)) {
     replies.post({
       id: request.id,
@@ -352,7 +438,7 @@ function hold(request: Extract<ShardRequest, { op: 'hold' }>): void {
       error: {
         code: Status.ABORTED,
         reason: 'TENANT_BUSY',
-        message: `a snapshot of tenant ${request.tenantId} is being made; retry when it is done`,
+        message: `a snapshot of tenant ${request.tenantId} is being made, or it has interactive transactions open; retry when they are done`,
         metadata: { tenant: request.tenantId },
       },
     });
@@ -371,7 +457,7 @@ function release(request: Extract<ShardRequest, { op: 'release' }>): void {
     // Deleted meanwhile: nothing to record.
   }
   const waiting = queues.get(request.tenantId)?.length ?? 0;
-  if (wasHeld && waiting > 0) turns.push(request.tenantId);
+  if (wasHeld && waiting > 0) lineUp(request.tenantId);
   replies.post({ id: request.id, kind: 'ok', result: { held: waiting } });
 }
 
@@ -387,7 +473,14 @@ function runTurn(request: Queued): void {
   if (request.op === 'hold') return hold(request);
   replies.beforeRun(pool.peek(request.tenantId));
   if (request.op === 'snapshot') return startSnapshot(request);
-  if (!data.groupCommit || !isWrite(request)) return answer(request);
+  if (isTransactionOp(request)) {
+    const started = performance.now();
+    transactions.handle(request);
+    if (request.op !== 'txRollback') chargeTime(request, performance.now() - started);
+    return;
+  }
+  // While a transaction may hold the tenant's write lock, its writes run one by one (and park if it does).
+  if (!data.groupCommit || !isWrite(request) || transactions.hasWriter(request.tenantId)) return answer(request);
   const second = nextWriteOf(request);
   if (second === undefined) return answer(request);
   let db: TenantDb;
@@ -424,6 +517,7 @@ function logSweepFailure(tenantId: string, error: unknown): void {
 setInterval(() => {
   for (const db of pool.openDatabases()) {
     try {
+      db.requests.sweep(data.idempotencyWindowMs);
       db.sweepExpiredEvents();
     } catch (error) {
       logSweepFailure(db.tenantId, error);
@@ -431,16 +525,30 @@ setInterval(() => {
   }
   pool.sweepClosed(Date.now(), (tenantId) => held.has(tenantId), CLOSED_SWEEPS_PER_TICK, logSweepFailure);
   reportSweeps(pool);
+  ledger.prune(performance.now());
 }, data.eventSweepMs).unref();
 
-port.on('message', (message: ShardInbound) => {
-  enqueue(message);
-  for (let request = nextTurn(); request !== undefined; request = nextTurn()) {
-    const started = performance.now();
-    runTurn(request);
-    endTurn(request.tenantId, performance.now() - started);
+/** Set while the turns run, so that a call requeued meanwhile is not run from a second loop. */
+let running = false;
+
+function runWaiting(): void {
+  if (running) return;
+  running = true;
+  try {
+    for (let request = nextTurn(); request !== undefined; request = nextTurn()) {
+      const started = performance.now();
+      runTurn(request);
+      endTurn(request.tenantId, performance.now() - started);
+    }
+  } finally {
+    running = false;
   }
   replies.flush();
   reportStats(pool.size);
   reportSweeps(pool);
+}
+
+port.on('message', (message: ShardInbound) => {
+  enqueue(message);
+  runWaiting();
 });

@@ -11,6 +11,8 @@ export const UNLIMITED: QuotaValues = {
   queryTimeoutMs: -1,
   eventRetentionHours: -1,
   shardMsPerSecond: -1,
+  transactionTimeoutMs: -1,
+  concurrentTransactions: -1,
 };
 
 /** The same overrides as they go on the wire in a Tenant's `quotas`. */
@@ -22,6 +24,8 @@ export const UNLIMITED_PROTO_QUOTAS = {
   query_timeout_ms: '-1',
   event_retention_hours: '-1',
   shard_ms_per_second: '-1',
+  transaction_timeout_ms: '-1',
+  concurrent_transactions: '-1',
 };
 
 export interface BenchServerArgs {

@@ -14,6 +14,8 @@ export interface TenantCall {
   principal: Principal;
   tenant: LiveTenant;
   readOnly: boolean;
+  /** The server's --max-query-timeout-ms. */
+  maxQueryTimeoutMs: number;
 }
 
 export class Access {
@@ -74,6 +76,6 @@ export class Access {
         metadata: { tenant: tenantId },
       });
     }
-    return { principal, tenant, readOnly: principal.role === 'READ_ONLY' };
+    return { principal, tenant, readOnly: principal.role === 'READ_ONLY', maxQueryTimeoutMs: this.registry.maxQueryTimeoutMs };
   }
 }

@@ -6,21 +6,25 @@
  */
 import { performance } from 'node:perf_hooks';
 import { status as Status, type Metadata } from '@grpc/grpc-js';
-import { TenantdError } from '../errors.ts';
+import { isStorageFault, TenantdError } from '../errors.ts';
 import type { SqlValue } from '../protocol.ts';
 import { isRefusal, type Admitter } from '../quota/admission.ts';
 import { quotaExceeded } from '../quota/refusal.ts';
+import type { ShardActivity } from '../quota/shardActivity.ts';
+import { shardOf } from '../routing/shardRouter.ts';
 import type { ServerMetrics } from '../telemetry/serverMetrics.ts';
 import type { TenantRegistry } from '../tenants/registry.ts';
 import type { TenantCall } from './access.ts';
 
 export type Admit = <T>(call: TenantCall, writeBytes: number, trailer: Metadata | null, fn: () => Promise<T>) => Promise<T>;
 
-/** `metrics` is null when telemetry is off. */
-export function createAdmit(admitter: Admitter, registry: TenantRegistry, metrics: ServerMetrics | null = null): Admit {
+/** `metrics` is null when telemetry is off; `activity` null refuses shard time as if a neighbour were always there. */
+export function createAdmit(admitter: Admitter, registry: TenantRegistry, metrics: ServerMetrics | null = null, activity: { shards: number; tracker: ShardActivity } | null = null): Admit {
   return async (call, writeBytes, trailer, fn) => {
     const live = call.tenant;
-    const admission = admitter.admit(live.slot, writeBytes, Date.now(), live.quotas.shardMsPerSecond);
+    const now = Date.now();
+    const neighbourActive = activity === null || activity.tracker.touch(shardOf(live.record.tenantId, activity.shards), live.slot.slot, now);
+    const admission = admitter.admit(live.slot, writeBytes, now, live.quotas.shardMsPerSecond, neighbourActive);
     live.shardMicrosTotal += admitter.lastChargedUs;
     if (isRefusal(admission)) {
       registry.refused(live, 'RESOURCE_EXHAUSTED');
@@ -41,6 +45,8 @@ export function createAdmit(admitter: Admitter, registry: TenantRegistry, metric
       code = Status[error instanceof TenantdError ? error.code : Status.INTERNAL];
       // The one quota a shard enforces: the database hit storage_bytes.
       if (error instanceof TenantdError && error.reason === 'STORAGE_QUOTA_EXCEEDED') metrics?.quotaRefused('storage_bytes');
+      // The host's fault, not a quota: counted apart (the shard handle logs it).
+      else if (error instanceof TenantdError && isStorageFault(error)) metrics?.storageFault(error.reason);
       throw error;
     } finally {
       registry.finish(live, code, performance.now() - started);

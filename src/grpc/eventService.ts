@@ -5,6 +5,7 @@
  * page while it reads the backlog, then receives what Append publishes on
  * this thread once its shard has committed (events/hub.ts).
  */
+import { checkRequestId } from './requestId.ts';
 import { status as Status, type ServerUnaryCall, type ServerWritableStream } from '@grpc/grpc-js';
 import { TenantdError, invalidArgument } from '../errors.ts';
 import { MAX_PENDING_BYTES, MAX_PENDING_EVENTS, MAX_SUBSCRIBERS_PER_TENANT, type EventHub, type Subscriber, type SubscriptionEnd } from '../events/hub.ts';
@@ -119,7 +120,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
     Append: unary(
       service,
       'Append',
-      async (call: ServerUnaryCall<{ events: ProtoEvent[]; expected_position?: string | null }, { positions: string[] }>, trailer, rpc) => {
+      async (call: ServerUnaryCall<{ events: ProtoEvent[]; expected_position?: string | null; request_id?: string }, { positions: string[] }>, trailer, rpc) => {
         const tenantCall = tenantFor(call, rpc);
         if (tenantCall.readOnly) {
           throw new TenantdError(Status.PERMISSION_DENIED, 'READ_ONLY_KEY', 'a READ_ONLY key cannot append events');
@@ -130,9 +131,12 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         const live = tenantCall.tenant;
         const tenantId = live.record.tenantId;
         const limits = callLimits(tenantCall, call);
-        const { positions } = await admit(tenantCall, bytes, trailer, () =>
-          router.forTenant(tenantId).call({ op: 'appendEvents', tenantId, limits, events, expectedPosition, retentionMs: retentionMs(tenantCall) }),
+        const requestId = checkRequestId(call.request.request_id);
+        const { positions, replayed } = await admit(tenantCall, bytes, trailer, () =>
+          router.forTenant(tenantId).call({ op: 'appendEvents', tenantId, limits, events, expectedPosition, retentionMs: retentionMs(tenantCall), ...(requestId === null ? {} : { requestId }) }),
         );
+        // A retry of an Append that already committed: its subscribers had these events.
+        if (replayed) return { positions: positions.map(String) };
         live.eventsTotal += positions.length;
         if (hub.count(tenantId) > 0) hub.publish(tenantId, events.map((e, i) => ({ ...e, position: positions[i]! })));
         return { positions: positions.map(String) };

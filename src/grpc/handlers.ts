@@ -10,10 +10,12 @@ import {
   type ServerUnaryCall,
   type ServerWritableStream,
   type ServerReadableStream,
+  type ServerDuplexStream,
   type sendUnaryData,
   type UntypedHandleCall,
 } from '@grpc/grpc-js';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
+import { unavailable } from '../errors.ts';
 
 /** `trailer` is sent as trailing metadata with a successful response. */
 export function unary<Req, Res>(
@@ -24,20 +26,27 @@ export function unary<Req, Res>(
   const observe = service.method(method);
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
     const rpc = observe.start(call.metadata, () => call.getPeer(), call.request);
+    const open = service.observer.calls.track(call);
+    rpc.signal = open.signal;
     let result: Promise<Res> | Res;
     const trailer = new Metadata();
     try {
       result = rpc.run(() => fn(call, trailer, rpc));
     } catch (error) {
+      open.done();
       callback(rpc.fail(error));
       return;
     }
     Promise.resolve(result).then(
       (response) => {
+        open.done();
         rpc.succeed(trailer);
         callback(null, response, trailer);
       },
-      (error: unknown) => callback(rpc.fail(error)),
+      (error: unknown) => {
+        open.done();
+        callback(rpc.fail(error));
+      },
     );
   };
 }
@@ -51,9 +60,49 @@ export function serverStream<Req, Res>(
   return (call: ServerWritableStream<Req, Res>): void => {
     const rpc = observe.start(call.metadata, () => call.getPeer(), call.request);
     const trailer = new Metadata();
+    // Ended once: by the handler, or by the drain (UNAVAILABLE) while the handler still runs.
+    let ended = false;
+    const fail = (error: unknown): void => {
+      if (ended) return;
+      ended = true;
+      open.done();
+      const status = rpc.fail(error, call.cancelled);
+      if (!call.cancelled) call.emit('error', status);
+    };
+    const open = service.observer.calls.track(call, () => fail(unavailable('SHUTTING_DOWN', 'the server is shutting down; reconnect to another node or retry')));
+    rpc.signal = open.signal;
     let done: Promise<void>;
     try {
       done = rpc.run(() => fn(call, trailer, rpc));
+    } catch (error) {
+      done = Promise.reject(error);
+    }
+    done.then(
+      () => {
+        if (ended) return;
+        ended = true;
+        open.done();
+        rpc.succeed(trailer);
+        call.end(trailer);
+      },
+      fail,
+    );
+  };
+}
+
+/** A bidirectional stream: `fn` writes its responses; resolving ends the call OK, rejecting ends it with that status. */
+export function bidiStream<Req, Res>(
+  service: ServiceObserver,
+  method: string,
+  fn: (call: ServerDuplexStream<Req, Res>, rpc: ObservedCall) => Promise<void>,
+) {
+  const observe = service.method(method);
+  return (call: ServerDuplexStream<Req, Res>): void => {
+    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const trailer = new Metadata();
+    let done: Promise<void>;
+    try {
+      done = rpc.run(() => fn(call, rpc));
     } catch (error) {
       done = Promise.reject(error);
     }
@@ -78,6 +127,8 @@ export function clientStream<Req, Res>(
   const observe = service.method(method);
   return (call: ServerReadableStream<Req, Res>, callback: sendUnaryData<Res>): void => {
     const rpc = observe.start(call.metadata, () => call.getPeer());
+    const open = service.observer.calls.track(call);
+    rpc.signal = open.signal;
     const trailer = new Metadata();
     let done: Promise<Res>;
     try {
@@ -87,10 +138,14 @@ export function clientStream<Req, Res>(
     }
     done.then(
       (response) => {
+        open.done();
         rpc.succeed(trailer);
         callback(null, response, trailer);
       },
-      (error: unknown) => callback(rpc.fail(error)),
+      (error: unknown) => {
+        open.done();
+        callback(rpc.fail(error));
+      },
     );
   };
 }

@@ -25,6 +25,7 @@ import { status as Status, type Metadata, type ServiceError } from '@grpc/grpc-j
 import { TenantdError, toServiceError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { AUDITED_METHODS, auditedTenant, writeAudit } from './audit.ts';
+import { OpenCalls } from './openCalls.ts';
 import { MethodAttributes, type ServerMetrics } from '../telemetry/serverMetrics.ts';
 import { ATTR_REQUEST_ID, ATTR_RPC_GRPC_STATUS_CODE, ATTR_SHARD, ATTR_TENANT_ID, isServerFault } from '../telemetry/semconv.ts';
 
@@ -50,6 +51,9 @@ const metadataGetter: TextMapGetter<Metadata> = {
 
 /** The server-wide half: where metrics and logs go. */
 export class RpcObserver {
+  /** Every call the handler adapters have open (shutdown ends and cancels them). */
+  readonly calls = new OpenCalls();
+
   constructor(
     readonly metrics: ServerMetrics | null,
     readonly logger: Logger,
@@ -94,6 +98,8 @@ export class MethodObserver {
 /** One call, from the handler's start to its status. */
 export class ObservedCall {
   readonly requestId = randomUUID();
+  /** Aborted when the call is cancelled (client or shutdown); handlers.ts sets it as the call starts. */
+  signal: AbortSignal | undefined = undefined;
   private readonly startedAt = performance.now();
   private readonly span: Span = UNOBSERVED;
   private readonly parent: Context = ROOT_CONTEXT;

@@ -15,6 +15,9 @@ import { QueryOutlet, type UnreadBudget } from './queryOutlet.ts';
 import { callLimits } from './limits.ts';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
 import { toProtoValue, toStatement, type ProtoStatement, type ProtoValue } from './values.ts';
+import { checkRequestId } from './requestId.ts';
+import { runTransaction, type OpenTransactions, type TransactionCall } from './transaction.ts';
+import { bidiStream } from './handlers.ts';
 
 const MAX_BATCH_STATEMENTS = 1_000;
 const DEFAULT_ROWS_PER_CHUNK = 500;
@@ -57,6 +60,8 @@ export function sqlService(
   service: ServiceObserver,
   /** What may wait for slow Query clients (Config.queryUnreadLimits). */
   unread: UnreadBudget,
+  /** Interactive transactions: the ones open, and Config.transactionIdleMs. */
+  transactions: { open: OpenTransactions; idleMs: number },
 ): Handlers {
   /**
    * Sends the call once the tenant's schema is current: a tenant whose turn
@@ -77,18 +82,24 @@ export function sqlService(
   }
 
   return {
-    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement, ProtoExecuteResponse>, trailer, rpc) => {
+    Execute: unary(service, 'Execute', (call: ServerUnaryCall<ProtoStatement & { request_id?: string }, ProtoExecuteResponse>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const statement = toStatement(call.request, '');
+      // A READ_ONLY key's calls write nothing to retry safely: its request_id is checked, not recorded.
+      const requestId = tenantCall.readOnly ? (checkRequestId(call.request.request_id), null) : checkRequestId(call.request.request_id);
       rpc.statement(statement.sql);
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'execute', tenantId, limits, statement }))).then(toResponse);
+      return admit(tenantCall, bytes, trailer, () =>
+        dispatch(tenantCall, () =>
+          shard.call(requestId === null ? { op: 'execute', tenantId, limits, statement } : { op: 'execute', tenantId, limits, statement, requestId }, undefined, rpc.signal),
+        ),
+      ).then(toResponse);
     }),
 
-    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[] }, { results: ProtoExecuteResponse[] }>, trailer, rpc) => {
+    Batch: unary(service, 'Batch', (call: ServerUnaryCall<{ statements: ProtoStatement[]; request_id?: string }, { results: ProtoExecuteResponse[] }>, trailer, rpc) => {
       const tenantCall = access.tenant(call.metadata);
       const shard = shardFor(tenantCall, rpc);
       const { statements } = call.request;
@@ -97,12 +108,25 @@ export function sqlService(
         throw invalidArgument('statements', `at most ${MAX_BATCH_STATEMENTS} statements`, 'INVALID_SQL');
       }
       const inputs = statements.map((s, i) => toStatement(s, `statements[${i}]`));
+      const requestId = tenantCall.readOnly ? (checkRequestId(call.request.request_id), null) : checkRequestId(call.request.request_id);
       rpc.statement(() => inputs.map((s) => s.sql).join('; '));
       const limits = callLimits(tenantCall, call);
       const tenantId = tenantCall.tenant.record.tenantId;
       const bytes = inputs.reduce((sum, s) => sum + writeBytesOf(s.sql, s.params, s.named), 0);
-      return admit(tenantCall, bytes, trailer, () => dispatch(tenantCall, () => shard.call({ op: 'batch', tenantId, limits, statements: inputs }))).then((results) => ({ results: results.map(toResponse) }));
+      return admit(tenantCall, bytes, trailer, () =>
+        dispatch(tenantCall, () =>
+          shard.call(
+            requestId === null ? { op: 'batch', tenantId, limits, statements: inputs } : { op: 'batch', tenantId, limits, statements: inputs, requestId },
+            undefined,
+            rpc.signal,
+          ),
+        ),
+      ).then((results) => ({ results: results.map(toResponse) }));
     }),
+
+    Transaction: bidiStream(service, 'Transaction', (call: TransactionCall, rpc) =>
+      runTransaction({ access, admit, router, migrator, open: transactions.open, idleMs: transactions.idleMs, toResponse }, call, rpc),
+    ),
 
     Query: serverStream(
       service,
@@ -128,6 +152,7 @@ export function sqlService(
           await dispatch(tenantCall, () =>
             shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
               outlet.push({ columns: chunk.columns ? toColumns(chunk.columns) : [], rows: toRows(chunk.rows) }, chunk.bytes),
+              rpc.signal,
             ),
           );
           // The call ends after its last chunk has gone to gRPC.

@@ -13,8 +13,9 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
-import { TenantdError, unavailable } from '../errors.ts';
+import { isStorageFault, TenantdError, unavailable } from '../errors.ts';
 import {
+  callIdOf,
   packExecute,
   unpackResult,
   type EventSweep,
@@ -31,6 +32,8 @@ import {
 import type { QuotaPageBuffers } from '../quota/layout.ts';
 import type { ObservedShard } from '../telemetry/serverMetrics.ts';
 import { PACKAGE_ROOT } from '../paths.ts';
+import type { CallCanceller } from '../../workers/guard.ts';
+import { queuedBytesOf, type ShardQueueBudget } from './shardQueueBudget.ts';
 import { endShardSpan, traceShardCall, type TracedCall } from './shardSpans.ts';
 
 /** A request as callers write it: the handle assigns the id. */
@@ -42,6 +45,13 @@ interface Pending {
   onChunk: ((chunk: QueryChunk) => void) | undefined;
   /** Set when the call is traced. */
   traced: TracedCall | undefined;
+  tenantId: string;
+  /** Taken from the queue budget (0: not counted). */
+  queuedBytes: number;
+}
+
+function cancelledError(): TenantdError {
+  return new TenantdError(Status.CANCELLED, 'CALL_CANCELLED', 'the call was cancelled');
 }
 
 const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'bootstrap.mjs');
@@ -56,11 +66,18 @@ export interface ShardHandleOptions extends Omit<ShardWorkerData, 'entry' | 'quo
   /** The worker's notes of them changed: the catalog keeps them for the next worker. */
   onSweeps(noted: EventSweep[], cleared: string[]): void;
   onLog(level: 'info' | 'warn' | 'error', message: string, fields: Record<string, unknown>): void;
+  /** Interrupts a running call's statement on the worker's thread; null: cancels only drop queued calls. */
+  canceller: CallCanceller | null;
+  /** The server's bound on queued tenant calls; null: none (tests of a handle alone). */
+  queueBudget: ShardQueueBudget | null;
 }
 
 export class ShardHandle implements ObservedShard {
   private worker!: Worker;
   private readonly pending = new Map<number, Pending>();
+  /** Tenant calls posted and not yet answered, and their bytes (the queue budget's count for this shard). */
+  private queuedCalls = 0;
+  private queuedBytes = 0;
   private nextId = 1;
   private stopping = false;
   /** False between a worker's death and its replacement's start. */
@@ -130,10 +147,26 @@ export class ShardHandle implements ObservedShard {
     return this.worker;
   }
 
-  call<R extends RequestWithoutId>(request: R, onChunk?: (chunk: QueryChunk) => void): Promise<ShardResults[R['op']]> {
+  /**
+   * Posts a call. When `signal` aborts (the client cancelled or went away,
+   * or the server stops) the call is dropped if it has not run yet, and its
+   * statement is interrupted if it runs: it ends CANCELLED at once.
+   */
+  call<R extends RequestWithoutId>(request: R, onChunk?: (chunk: QueryChunk) => void, signal?: AbortSignal): Promise<ShardResults[R['op']]> {
+    if (signal?.aborted) return Promise.reject(cancelledError());
     if (this.stopping) return Promise.reject(unavailable('SHUTTING_DOWN', 'the server is shutting down'));
     if (!this.alive) {
       return Promise.reject(unavailable('SHARD_RESTARTING', 'the shard serving this tenant is restarting; retry the call'));
+    }
+    const queued = this.options.queueBudget === null ? null : queuedBytesOf(request);
+    if (queued !== null) {
+      try {
+        this.options.queueBudget!.take(this.index, this.queuedCalls, this.queuedBytes, queued);
+      } catch (error) {
+        return Promise.reject(error as TenantdError);
+      }
+      this.queuedCalls++;
+      this.queuedBytes += queued;
     }
     const id = this.nextId++;
     const traced = traceShardCall(request.op, request.tenantId);
@@ -141,15 +174,62 @@ export class ShardHandle implements ObservedShard {
     const full = request as unknown as ShardRequest;
     full.id = id;
     if (traced) full.trace = traced.carrier;
-    const message = full.op === 'execute' ? packExecute(id, full) : full;
-    return new Promise<ShardResults[R['op']]>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call });
+    // An Execute with a request_id is rare enough to cross in object form.
+    const message = full.op === 'execute' && full.requestId === undefined ? packExecute(id, full) : full;
+    const answered = new Promise<ShardResults[R['op']]>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (r: unknown) => void, reject, onChunk, traced: traced?.call, tenantId: request.tenantId, queuedBytes: queued ?? -1 });
       this.outbox.push(message);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(this.flush);
       }
     });
+    if (signal === undefined) return answered;
+    const onAbort = (): void => this.cancel(id);
+    signal.addEventListener('abort', onAbort, { once: true });
+    return answered.finally(() => signal.removeEventListener('abort', onAbort));
+  }
+
+  /**
+   * Cancels call `id`: one still in the outbox never goes; one queued in the
+   * worker is dropped there; one running has its statement interrupted by
+   * the guard at once (its answer is then CANCELLED).
+   */
+  cancel(id: number): void {
+    const pending = this.pending.get(id);
+    if (!pending) return;
+    const index = this.outbox.findIndex((m) => (Array.isArray(m) ? m[0] : m.id) === id);
+    if (index >= 0) {
+      this.outbox.splice(index, 1);
+      this.settle(id);
+      if (pending.traced) endShardSpan(pending.traced, this.index, cancelledError().toWire());
+      pending.reject(cancelledError());
+      return;
+    }
+    try {
+      this.options.canceller?.cancel(callIdOf(id, this.index));
+    } catch (error) {
+      this.options.onLog('warn', 'could not interrupt a cancelled call', { shard: this.index, error: String(error) });
+    }
+    if (this.alive) this.worker.postMessage({ op: 'cancel', id: 0, tenantId: pending.tenantId, target: id } satisfies ShardRequest);
+  }
+
+  /** Forgets an answered (or failed) call and gives back what it took of the queue budget. */
+  private settle(id: number): Pending | undefined {
+    const pending = this.pending.get(id);
+    if (!pending) return undefined;
+    this.pending.delete(id);
+    if (pending.queuedBytes >= 0) {
+      this.queuedCalls--;
+      this.queuedBytes -= pending.queuedBytes;
+      this.options.queueBudget?.give(pending.queuedBytes);
+    }
+    return pending;
+  }
+
+  /** Cancels every call in flight (shutdown, at the drain timeout). */
+  cancelAll(): void {
+    for (const id of [...this.pending.keys()]) this.cancel(id);
   }
 
   /**
@@ -183,7 +263,7 @@ export class ShardHandle implements ObservedShard {
 
   private spawn(): void {
     this.lastStart = Date.now();
-    const { onLog: _onLog, onSweeps: _onSweeps, quotaPages, closedSweeps, ...data } = this.options;
+    const { onLog: _onLog, onSweeps: _onSweeps, canceller: _canceller, queueBudget: _queueBudget, quotaPages, closedSweeps, ...data } = this.options;
     const workerData: ShardWorkerData = { ...data, quotaPages: quotaPages(), closedSweeps: closedSweeps(), entry: SHARD_ENTRY.href };
     const worker = new Worker(BOOTSTRAP, { workerData, name: `shard-${data.shardIndex}` });
     worker.on('message', (message: ShardOutbound) => {
@@ -206,9 +286,8 @@ export class ShardHandle implements ObservedShard {
 
   private onPackedResult(message: PackedResult): void {
     const id = message[0];
-    const pending = this.pending.get(id);
+    const pending = this.settle(id);
     if (!pending) return;
-    this.pending.delete(id);
     if (pending.traced) endShardSpan(pending.traced, this.index, null);
     pending.resolve(unpackResult(message));
   }
@@ -232,10 +311,16 @@ export class ShardHandle implements ObservedShard {
       if (pending.traced) pending.traced.ran = message.span;
       return;
     }
-    this.pending.delete(message.id);
+    this.settle(message.id);
     if (pending.traced) endShardSpan(pending.traced, this.index, message.kind === 'ok' ? null : message.error);
     if (message.kind === 'ok') pending.resolve(message.result);
-    else pending.reject(TenantdError.fromWire(message.error));
+    else {
+      // The operator has to act (free disk, restore a damaged file): an error in the log, not just a status.
+      if (isStorageFault(message.error)) {
+        this.options.onLog('error', 'storage fault', { shard: this.index, tenant: pending.tenantId, reason: message.error.reason, message: message.error.message });
+      }
+      pending.reject(TenantdError.fromWire(message.error));
+    }
   }
 
   private onExit(worker: Worker, code: number): void {
@@ -251,7 +336,7 @@ export class ShardHandle implements ObservedShard {
     // Calls not yet posted are in `pending` too and fail with the rest.
     this.outbox = [];
     for (const [id, pending] of this.pending) {
-      this.pending.delete(id);
+      this.settle(id);
       const error = new TenantdError(Status.UNAVAILABLE, 'SHARD_RESTARTING', 'the shard serving this tenant restarted; retry the call', {
         metadata: { shard: String(this.index) },
       });

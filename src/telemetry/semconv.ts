@@ -26,6 +26,10 @@ export const METRIC_RPC_CALLS = 'tenantd.rpc.calls';
 export const METRIC_RPC_IN_FLIGHT = 'tenantd.rpc.in_flight';
 /** Counter: calls refused before they reached a shard, by quota. */
 export const METRIC_QUOTA_REFUSALS = 'tenantd.quota.refusals';
+/** Counter: calls that failed because of the host or a damaged file (disk full, I/O, corruption, memory), by reason. */
+export const METRIC_STORAGE_FAULTS = 'tenantd.storage.faults';
+/** Attribute: the ErrorInfo reason of a storage fault, e.g. DISK_FULL or SQLITE_IOERR_WRITE. */
+export const ATTR_FAULT_REASON = 'tenantd.fault.reason';
 /** Gauge: calls posted to a shard and not yet answered. */
 export const METRIC_SHARD_QUEUE_DEPTH = 'tenantd.shard.queue_depth';
 /** Counter, ms: time a shard's thread spent running (its event loop's active time). */

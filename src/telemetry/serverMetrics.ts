@@ -29,6 +29,8 @@ import {
   METRIC_SHARD_OPEN_DATABASES,
   METRIC_SHARD_QUEUE_DEPTH,
   METRIC_STORAGE_BYTES,
+  METRIC_STORAGE_FAULTS,
+  ATTR_FAULT_REASON,
 } from './semconv.ts';
 
 /** What the observable instruments read from a shard, on each collection only. */
@@ -70,6 +72,8 @@ export class ServerMetrics {
   private readonly methods: MethodAttributes[] = [];
   private readonly refusals: Counter;
   private readonly refusalAttributes = new Map<string, Attributes>();
+  private readonly faults: Counter;
+  private readonly faultAttributes = new Map<string, Attributes>();
   private readonly observables: Observable[];
   private readonly observe: BatchObservableCallback;
   private readonly meter: Meter;
@@ -88,6 +92,10 @@ export class ServerMetrics {
     this.calls = meter.createCounter(METRIC_RPC_CALLS, { description: 'RPCs ended, by status code', unit: '{call}' });
     const inFlight = meter.createObservableUpDownCounter(METRIC_RPC_IN_FLIGHT, { description: 'RPCs started and not yet ended', unit: '{call}' });
     this.refusals = meter.createCounter(METRIC_QUOTA_REFUSALS, { description: 'Calls refused by a tenant quota', unit: '{call}' });
+    this.faults = meter.createCounter(METRIC_STORAGE_FAULTS, {
+      description: 'Calls failed by the host or a damaged file (disk full, I/O, corruption, memory), by reason',
+      unit: '{call}',
+    });
     const queueDepth = meter.createObservableGauge(METRIC_SHARD_QUEUE_DEPTH, {
       description: 'Calls posted to the shard and not yet answered',
       unit: '{call}',
@@ -155,6 +163,12 @@ export class ServerMetrics {
     let attributes = this.refusalAttributes.get(quota);
     if (!attributes) this.refusalAttributes.set(quota, (attributes = { [ATTR_QUOTA]: quota }));
     this.refusals.add(1, attributes);
+  }
+
+  storageFault(reason: string): void {
+    let attributes = this.faultAttributes.get(reason);
+    if (!attributes) this.faultAttributes.set(reason, (attributes = { [ATTR_FAULT_REASON]: reason }));
+    this.faults.add(1, attributes);
   }
 
   /** Stops the observable callbacks reading this server (another may start in the same process). */

@@ -51,6 +51,8 @@ export function emptyOverrides(): QuotaOverrides {
     queryTimeoutMs: 0,
     eventRetentionHours: 0,
     shardMsPerSecond: 0,
+    transactionTimeoutMs: 0,
+    concurrentTransactions: 0,
   };
 }
 
@@ -77,6 +79,9 @@ function newRecord(tenantId: string, fields: TenantFields, schemaVersion: number
 export class TenantManager {
   /** Ids being created right now, so two concurrent creates cannot both win. */
   private readonly creating = new Set<string>();
+
+  /** A deleted tenant's files could not be removed now (they go at the next start). */
+  onOrphan: ((tenantId: string, error: unknown) => void) | null = null;
 
   constructor(
     private readonly catalog: Catalog,
@@ -334,14 +339,16 @@ export class TenantManager {
     this.auth.evictTenant(tenantId);
     this.hub?.endAll('deleted', tenantId);
     await this.registry.waitIdle(live, DELETE_WAIT_MS);
+    // The catalog row goes first: a crash after it leaves files that the next
+    // start removes (restoreFiles.ts trashOrphans), never a tenant without them.
+    this.catalog.deleteTenant(tenantId);
+    this.registry.remove(tenantId);
     try {
       await this.router.forTenant(tenantId).call({ op: 'drop', tenantId });
     } catch (error) {
-      live.deleting = false;
-      throw error;
+      // The tenant is gone either way; its files go at the next start, or when its id is created again.
+      this.onOrphan?.(tenantId, error);
     }
-    this.catalog.deleteTenant(tenantId);
-    this.registry.remove(tenantId);
   }
 
   createKey(tenantId: string, role: KeyRole, displayName: string): { key: KeyRecord; secret: string } {

@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fsyncDir, renameDurably } from '../durableFs.ts';
 
 const TRASH = 'trash';
 
@@ -62,12 +63,33 @@ export function recoverInterruptedRestores(dataDir: string): string[] {
     const dir = join(dataDir, 'tenants', tenantId);
     if (existsSync(join(dir, 'db.sqlite'))) {
       rmSync(aside, { recursive: true, force: true });
+      fsyncDir(asideRoot);
     } else {
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(join(dataDir, 'tenants'), { recursive: true });
-      renameSync(aside, dir);
+      renameDurably(aside, dir);
     }
     repaired.push(dir);
   }
   return repaired;
+}
+
+/**
+ * Moves to the trash the tenant directories the catalog does not list: a
+ * create or restore that a crash cut short before its catalog row was
+ * written, or a delete cut short after the row went (DeleteTenant removes
+ * the row first, so a crash never leaves a listed tenant without its files).
+ * Runs at start, before any shard opens a tenant, after
+ * recoverInterruptedRestores. Returns the tenant ids it set aside.
+ */
+export function trashOrphans(dataDir: string, listed: (tenantId: string) => boolean): string[] {
+  const tenantsRoot = join(dataDir, 'tenants');
+  if (!existsSync(tenantsRoot)) return [];
+  const orphans = readdirSync(tenantsRoot).filter((tenantId) => !listed(tenantId));
+  if (orphans.length === 0) return orphans;
+  mkdirSync(trashDir(dataDir), { recursive: true });
+  for (const tenantId of orphans) renameSync(join(tenantsRoot, tenantId), join(trashDir(dataDir), `${tenantId}-${randomUUID()}`));
+  fsyncDir(tenantsRoot);
+  fsyncDir(trashDir(dataDir));
+  return orphans;
 }

@@ -145,6 +145,12 @@ export class TestClient {
     return (this.client(service) as any)[method](request, this.metadata(options)) as grpc.ClientReadableStream<T>;
   }
 
+  /** A bidirectional stream: the grpc-js call itself. */
+  openDuplex<Req = any, Res = any>(service: string, method: string, options: CallOptions = {}): grpc.ClientDuplexStream<Req, Res> {
+    const opts: grpc.CallOptions = options.deadlineMs ? { deadline: Date.now() + options.deadlineMs } : {};
+    return (this.client(service) as any)[method](this.metadata(options), opts) as grpc.ClientDuplexStream<Req, Res>;
+  }
+
   /** A client stream: writes `messages` in order, ends, and resolves with the response. */
   clientStream<T = any>(service: string, method: string, messages: unknown[], options: CallOptions = {}): Promise<T> {
     return new Promise((resolve, reject) => {
@@ -185,8 +191,19 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
+/** The data directories this test file made: removed after it (cleanup.ts), whatever its tests did. */
+const madeDirs = new Set<string>();
+
 export function freshDataDir(): string {
-  return mkdtempSync(join(tmpdir(), 'tenantd-test-'));
+  const dir = mkdtempSync(join(tmpdir(), 'tenantd-test-'));
+  madeDirs.add(dir);
+  return dir;
+}
+
+/** Removes every data directory freshDataDir made in this file. */
+export function removeDataDirs(): void {
+  for (const dir of madeDirs) rmSync(dir, { recursive: true, force: true });
+  madeDirs.clear();
 }
 
 export interface TestServerOptions {
