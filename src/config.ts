@@ -5,6 +5,7 @@
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { readTlsMaterial } from './tls/certificates.ts';
 
 export type SyncMode = 'full' | 'normal';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -113,6 +114,13 @@ export interface Config {
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
   metricsPerTenant: boolean;
+  /** PEM certificate chain and key: gRPC over TLS; null: plaintext. Reloaded on change and SIGHUP (tls/certificates.ts). */
+  tlsCert: string | null;
+  tlsKey: string | null;
+  /** PEM CA: mutual TLS, clients must present a certificate it signed. Needs tlsCert. */
+  tlsClientCa: string | null;
+  /** Serve /metrics, /healthz and /readyz over HTTPS with the same certificate. */
+  metricsTls: boolean;
   /** Longest wait for a transaction's next request before it is rolled back (docs/transactions.md). */
   transactionIdleMs: number;
   /** How long a request_id's response is kept for retries. */
@@ -181,6 +189,10 @@ export function defaultConfig(): Config {
     shardQueueLimits: { ...DEFAULT_SHARD_QUEUE_LIMITS },
     telemetry: true,
     metricsPerTenant: false,
+    tlsCert: null,
+    tlsKey: null,
+    tlsClientCa: null,
+    metricsTls: false,
     transactionIdleMs: 5_000,
     idempotencyWindowHours: 24,
   };
@@ -317,6 +329,15 @@ const OPTIONS: ScalarOption[] = [
     yaml: 'metrics_per_tenant',
     apply: (c, r, w) => (c.metricsPerTenant = asSwitch(r, w)),
   },
+  { flag: 'tls-cert', env: 'TENANTD_TLS_CERT', yaml: 'tls_cert', apply: (c, r, w) => (c.tlsCert = asPemFile(r, w, 'CERTIFICATE')) },
+  { flag: 'tls-key', env: 'TENANTD_TLS_KEY', yaml: 'tls_key', apply: (c, r, w) => (c.tlsKey = asPemFile(r, w, 'PRIVATE KEY')) },
+  {
+    flag: 'tls-client-ca',
+    env: 'TENANTD_TLS_CLIENT_CA',
+    yaml: 'tls_client_ca',
+    apply: (c, r, w) => (c.tlsClientCa = asPemFile(r, w, 'CERTIFICATE')),
+  },
+  { flag: 'metrics-tls', env: 'TENANTD_METRICS_TLS', yaml: 'metrics_tls', apply: (c, r, w) => (c.metricsTls = asSwitch(r, w)) },
   {
     flag: 'transaction-idle-ms',
     env: 'TENANTD_TRANSACTION_IDLE_MS',
@@ -330,6 +351,44 @@ const OPTIONS: ScalarOption[] = [
     apply: (c, r, w) => (c.idempotencyWindowHours = asInteger(r, w, 1, 24 * 365)),
   },
 ];
+
+/**
+ * A readable PEM file holding a `-----BEGIN ...${label}-----` block (any
+ * key type for PRIVATE KEY). Whether the key matches the certificate is
+ * checked once all options are in (checkTls).
+ */
+function asPemFile(raw: unknown, where: string, label: 'CERTIFICATE' | 'PRIVATE KEY'): string {
+  const path = asString(raw, where);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`${where} ${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+  }
+  if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(text)) {
+    throw new ConfigError(`${where} ${path}: expected a PEM file with a ${label} block`);
+  }
+  return path;
+}
+
+function checkTls(config: Config): void {
+  if ((config.tlsCert === null) !== (config.tlsKey === null)) {
+    throw new ConfigError('--tls-cert and --tls-key (TENANTD_TLS_CERT/TENANTD_TLS_KEY, tls_cert/tls_key) go together: give both or neither');
+  }
+  if (config.tlsClientCa !== null && config.tlsCert === null) {
+    throw new ConfigError('--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key: the server must speak TLS first');
+  }
+  if (config.metricsTls && config.tlsCert === null) {
+    throw new ConfigError('--metrics-tls on needs --tls-cert and --tls-key');
+  }
+  if (config.tlsCert !== null && config.tlsKey !== null) {
+    try {
+      readTlsMaterial({ cert: config.tlsCert, key: config.tlsKey, clientCa: config.tlsClientCa });
+    } catch (error) {
+      throw new ConfigError((error as Error).message);
+    }
+  }
+}
 
 export const CONFIG_FLAGS = ['config', ...OPTIONS.map((o) => o.flag)];
 
@@ -415,6 +474,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
     const value = flags.get(option.flag);
     if (value !== undefined) option.apply(config, value, where('flag', option.flag));
   }
+  checkTls(config);
   if (!config.plans[config.defaultPlan]) {
     throw new ConfigError(
       `default plan ${JSON.stringify(config.defaultPlan)} is not among the plans: ${Object.keys(config.plans).join(', ')}`,

@@ -10,10 +10,12 @@ import { DataDirLockedError } from './dataDirLock.ts';
 import { installTelemetry } from './telemetry/sdk.ts';
 import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
 
-const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
+const USAGE = `usage: tenantd admin-key rotate [--data-dir ./data]   (server stopped; see README "Keys and secrets")
+       tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
                      [--max-open-dbs N] [--metrics-listen 127.0.0.1:9464|off] [--config tenantd.yaml]
                      [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]
-                     [--telemetry on|off] [--metrics-per-tenant on|off]`;
+                     [--telemetry on|off] [--metrics-per-tenant on|off]
+                     [--tls-cert server.crt --tls-key server.key [--tls-client-ca ca.crt]] [--metrics-tls on|off]`;
 
 /** What shutdown may take past the drain timeout: closing shards and catalog, flushing telemetry. */
 const SHUTDOWN_GRACE_MS = 600;
@@ -36,6 +38,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n${CLI_USAGE}\n`);
     return command === undefined ? 2 : 0;
   }
+  if (command === 'admin-key') return (await import('./adminKeyCommand.ts')).adminKeyCommand(rest);
   if (CLI_COMMANDS.has(command)) return cli(command, rest);
   if (command !== 'serve') {
     process.stderr.write(`unknown command ${JSON.stringify(command)}\n${USAGE}\n`);
@@ -51,6 +54,9 @@ async function main(argv: string[]): Promise<number> {
     }
     throw error;
   }
+  // Tenant data, the catalog and keys are nobody else's: directories 0700, files 0600,
+  // including the -wal and -shm files SQLite creates in the shard workers.
+  process.umask(0o077);
   const logger = createLogger(config.logLevel);
   // Before the server starts: its instruments come from the meter provider installed here.
   const telemetry = installTelemetry(config, logger);
@@ -64,11 +70,18 @@ async function main(argv: string[]): Promise<number> {
     return error instanceof ConfigError || error instanceof DataDirLockedError ? 2 : 1;
   }
   if (server.adminKey.created) {
+    // Only a person at a terminal sees stdout; piped, it lands in log collectors and container logs.
     process.stdout.write(
-      `\nAdmin key (shown once, also saved to ${server.adminKey.path}):\n\n  ${server.adminKey.key}\n\n`,
+      process.stdout.isTTY
+        ? `\nAdmin key (shown once, also saved to ${server.adminKey.path}):\n\n  ${server.adminKey.key}\n\n`
+        : `Admin key created and saved to ${server.adminKey.path} (mode 0600); not printed because stdout is not a terminal\n`,
     );
   }
   process.stdout.write(`tenantd listening on port ${server.port}\n`);
+  // SIGHUP re-reads the TLS files (they are also polled); without TLS it changes nothing.
+  process.on('SIGHUP', () => {
+    if (!server.reloadCertificates()) logger.warn('SIGHUP: no TLS certificate reloaded (TLS off, or the files are invalid)');
+  });
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);

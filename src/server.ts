@@ -2,17 +2,17 @@
  * tenantd serve: the catalog, the shard workers and the gRPC front end,
  * started in that order and stopped in the reverse one.
  */
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
 import * as grpc from '@grpc/grpc-js';
-import { ReflectionService } from '@grpc/reflection';
 import type { Config } from './config.ts';
 import { setUnexpectedErrorLogger } from './errors.ts';
 import { lockDataDir } from './dataDirLock.ts';
 import { CallCanceller } from '../workers/guard.ts';
 import { createLogger, type Logger } from './log.ts';
-import { packageDefinition } from './protos.ts';
+import { descriptorSetBytes, fileDescriptors, packageDefinition } from './protos.ts';
+import { DescriptorIndex, REFLECTION_SERVICES, reflectionService, splitDescriptorSet } from './grpc/reflectionService.ts';
 import { Catalog } from './catalog/catalog.ts';
 import { Authenticator } from './auth/authenticator.ts';
 import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
@@ -45,6 +45,7 @@ import { Migrator } from './schema/migrator.ts';
 import { startHttpHealth, type MetricsHandler } from './httpHealth.ts';
 import { RpcObserver } from './grpc/rpcObserver.ts';
 import { ServerMetrics } from './telemetry/serverMetrics.ts';
+import { grpcServerCredentials, ReloadingCertificates } from './tls/certificates.ts';
 
 const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService', 'tenantd.v1.EventService'];
 
@@ -60,6 +61,8 @@ export interface StartedServer {
   router: ShardRouter;
   registry: TenantRegistry;
   health: HealthState;
+  /** Re-reads the TLS files (SIGHUP); false if they were bad (the old ones stay) or TLS is off. */
+  reloadCertificates(): boolean;
   shutdown(): Promise<void>;
   /**
    * Interrupts every statement running in the process (an exit that cannot
@@ -83,9 +86,17 @@ export async function startServer(
   options: ServerOptions = {},
 ): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
-  mkdirSync(join(dataDir, 'tenants'), { recursive: true });
+  mkdirSync(join(dataDir, 'tenants'), { recursive: true, mode: 0o700 });
   // Before anything reads or repairs the directory: a second server exits here (main.ts: code 2).
   const dirLock = lockDataDir(dataDir);
+  // A data dir made by an older version (0755) is tightened; one we do not own is left as it is.
+  for (const dir of [dataDir, join(dataDir, 'tenants')]) {
+    try {
+      if ((statSync(dir).mode & 0o077) !== 0) chmodSync(dir, 0o700);
+    } catch (error) {
+      logger.warn('could not make the data directory private (mode 0700)', { dir, error: String(error) });
+    }
+  }
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
@@ -97,6 +108,15 @@ export async function startServer(
     catalog.close();
     dirLock.release();
     throw error;
+  }
+  if (adminKey.revoked.length > 0) {
+    logger.warn('admin keys revoked: this start was given another admin key, and only one may be valid', {
+      audit: true,
+      action: 'RevokeAdminKeys',
+      principal: adminKey.keyId,
+      revoked: adminKey.revoked,
+      result: 'OK',
+    });
   }
   // Pages made before the shards exist reach them through quotaPages() at spawn.
   let shardsForPages: ShardHandle[] = [];
@@ -169,13 +189,16 @@ export async function startServer(
   const metrics = config.telemetry
     ? new ServerMetrics({ shards, storageBytes: () => table.totalStorageBytes() }, config.metricsPerTenant)
     : null;
-  const observer = new RpcObserver(metrics, logger);
+  const observer = new RpcObserver(metrics, logger, (metadata) => auth.keyIdOf(metadata));
   const health = new HealthState(SERVICES);
   const access = new Access(auth, registry);
   const definition = packageDefinition();
   const loaded = grpc.loadPackageDefinition(definition) as unknown as {
     tenantd: { v1: Record<string, { service: grpc.ServiceDefinition }> };
-    grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } };
+    grpc: {
+      health: { v1: { Health: { service: grpc.ServiceDefinition } } };
+      reflection: Record<string, { ServerReflection: { service: grpc.ServiceDefinition } }>;
+    };
   };
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
@@ -205,10 +228,16 @@ export async function startServer(
     schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
   );
   server.addService(loaded.grpc.health.v1.Health.service, health.handlers(observer.service('grpc.health.v1.Health')));
-  new ReflectionService(definition).addToServer(server);
+  const descriptorIndex = new DescriptorIndex(splitDescriptorSet(descriptorSetBytes()), fileDescriptors());
+  const reflection = reflectionService(descriptorIndex, [...SERVICES, 'grpc.health.v1.Health', ...REFLECTION_SERVICES]);
+  for (const version of ['v1', 'v1alpha']) server.addService(loaded.grpc.reflection[version]!.ServerReflection.service, reflection);
 
+  // Checked at config time too; read again here because the files may have changed since.
+  const certs = config.tlsCert && config.tlsKey
+    ? new ReloadingCertificates({ cert: config.tlsCert, key: config.tlsKey, clientCa: config.tlsClientCa }, logger)
+    : null;
   const port = await new Promise<number>((resolvePort, reject) => {
-    server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
+    server.bindAsync(config.listen, certs ? grpcServerCredentials(certs) : grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
       error ? reject(new Error(`cannot listen on ${config.listen}: ${error.message}`)) : resolvePort(boundPort),
     );
   });
@@ -216,7 +245,12 @@ export async function startServer(
   let http: HttpServer | null = null;
   let httpPort: number | null = null;
   if (config.metricsListen) {
-    const started = await startHttpHealth(config.metricsListen, health, config.telemetry ? options.metricsHandler ?? null : null);
+    const started = await startHttpHealth(
+      config.metricsListen,
+      health,
+      config.telemetry ? options.metricsHandler ?? null : null,
+      config.metricsTls ? certs : null,
+    );
     http = started.server;
     httpPort = started.port;
   }
@@ -230,6 +264,7 @@ export async function startServer(
     sync: config.sync,
     tenants: registry.size,
     httpPort,
+    tls: certs ? (certs.mutual ? 'mutual' : 'server') : 'off',
   });
 
   const interruptAll = (): void => {
@@ -272,11 +307,13 @@ export async function startServer(
       metrics?.close();
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));
+      certs?.close();
       dirLock.release();
       logger.info('stopped');
     })();
     return stopping;
   };
 
-  return { port, httpPort, adminKey, router, registry, health, shutdown, interruptAll };
+  const reloadCertificates = (): boolean => certs?.reload('SIGHUP') ?? false;
+  return { port, httpPort, adminKey, router, registry, health, reloadCertificates, shutdown, interruptAll };
 }

@@ -25,7 +25,7 @@ export function unary<Req, Res>(
 ) {
   const observe = service.method(method);
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const rpc = observe.start(call.metadata, () => call.getPeer(), call.request);
     const open = service.observer.calls.track(call);
     rpc.signal = open.signal;
     let result: Promise<Res> | Res;
@@ -58,7 +58,7 @@ export function serverStream<Req, Res>(
 ) {
   const observe = service.method(method);
   return (call: ServerWritableStream<Req, Res>): void => {
-    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const rpc = observe.start(call.metadata, () => call.getPeer(), call.request);
     const trailer = new Metadata();
     // Ended once: by the handler, or by the drain (UNAVAILABLE) while the handler still runs.
     let ended = false;
