@@ -186,7 +186,8 @@ export async function startServer(
     http = started.server;
     httpPort = started.port;
   }
-  // Tenants left behind by a restart in the middle of a pass catch up in the background.
+  // Tenants left behind by a restart in the middle of a pass catch up in the background
+  // (safe to leave: a pass never rejects, it logs its failure; shutdown awaits it).
   void migrator.startPass();
   logger.info('tenantd serving', {
     listen: config.listen,

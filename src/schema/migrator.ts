@@ -70,7 +70,8 @@ export class Migrator {
     this.validate(migrationId, sql);
     const record = this.catalog.appendMigration(migrationId, sql, Date.now());
     this.steps = toSteps(this.catalog.migrations());
-    this.startPass();
+    // Safe to leave: a pass catches and logs its own failure, and stopped() awaits it at shutdown.
+    void this.startPass();
     return record;
   }
 
