@@ -7,6 +7,7 @@ import { ConfigError, loadConfig } from './config.ts';
 import { createLogger } from './log.ts';
 import { startServer } from './server.ts';
 import { installTelemetry } from './telemetry/sdk.ts';
+import { installProcessGuard } from './processGuard.ts';
 import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
 
 const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
@@ -36,6 +37,7 @@ async function main(argv: string[]): Promise<number> {
     throw error;
   }
   const logger = createLogger(config.logLevel);
+  installProcessGuard(logger);
   // Before the server starts: its instruments come from the meter provider installed here.
   const telemetry = installTelemetry(config, logger);
   let server;
