@@ -32,6 +32,8 @@ import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
+import { readVarintsWhole } from './grpc/varints.ts';
+import { addServicesMalformedSafe, malformedRequestInterceptor, translateTransportStatuses } from './grpc/malformed.ts';
 import { sqlService } from './grpc/sqlService.ts';
 import { tenantService } from './grpc/tenantService.ts';
 import { schemaService } from './grpc/schemaService.ts';
@@ -149,10 +151,15 @@ export async function startServer(
     tenantd: { v1: Record<string, { service: grpc.ServiceDefinition }> };
     grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } };
   };
+  translateTransportStatuses();
+  readVarintsWhole();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    interceptors: [malformedRequestInterceptor],
   });
+  // Every service added from here on, reflection's too, decodes requests without throwing.
+  addServicesMalformedSafe(server);
   const admitter = new Admitter(table);
   const tenantObserver = observer.service('tenantd.v1.TenantService');
   server.addService(loaded.tenantd.v1.TenantService!.service, {
