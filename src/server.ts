@@ -33,6 +33,7 @@ import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
 import { readVarintsWhole } from './grpc/varints.ts';
+import { watchUnreadableMetadata } from './grpc/unreadableMetadata.ts';
 import { addServicesMalformedSafe, malformedRequestInterceptor, translateTransportStatuses } from './grpc/malformed.ts';
 import { sqlService } from './grpc/sqlService.ts';
 import { tenantService } from './grpc/tenantService.ts';
@@ -153,6 +154,7 @@ export async function startServer(
   };
   translateTransportStatuses();
   readVarintsWhole();
+  watchUnreadableMetadata();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
