@@ -34,6 +34,8 @@ import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
 import { readVarintsWhole } from './grpc/varints.ts';
 import { watchUnreadableMetadata } from './grpc/unreadableMetadata.ts';
+import { limitHeaderList, transportOptions } from './grpc/transportOptions.ts';
+import { requestDeadlineInterceptor, resetUnfinishedRequests } from './grpc/requestDeadline.ts';
 import { addServicesMalformedSafe, malformedRequestInterceptor, translateTransportStatuses } from './grpc/malformed.ts';
 import { sqlService } from './grpc/sqlService.ts';
 import { tenantService } from './grpc/tenantService.ts';
@@ -44,9 +46,6 @@ import { RpcObserver } from './grpc/rpcObserver.ts';
 import { ServerMetrics } from './telemetry/serverMetrics.ts';
 
 const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService', 'tenantd.v1.EventService'];
-
-/** Messages up to 16 MiB in: large Batch calls and blobs; SQLite's own limit is 16 MiB per value. */
-const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 
 export interface StartedServer {
   /** The port gRPC listens on (useful with `--listen 127.0.0.1:0`). */
@@ -155,11 +154,13 @@ export async function startServer(
   translateTransportStatuses();
   readVarintsWhole();
   watchUnreadableMetadata();
+  resetUnfinishedRequests();
+  // Transport limits and their reasons: grpc/transportOptions.ts and README "Transport limits".
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
-    interceptors: [malformedRequestInterceptor],
+    ...transportOptions(),
+    interceptors: [requestDeadlineInterceptor(config.requestReadTimeoutMs), malformedRequestInterceptor],
   });
+  limitHeaderList(server);
   // Every service added from here on, reflection's too, decodes requests without throwing.
   addServicesMalformedSafe(server);
   const admitter = new Admitter(table);
