@@ -30,14 +30,35 @@ export function watchUnreadableMetadata(): void {
   installed = true;
   const fromHttp2Headers = Metadata.fromHttp2Headers.bind(Metadata);
   Metadata.fromHttp2Headers = (headers: IncomingHttpHeaders): Metadata => {
-    const metadata = fromHttp2Headers(headers);
-    const names: string[] = [];
-    for (const name of WATCHED) {
-      const raw = headers[name];
-      const sent = raw === undefined ? 0 : Array.isArray(raw) ? raw.length : 1;
-      if (sent > metadata.get(name).length) names.push(name);
-    }
+    const { readable, dropped } = withoutUnreadable(headers);
+    const metadata = fromHttp2Headers(readable);
+    const names = WATCHED.filter((name) => dropped.has(name));
     if (names.length > 0) lost.set(metadata, names);
     return metadata;
   };
+}
+
+/** grpc-js's own test for a text value (metadata.js): printable ASCII only. */
+const LEGAL_TEXT_VALUE = /^[ -~]*$/;
+
+/**
+ * The headers without the text values grpc-js would drop. Dropping them here
+ * first also keeps grpc-js from logging each one at ERROR level with its
+ * value, which for `authorization` is the caller's key: a secret in the log,
+ * and a way for anyone to flood it.
+ */
+function withoutUnreadable(headers: IncomingHttpHeaders): { readable: IncomingHttpHeaders; dropped: Set<string> } {
+  const dropped = new Set<string>();
+  let readable = headers;
+  for (const [name, value] of Object.entries(headers)) {
+    if (name.startsWith(':') || name.endsWith('-bin') || value === undefined) continue;
+    const values = Array.isArray(value) ? value : [value];
+    const kept = values.filter((v) => LEGAL_TEXT_VALUE.test(v));
+    if (kept.length === values.length) continue;
+    dropped.add(name);
+    if (readable === headers) readable = { ...headers };
+    if (kept.length === 0) delete readable[name];
+    else readable[name] = Array.isArray(value) ? kept : kept[0];
+  }
+  return { readable, dropped };
 }
