@@ -21,7 +21,8 @@ beforeAll(async () => {
   // Room for a whole 256 MiB result to wait, so RESULT_TOO_LARGE comes before CLIENT_TOO_SLOW.
   t = await startTestServer({ shards: 1, queryUnreadLimits: { perTenant: 512 * 1024 * 1024, total: 1024 * 1024 * 1024 } });
   const open = { requests_per_second: '-1', shard_ms_per_second: '-1', write_bytes_per_second: '-1' };
-  key = await t.createTenant('reader', { quotas: open });
+  // A minute per statement: on a loaded host 256 MiB of result can take longer than the default 5 s.
+  key = await t.createTenant('reader', { quotas: { ...open, query_timeout_ms: '60000' } });
   slowKey = await t.createTenant('timeout', { quotas: { ...open, query_timeout_ms: '400' } });
 });
 afterAll(async () => {
