@@ -70,6 +70,8 @@ export interface Config {
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
   drainTimeoutMs: number;
+  /** A migration's time limit, per tenant and step, and for its validation (guard deadline). */
+  migrationTimeoutMs: number;
   /** Let queued writes of one tenant share a commit (each in its own savepoint). */
   groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
@@ -133,6 +135,7 @@ export function defaultConfig(): Config {
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
+    migrationTimeoutMs: 60_000,
     groupCommit: true,
     faultInjection: false,
     eventSweepMs: 60_000,
@@ -250,6 +253,12 @@ const OPTIONS: ScalarOption[] = [
     env: 'TENANTD_DRAIN_TIMEOUT_MS',
     yaml: 'drain_timeout_ms',
     apply: (c, r, w) => (c.drainTimeoutMs = asInteger(r, w, 0, 600_000)),
+  },
+  {
+    flag: 'migration-timeout-ms',
+    env: 'TENANTD_MIGRATION_TIMEOUT_MS',
+    yaml: 'migration_timeout_ms',
+    apply: (c, r, w) => (c.migrationTimeoutMs = asInteger(r, w, 1, 3_600_000)),
   },
   {
     flag: 'telemetry',
