@@ -110,6 +110,8 @@ export interface Config {
   queryUnreadLimits: UnreadLimits;
   /** Tenant calls queued for the shards, per shard and in all (routing/shardQueueBudget.ts). Not settable from flags, env or file. */
   shardQueueLimits: ShardQueueLimits;
+  /** How long a call's request may take to arrive in full (grpc/requestDeadline.ts). Not settable from flags, env or file. */
+  requestReadTimeoutMs: number;
   /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
@@ -187,6 +189,8 @@ export function defaultConfig(): Config {
     eventSweepMs: 60_000,
     queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
     shardQueueLimits: { ...DEFAULT_SHARD_QUEUE_LIMITS },
+    // A 16 MiB request at 1 MB/s takes 16 s; a body that stops for longer is an attack or a dead client.
+    requestReadTimeoutMs: 30_000,
     telemetry: true,
     metricsPerTenant: false,
     tlsCert: null,

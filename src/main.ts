@@ -8,6 +8,7 @@ import { createLogger } from './log.ts';
 import { startServer } from './server.ts';
 import { DataDirLockedError } from './dataDirLock.ts';
 import { installTelemetry } from './telemetry/sdk.ts';
+import { installProcessGuard } from './processGuard.ts';
 import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
 
 const USAGE = `usage: tenantd admin-key rotate [--data-dir ./data]   (server stopped; see README "Keys and secrets")
@@ -58,6 +59,7 @@ async function main(argv: string[]): Promise<number> {
   // including the -wal and -shm files SQLite creates in the shard workers.
   process.umask(0o077);
   const logger = createLogger(config.logLevel);
+  installProcessGuard(logger);
   // Before the server starts: its instruments come from the meter provider installed here.
   const telemetry = installTelemetry(config, logger);
   let server;

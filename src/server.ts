@@ -37,6 +37,11 @@ import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
+import { readVarintsWhole } from './grpc/varints.ts';
+import { watchUnreadableMetadata } from './grpc/unreadableMetadata.ts';
+import { limitHeaderList, transportOptions } from './grpc/transportOptions.ts';
+import { requestDeadlineInterceptor, resetUnfinishedRequests } from './grpc/requestDeadline.ts';
+import { addServicesMalformedSafe, malformedRequestInterceptor, translateTransportStatuses } from './grpc/malformed.ts';
 import { sqlService } from './grpc/sqlService.ts';
 import { OpenTransactions } from './grpc/transaction.ts';
 import { tenantService } from './grpc/tenantService.ts';
@@ -48,9 +53,6 @@ import { ServerMetrics } from './telemetry/serverMetrics.ts';
 import { grpcServerCredentials, ReloadingCertificates } from './tls/certificates.ts';
 
 const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService', 'tenantd.v1.EventService'];
-
-/** Messages up to 16 MiB in: large Batch calls and blobs; SQLite's own limit is 16 MiB per value. */
-const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 
 export interface StartedServer {
   /** The port gRPC listens on (useful with `--listen 127.0.0.1:0`). */
@@ -200,12 +202,20 @@ export async function startServer(
       reflection: Record<string, { ServerReflection: { service: grpc.ServiceDefinition } }>;
     };
   };
+  translateTransportStatuses();
+  readVarintsWhole();
+  watchUnreadableMetadata();
+  resetUnfinishedRequests();
+  // Transport limits and their reasons: grpc/transportOptions.ts and README "Transport limits".
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    ...transportOptions(),
     // channelz (grpc-js's introspection service, which tenantd does not serve) counts every call: ~2.5 % of the main thread (bench:sql --profile).
     'grpc.enable_channelz': 0,
+    interceptors: [requestDeadlineInterceptor(config.requestReadTimeoutMs), malformedRequestInterceptor],
   });
+  limitHeaderList(server);
+  // Every service added from here on, reflection's too, decodes requests without throwing.
+  addServicesMalformedSafe(server);
   const admitter = new Admitter(table);
   const tenantObserver = observer.service('tenantd.v1.TenantService');
   server.addService(loaded.tenantd.v1.TenantService!.service, {
@@ -254,7 +264,8 @@ export async function startServer(
     http = started.server;
     httpPort = started.port;
   }
-  // Tenants left behind by a restart in the middle of a pass catch up in the background.
+  // Tenants left behind by a restart in the middle of a pass catch up in the background
+  // (safe to leave: a pass never rejects, it logs its failure; shutdown awaits it).
   void migrator.startPass();
   logger.info('tenantd serving', {
     listen: config.listen,

@@ -51,7 +51,7 @@ describe('malformed requests', () => {
     await healthy();
   });
 
-  it('answer a request that is not valid protobuf with INTERNAL or INVALID_ARGUMENT, not a crash', async () => {
+  it('answer a request that is not valid protobuf with INVALID_ARGUMENT, not INTERNAL or a crash', async () => {
     const client = new grpc.Client(t.client.address, grpc.credentials.createInsecure());
     const md = t.client.metadata({ key });
     const raw = (bytes: Buffer) =>
@@ -67,7 +67,7 @@ describe('malformed requests', () => {
       });
     const error = await raw(Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]));
     expect(error).not.toBeNull();
-    expect([status.INTERNAL, status.INVALID_ARGUMENT]).toContain(error!.code);
+    expect(error!.code).toBe(status.INVALID_ARGUMENT);
     client.close();
     await healthy();
   });

@@ -11,6 +11,7 @@ import type { MetricsHandler } from '../../src/httpHealth.ts';
 import { createLogger, type Logger } from '../../src/log.ts';
 import { packageDefinition, rpcTypes } from '../../src/protos.ts';
 import { startServer, type StartedServer } from '../../src/server.ts';
+import { internalErrorCount } from '../../src/telemetry/internalErrors.ts';
 
 type Callback = (error: grpc.ServiceError | null, response: any) => void;
 type AnyClient = grpc.Client & Record<string, (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: Callback) => grpc.ClientUnaryCall>;
@@ -227,6 +228,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, options: 
     ...overrides,
     dataDir,
   };
+  const internalErrorsBefore = internalErrorCount();
   const server = await startServer(config, options.logger ?? createLogger(config.logLevel), { metricsHandler: options.metricsHandler ?? null });
   const client = new TestClient(`127.0.0.1:${server.port}`);
   const adminKey = server.adminKey.key;
@@ -247,6 +249,9 @@ export async function startTestServer(overrides: Partial<Config> = {}, options: 
       client.close();
       await server.shutdown();
       if (!options.keepDataDir) rmSync(dataDir, { recursive: true, force: true });
+      // Every unexpected error is a bug, even one the client never saw (tenantd_internal_errors_total).
+      const internalErrors = internalErrorCount() - internalErrorsBefore;
+      if (internalErrors !== 0) throw new Error(`the server counted ${internalErrors} internal error(s) (tenantd_internal_errors_total); its log says where`);
     },
   };
 }
