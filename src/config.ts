@@ -263,6 +263,39 @@ const OPTIONS: ScalarOption[] = [
 
 export const CONFIG_FLAGS = ['config', ...OPTIONS.map((o) => o.flag)];
 
+/**
+ * What `serve --help` says about each flag: the value it takes and what it
+ * does. The listing itself comes from OPTIONS, so a flag is never missing
+ * from it; one without a line here is listed with its variable alone.
+ */
+const OPTION_HELP: Record<string, [value: string, help: string]> = {
+  config: ['FILE', 'a YAML file with these options (snake_case keys) and `plans`'],
+  listen: ['HOST:PORT', 'the gRPC address (default 127.0.0.1:7070; port 0 picks one)'],
+  'data-dir': ['DIR', 'catalog, tenant databases and admin.key (default ./data)'],
+  shards: ['N', 'worker threads that run SQL (default: one per CPU)'],
+  sync: ['full|normal', 'full: a commit is on disk before it is acknowledged (default full)'],
+  'max-open-dbs': ['N', 'open tenant databases kept, least recently used closed first (default 256)'],
+  'metrics-listen': ['HOST:PORT|off', 'Prometheus /metrics and /healthz, /readyz (default 127.0.0.1:9464)'],
+  'log-level': ['debug|info|warn|error|silent', 'JSON log lines on stderr (default info)'],
+  'tenants-file': ['FILE', 'tenants and keys to create at start; existing tenants are left alone'],
+  'admin-key-file': ['FILE', 'the admin key to use (default <data-dir>/admin.key, made at first start)'],
+  'default-plan': ['PLAN', 'the plan of a tenant created without one, stored with it at creation (default free)'],
+  'group-commit': ['on|off', "queued writes of one tenant share a commit, each in its own savepoint (default on)"],
+  'drain-timeout-ms': ['MS', 'on SIGINT/SIGTERM, how long calls in flight may finish (default 10000)'],
+  telemetry: ['on|off', 'off: no OpenTelemetry SDK, no /metrics, no spans (default on)'],
+  'metrics-per-tenant': ['on|off', 'a tenant_id attribute on the call counter: one series per tenant (default off)'],
+};
+
+/** `tenantd serve --help`: every flag, with its variable and YAML key. */
+export function serveUsage(): string {
+  const lines = [{ flag: 'config', env: 'TENANTD_CONFIG', yaml: '' }, ...OPTIONS].map((o) => {
+    const [value, help] = OPTION_HELP[o.flag] ?? ['VALUE', ''];
+    const names = `${o.env}${o.yaml ? `, ${o.yaml}:` : ''}`;
+    return `  --${o.flag} ${value}\n      ${help ? `${help}; ` : ''}${names}`;
+  });
+  return ['usage: tenantd serve [flags]', 'Flags win over TENANTD_* variables, variables over the --config file.', ...lines].join('\n');
+}
+
 function where(source: Source, name: string): string {
   return source === 'flag' ? `--${name}` : source === 'environment' ? name : `config file key "${name}"`;
 }
