@@ -59,7 +59,8 @@ function expectOneLineError(ran: Ran, code: number, prefix: string): void {
   expect(ran.stderr).not.toMatch(/\n\s+at /);
 }
 
-describe('tenantd CLI', () => {
+// Each CLI run is a fresh Node process (through tsx when dist/ is not current): seconds apiece on a loaded host.
+describe('tenantd CLI', { timeout: 240_000 }, () => {
   it('creates a tenant, runs SQL for it, and backs it up to a file and back as another tenant, in canonical proto3 JSON', async () => {
     const created = await tenantd(['tenants', 'create', 'cli-a', '--plan', 'pro', '--display-name', 'From the CLI']);
     expect(created.code, created.stderr).toBe(0);
@@ -69,7 +70,7 @@ describe('tenantd CLI', () => {
     // What grpcurl prints: RFC 3339 timestamps, int64 as strings, no nulls, no oneof `kind`, no defaults.
     expect(response.tenant.createTime).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9})?Z$/);
     expect(response.tenant.effectiveQuotas.requestsPerSecond).toBe('2000');
-    expect(created.stdout).not.toMatch(/"kind"|null|_/);
+    expect(created.stdout).not.toMatch(/"kind"|null|"[a-z]+_[a-z_]*":/);
     expect(response.tenant).not.toHaveProperty('schemaVersion'); // 0 is the default: left out
 
     // The admin key acts for the tenant through x-tenant-id.
@@ -233,7 +234,7 @@ describe('tenantd CLI', () => {
   });
 });
 
-describe('tenantd maintain -', () => {
+describe('tenantd maintain -', { timeout: 240_000 }, () => {
   it('exits 1 when any tenant failed, and says which', async () => {
     const dataDir = freshDataDir();
     let server = await startTestServer({ dataDir }, { keepDataDir: true });
