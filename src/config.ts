@@ -318,27 +318,56 @@ export function parseFlags(argv: readonly string[]): Map<string, string> {
   return flags;
 }
 
+/** A plan that sets nothing: every quota unlimited. */
+function unlimitedPlan(): QuotaValues {
+  return Object.fromEntries(QUOTA_FIELDS.map((f) => [f, -1])) as unknown as QuotaValues;
+}
+
+/**
+ * `plans:` in the YAML file. A plan starts from the plan it names in
+ * `extends` (a built-in one or another in the file). Without `extends`, a
+ * built-in name (free, pro, enterprise) starts from its documented values,
+ * and any other plan from nothing: a quota it leaves unset is unlimited
+ * (-1), never silently the free plan's.
+ */
 function parsePlans(raw: unknown, into: Config): void {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigError(`config file key "plans": expected a map of plan name to quotas`);
   }
-  for (const [plan, quotas] of Object.entries(raw)) {
-    if (typeof quotas !== 'object' || quotas === null) {
-      throw new ConfigError(`config file key "plans.${plan}": expected a map of quota name to integer`);
+  const specs = raw as Record<string, unknown>;
+  const resolved = new Map<string, QuotaValues>();
+  const resolving: string[] = [];
+  const resolve = (plan: string): QuotaValues => {
+    const done = resolved.get(plan);
+    if (done) return done;
+    const quotas = specs[plan];
+    if (typeof quotas !== 'object' || quotas === null || Array.isArray(quotas)) {
+      throw new ConfigError(`config file key "plans.${plan}": expected a map of quota name to integer (and optionally extends: <plan>)`);
     }
-    const base = into.plans[plan] ?? structuredClone(DEFAULT_PLANS.free!);
-    for (const [key, value] of Object.entries(quotas)) {
+    if (resolving.includes(plan)) throw new ConfigError(`config file key "plans.${plan}.extends": a cycle (${[...resolving, plan].join(' -> ')})`);
+    resolving.push(plan);
+    const { extends: parent, ...values } = quotas as Record<string, unknown>;
+    let base: QuotaValues;
+    if (parent === undefined || parent === plan) base = structuredClone(DEFAULT_PLANS[plan] ?? unlimitedPlan());
+    else if (typeof parent !== 'string' || (specs[parent] === undefined && !DEFAULT_PLANS[parent])) {
+      const known = [...new Set([...Object.keys(DEFAULT_PLANS), ...Object.keys(specs)])].filter((p) => p !== plan);
+      throw new ConfigError(`config file key "plans.${plan}.extends": expected the name of another plan (${known.join(', ')}), got ${JSON.stringify(parent)}`);
+    } else base = structuredClone(specs[parent] !== undefined ? resolve(parent) : DEFAULT_PLANS[parent]!);
+    for (const [key, value] of Object.entries(values)) {
       const field = QUOTA_FIELDS.find((f) => snakeCase(f) === key);
       if (!field) {
         throw new ConfigError(
-          `config file key "plans.${plan}.${key}": unknown quota; known: ${QUOTA_FIELDS.map(snakeCase).join(', ')}`,
+          `config file key "plans.${plan}.${key}": unknown quota; known: extends, ${QUOTA_FIELDS.map(snakeCase).join(', ')}`,
         );
       }
       base[field] = asInteger(value, `config file key "plans.${plan}.${key}"`, -1, Number.MAX_SAFE_INTEGER);
       if (base[field] === 0) throw new ConfigError(`config file key "plans.${plan}.${key}": 0 is not a limit; use -1 for unlimited`);
     }
-    into.plans[plan] = base;
-  }
+    resolving.pop();
+    resolved.set(plan, base);
+    return base;
+  };
+  for (const plan of Object.keys(specs)) into.plans[plan] = resolve(plan);
 }
 
 /**

@@ -51,6 +51,12 @@ function tenantd(args: string[], options: { env?: Record<string, string>; addres
   );
 }
 
+/** The JSON a successful run printed; fails with its stderr otherwise. */
+function json(ran: Ran): any {
+  expect(ran.code, ran.stderr).toBe(0);
+  return JSON.parse(ran.stdout);
+}
+
 /** An error is one line: `CODE REASON: message`. */
 function expectOneLineError(ran: Ran, code: number, prefix: string): void {
   expect(ran.code, ran.stderr).toBe(code);
@@ -85,13 +91,13 @@ describe('tenantd CLI', { timeout: 240_000 }, () => {
     expect(saved.bytes).toBe(statSync(file).size);
     expect(saved.sha256).toMatch(/^[0-9a-f]{64}$/);
 
-    const restored = await tenantd(['restore', 'cli-b', file]);
+    const restored = await tenantd(['restore', 'cli-b', file, '--plan', 'pro']);
     expect(restored.code, restored.stderr).toBe(0);
     expect(restored.stderr).toBe('');
     expect(JSON.parse(restored.stdout)).toMatchObject({ name: 'tenants/cli-b', state: 'ACTIVE' });
-    const rows = JSON.parse((await tenantd(['sql', 'cli-b', 'SELECT sum(x), min(b), max(b) FROM t'])).stdout);
+    const rows = json(await tenantd(['sql', 'cli-b', 'SELECT sum(x), min(b), max(b) FROM t']));
     expect(rows.rows[0].values).toEqual([{ integerValue: '83' }, { blobValue: 'AP8=' }, { blobValue: 'AP8=' }]);
-    const nulls = JSON.parse((await tenantd(['sql', 'cli-b', 'SELECT NULL, 0, 0.0'])).stdout);
+    const nulls = json(await tenantd(['sql', 'cli-b', 'SELECT NULL, 0, 0.0']));
     // A oneof member that is set is printed even when it holds its default value.
     expect(nulls.rows[0].values).toEqual([{ nullValue: null }, { integerValue: '0' }, { realValue: 0 }]);
 

@@ -1,5 +1,5 @@
 /**
- * `tenantd restore <tenant> <file>`: streams the file to the server in 1 MiB
+ * `tenantd restore <tenant> <file>`: streams the file to the server in 256 KiB
  * chunks, hashing as it goes, and sends the SHA-256 last, which the server
  * checks before it uses a byte. The file is never held in memory whole.
  */
@@ -10,7 +10,8 @@ import { expect } from './args.ts';
 import type { CommandGroup } from './context.ts';
 import { Progress } from './progress.ts';
 
-const CHUNK = 1024 * 1024;
+// Small enough that what grpc-js buffers (16 messages before back-pressure) stays a few MiB.
+const CHUNK = 256 * 1024;
 
 export const restore: CommandGroup = {
   '': {

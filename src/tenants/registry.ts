@@ -87,6 +87,14 @@ export class TenantRegistry {
     this.table.release(live.slot);
   }
 
+  /**
+   * The plan a tenant is stored with: '' (none given) becomes today's
+   * --default-plan, so a restart with another default leaves it alone.
+   */
+  resolvePlan(plan: string): string {
+    return plan === '' ? this.config.defaultPlan : plan;
+  }
+
   planExists(plan: string): boolean {
     return plan === '' || this.config.plans[plan] !== undefined;
   }
