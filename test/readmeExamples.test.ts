@@ -48,7 +48,7 @@ describe('the README examples', { timeout: 180_000 }, () => {
     writeFileSync(file, example('typescript').replace("from 'tenantd/client'", `from ${JSON.stringify(join(ROOT, 'src/client/index.ts'))}`));
     const ran = await run(join(ROOT, 'node_modules/.bin/tsx'), [file], { TENANTD_ADDRESS: `127.0.0.1:${t.server.port}`, TENANTD_KEY: key });
     expect(ran.code, ran.stderr).toBe(0);
-    expect(ran.stdout.split('\n')).toEqual(['1n hello 4611686018427387904n', '2n a null', '3n b null', 'INVALID_ARGUMENT SQLITE_ERROR', ''], ran.stdout);
+    expect(ran.stdout.split('\n'), ran.stdout).toEqual(['1n hello 4611686018427387904n', '2n a null', '3n b null', 'INVALID_ARGUMENT SQLITE_ERROR', '']);
   });
 
   it.skipIf(process.env.TENANTD_SKIP_INTEROP === '1')('Python: generated stubs run as written', async () => {
