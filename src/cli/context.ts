@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import type { CallOptions, TenantdClient, connect as Connect } from '../client/index.ts';
 import { UsageError, integerFlag, type Parsed } from './args.ts';
-import { Printer, outputFormat } from './output.ts';
+import type { Printer } from './output.ts';
 
 export class Context {
   readonly printer: Printer;
@@ -14,12 +14,13 @@ export class Context {
   /** Per call: the deadline from --timeout-ms. */
   readonly callOptions: CallOptions;
 
-  /** `connect` from the client, imported by the caller once it knows a call will be made (help needs no gRPC). */
+  /** `connect` and the printer: imported by the caller once it knows a call will be made (help needs neither gRPC nor protobufjs). */
   constructor(
     readonly parsed: Parsed,
     private readonly connectTo: typeof Connect,
+    printer: Printer,
   ) {
-    this.printer = new Printer(outputFormat(parsed.values.output));
+    this.printer = printer;
     const addresses = (parsed.values.address as string[] | undefined) ?? ['127.0.0.1:7070'];
     this.addresses = addresses.flatMap((a) => a.split(',')).filter((a) => a !== '');
     const timeout = integerFlag(parsed.values['timeout-ms'], 'timeout-ms', 1);

@@ -91,7 +91,8 @@ export async function cli(argv: string[]): Promise<number> {
       return 0;
     }
     const parsed = parse(args, command.options ?? {});
-    context = new Context(parsed, (await import('../client/index.ts')).connect);
+    const [{ connect }, { Printer, outputFormat }] = await Promise.all([import('../client/index.ts'), import('./output.ts')]);
+    context = new Context(parsed, connect, new Printer(outputFormat(parsed.values.output)));
     await command.run(context, context.parsed.positionals);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (error) {
