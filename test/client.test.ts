@@ -124,6 +124,37 @@ describe('the typed client', () => {
   });
 });
 
+describe('admin.backup and admin.restore', () => {
+  it('restore checks the bytes against a SHA-256 sent last, after the chunks', async () => {
+    await db.execute('CREATE TABLE IF NOT EXISTS kept (x)');
+    const chunks: Buffer[] = [];
+    let sha256 = '';
+    for await (const chunk of admin.admin.backup('client-a')) {
+      chunks.push(chunk.data);
+      if (chunk.sha256) sha256 = chunk.sha256;
+    }
+    const wrong = admin.admin.restore('client-restore-bad');
+    for (const data of chunks) wrong.call.write({ chunk: data });
+    wrong.call.write({ header: { tenant_id: '', tenant: null, sha256: '0'.repeat(64) } });
+    wrong.call.end();
+    expect(await failureOf(wrong.response)).toMatchObject({ code: status.INVALID_ARGUMENT, reason: 'CHECKSUM_MISMATCH' });
+    await failureOf(admin.admin.getTenant('client-restore-bad'));
+
+    const right = admin.admin.restore('client-restore-good', { plan: 'pro' });
+    for (const data of chunks) right.call.write({ chunk: data });
+    right.call.write({ header: { tenant_id: '', tenant: null, sha256 } });
+    right.call.end();
+    expect(await right.response).toMatchObject({ name: 'tenants/client-restore-good', state: 'ACTIVE' });
+    // Nothing may follow the trailer.
+    const late = admin.admin.restore('client-restore-late');
+    late.call.write({ chunk: chunks[0]! });
+    late.call.write({ header: { tenant_id: '', tenant: null, sha256 } });
+    late.call.write({ chunk: chunks[0]! });
+    late.call.end();
+    expect((await failureOf(late.response)).reason).toBe('RESTORE_HEADER_REPEATED');
+  });
+});
+
 describe('events.subscribe', { timeout: 120_000 }, () => {
   it('resumes after the server restarts, from the event after the last one delivered: none lost, none twice', async () => {
     const dataDir = freshDataDir();

@@ -19,7 +19,7 @@ export const usage: CommandGroup = {
         return;
       }
       const interval = integerFlag(context.values['interval-ms'], 'interval-ms', 100) ?? 1000;
-      const stream = client.admin.watchUsage(id!, interval);
+      const stream = client.admin.watchUsage(id!, interval, context.callOptions);
       process.once('SIGINT', () => stream.cancel());
       const redraw = context.printer.format === 'table' && process.stdout.isTTY;
       try {
