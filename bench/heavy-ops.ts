@@ -41,6 +41,8 @@ const BLOBS_PER_CALL = 64; // 16 MiB
 /** ~100 ms of one thread's time here. */
 const HEAVY_QUERY = 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000) SELECT count(*) FROM c';
 const HOG_MS = 5_000;
+/** Runs until its statement's timeout. */
+const ENDLESS_QUERY = 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c';
 
 line(machineLine());
 const dataDir = mkdtempSync(join(tmpdir(), 'tenantd-bench-heavy-'));
@@ -152,6 +154,31 @@ try {
   };
   await hogPhase('hog-unlimited', '-1');
   await hogPhase('hog-free', '200');
+
+  // A lone tenant on the idle shard (its neighbour reads nothing now): after
+  // one statement that times out, at the free plan's 200 ms/s, it is served
+  // as the shard is free (the quota is work-conserving).
+  {
+    const created = await must<any>(
+      'CreateTenant lone',
+      createTenant({ tenant_id: 'lone', tenant: { quotas: { requests_per_second: '-1', shard_ms_per_second: '200', query_timeout_ms: '1500' } } }, ready.adminKey),
+    );
+    const key = created.api_key.key as string;
+    // Past the neighbour's last read by more than the window in which it counts as active.
+    await new Promise((r) => setTimeout(r, 1_500));
+    const timedOut = await execute({ sql: ENDLESS_QUERY }, key);
+    const reason = timedOut.ok ? 'ok' : decodeFailure(timedOut.error).reason;
+    let served = 0;
+    let refused = 0;
+    const until = performance.now() + 3_000;
+    while (performance.now() < until) {
+      const r = await execute({ sql: 'SELECT 1' }, key);
+      if (r.ok) served++;
+      else refused++;
+    }
+    line();
+    line(`lone tenant, shard_ms_per_second 200: one statement ended ${reason} at 1.5 s, then for 3 s: ${served} calls served, ${refused} refused (${refused === 0 ? 'never refused' : 'REFUSED'})`);
+  }
 } finally {
   client?.close();
   await child?.stop();

@@ -70,6 +70,8 @@ export interface Config {
   defaultPlan: string;
   /** How long shutdown waits for calls in flight before cancelling them. */
   drainTimeoutMs: number;
+  /** A migration's time limit, per tenant and step, and for its validation (guard deadline). */
+  migrationTimeoutMs: number;
   /** Let queued writes of one tenant share a commit (each in its own savepoint). */
   groupCommit: boolean;
   /** Lets tests make a shard worker die on purpose. Not settable from flags, env or file. */
@@ -131,6 +133,7 @@ export function defaultConfig(): Config {
     plans: structuredClone(DEFAULT_PLANS),
     defaultPlan: 'free',
     drainTimeoutMs: 10_000,
+    migrationTimeoutMs: 60_000,
     groupCommit: true,
     faultInjection: false,
     eventSweepMs: 60_000,
@@ -248,6 +251,12 @@ const OPTIONS: ScalarOption[] = [
     apply: (c, r, w) => (c.drainTimeoutMs = asInteger(r, w, 0, 600_000)),
   },
   {
+    flag: 'migration-timeout-ms',
+    env: 'TENANTD_MIGRATION_TIMEOUT_MS',
+    yaml: 'migration_timeout_ms',
+    apply: (c, r, w) => (c.migrationTimeoutMs = asInteger(r, w, 1, 3_600_000)),
+  },
+  {
     flag: 'telemetry',
     env: 'TENANTD_TELEMETRY',
     yaml: 'telemetry',
@@ -282,6 +291,7 @@ const OPTION_HELP: Record<string, [value: string, help: string]> = {
   'default-plan': ['PLAN', 'the plan of a tenant created without one, stored with it at creation (default free)'],
   'group-commit': ['on|off', "queued writes of one tenant share a commit, each in its own savepoint (default on)"],
   'drain-timeout-ms': ['MS', 'on SIGINT/SIGTERM, how long calls in flight may finish (default 10000)'],
+  'migration-timeout-ms': ['MS', 'time limit of a migration step on one tenant, and of its validation (default 60000)'],
   telemetry: ['on|off', 'off: no OpenTelemetry SDK, no /metrics, no spans (default on)'],
   'metrics-per-tenant': ['on|off', 'a tenant_id attribute on the call counter: one series per tenant (default off)'],
 };

@@ -39,6 +39,8 @@ export interface CallLimits {
   storageLimitBytes: number;
   /** The tenant's slot in the shared quota pages, where the shard records rows and storage. */
   slot: number;
+  /** shard_ms_per_second: past it the shard gives the tenant's turns after the others' (shareLanes.ts); absent or -1 is unlimited. */
+  shareMs?: number;
 }
 
 /** An event as the log keeps it. `time` is epoch ms. */
@@ -60,6 +62,8 @@ export interface MigrationStep {
   version: number;
   migrationId: string;
   sql: string;
+  /** The step's time limit (--migration-timeout-ms); 60000 when absent. */
+  timeoutMs?: number;
 }
 
 interface RequestBase {
@@ -174,7 +178,7 @@ export interface ShardStats {
  * bench/dispatch.ts). Everything else crosses as the objects above.
  *
  * PackedExecute: [id, tenantId, sql, params, named, readOnly (0|1),
- * timeoutMs, storageLimitBytes, slot, trace].
+ * timeoutMs, storageLimitBytes, slot, trace, shareMs].
  */
 export type PackedExecute = [
   number,
@@ -187,6 +191,7 @@ export type PackedExecute = [
   number,
   number,
   Record<string, string> | undefined,
+  number,
 ];
 
 /** An `ok` answer to an Execute: [id, column names and declared types interleaved, rows, rowsAffected, lastInsertRowid]. */
@@ -194,7 +199,7 @@ export type PackedResult = [number, string[], SqlValue[][], number, bigint];
 
 export function packExecute(id: number, request: Extract<ShardRequest, { op: 'execute' }>): PackedExecute {
   const { limits, statement } = request;
-  return [id, request.tenantId, statement.sql, statement.params, statement.named, limits.readOnly ? 1 : 0, limits.timeoutMs, limits.storageLimitBytes, limits.slot, request.trace];
+  return [id, request.tenantId, statement.sql, statement.params, statement.named, limits.readOnly ? 1 : 0, limits.timeoutMs, limits.storageLimitBytes, limits.slot, request.trace, limits.shareMs ?? -1];
 }
 
 export function unpackExecute(p: PackedExecute): ShardRequest {
@@ -203,7 +208,7 @@ export function unpackExecute(p: PackedExecute): ShardRequest {
     id: p[0],
     tenantId: p[1],
     statement: { sql: p[2], params: p[3], named: p[4] },
-    limits: { readOnly: p[5] === 1, timeoutMs: p[6], storageLimitBytes: p[7], slot: p[8] },
+    limits: { readOnly: p[5] === 1, timeoutMs: p[6], storageLimitBytes: p[7], slot: p[8], shareMs: p[10] },
   };
   if (p[9] !== undefined) request.trace = p[9];
   return request;

@@ -20,6 +20,7 @@ import { TenantRegistry } from './tenants/registry.ts';
 import { QuotaTable } from './quota/quotaTable.ts';
 import { Admitter } from './quota/admission.ts';
 import { createAdmit } from './grpc/admit.ts';
+import { ShardActivity } from './quota/shardActivity.ts';
 import { usageService } from './grpc/usageService.ts';
 import { backupService } from './grpc/backupService.ts';
 import { eventService } from './grpc/eventService.ts';
@@ -121,9 +122,9 @@ export async function startServer(
   }
   shardsForPages = shards;
   const router = new ShardRouter(shards);
-  const migrator = new Migrator(catalog, registry, router, logger);
-  const hub = new EventHub();
   const fileChecks = new FileChecks(config.sync);
+  const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
+  const hub = new EventHub();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
   const backups = new Backups(dataDir, registry, router, fileChecks);
   if (config.tenantsFile) {
@@ -160,7 +161,7 @@ export async function startServer(
     ...usageService(access, manager, table, admitter, dataDir, tenantObserver),
     ...backupService(access, manager, backups, tenantObserver),
   });
-  const admit = createAdmit(admitter, registry, metrics);
+  const admit = createAdmit(admitter, registry, metrics, { shards: config.shards, tracker: new ShardActivity(config.shards) });
   server.addService(
     loaded.tenantd.v1.SqlService!.service,
     sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits)),

@@ -76,6 +76,11 @@ describe('durability', () => {
         keys.push(created.api_key.key);
         await client.call('SqlService', 'Execute', { sql: 'CREATE TABLE w (id INTEGER PRIMARY KEY, payload TEXT)' }, { key: created.api_key.key });
       }
+      // The mode is applied where it matters, on the tenant's connection in its
+      // shard, as the tenant itself reads it (FULL = 2, NORMAL = 1): without
+      // this both runs would be the same test.
+      const mode = await client.call('SqlService', 'Execute', { sql: 'PRAGMA synchronous' }, { key: keys[0]! });
+      expect(rowsOf(mode)).toEqual([[sync === 'full' ? 2n : 1n]]);
       const acked: number[][] = keys.map(() => []);
       let stop = false;
       // Several writers per tenant, so that writes share commits (group commit).
@@ -122,6 +127,7 @@ describe('durability', () => {
       client2.close();
       again.child.kill('SIGTERM');
       await new Promise((r) => again.child.once('exit', r));
-    });
+      // Two servers started as processes: slow on a loaded host.
+    }, 90_000);
   }
 });

@@ -91,3 +91,23 @@ describe('group commit', () => {
     expect(rowsOf(results[30])).toEqual([[30n]]);
   });
 });
+
+describe('--group-commit off', () => {
+  it('commits every write on its own: as many commits as writes, each with its own result', async () => {
+    const off = await startTestServer({ shards: 1, sync: 'full', groupCommit: false });
+    try {
+      const key = await off.createTenant('gc-off', UNLIMITED);
+      await off.sql(key, 'CREATE TABLE w (id INTEGER PRIMARY KEY, n INTEGER)');
+      const shard = off.server.router.forTenant('gc-off');
+      await until(() => shard.committedCalls === 1);
+      // The same 200 concurrent writers that share commits when it is on.
+      const responses = await Promise.all(Array.from({ length: 200 }, (_, n) => off.sql(key, 'INSERT INTO w (n) VALUES (?)', [v.int(n)])));
+      expect(new Set(responses.map((r) => r.last_insert_rowid)).size).toBe(200);
+      expect(rowsOf(await off.sql(key, 'SELECT count(*) FROM w'))).toEqual([[200n]]);
+      await until(() => shard.committedCalls === 201);
+      expect(shard.commits).toBe(201);
+    } finally {
+      await off.stop();
+    }
+  });
+});

@@ -289,7 +289,8 @@ describe('authorizer', () => {
     { sql: 'CREATE TEMP TRIGGER ttr AFTER INSERT ON t BEGIN SELECT 1; END', reason: TEMP, allowedOff: true },
     { sql: 'CREATE TRIGGER temp.ttr AFTER INSERT ON t BEGIN SELECT 1; END', reason: TEMP, allowedOff: true },
     { sql: 'CREATE VIRTUAL TABLE temp.ft USING fts5(body)', reason: TEMP, allowedOff: true },
-    { sql: 'CREATE VIRTUAL TABLE g USING geopoly(a)', reason: /module geopoly/, allowedOff: true },
+    // Not on the module allow-list, and dropped from the connection: refused even with the guard off.
+    { sql: 'CREATE VIRTUAL TABLE g USING geopoly(a)', reason: /module geopoly/ },
     { sql: "INSERT INTO sqlite_stat1 VALUES ('t', NULL, '1')", reason: /inserting into sqlite_stat1/ },
     { sql: "UPDATE sqlite_stat1 SET stat = '1'", reason: /updating sqlite_stat1/ },
   ];
@@ -343,7 +344,7 @@ describe('authorizer', () => {
       ANALYZE;
       DROP INDEX notes_title;
       DROP TABLE t;
-      PRAGMA foreign_keys=ON;
+      PRAGMA foreign_keys;
       PRAGMA user_version=7;
       PRAGMA optimize;
       PRAGMA integrity_check;
@@ -561,5 +562,170 @@ describe('cost', () => {
       `guard arm+disarm: ${(pair / 1000).toFixed(2)} µs per pair (deadline set); SELECT 1: ${(select / 1000).toFixed(2)} µs`,
     );
     expect(pair).toBeGreaterThan(0);
+  });
+});
+
+/**
+ * The allow-lists against the SQLite library as built (better-sqlite3's own
+ * compile options): every function, module and pragma it offers is either
+ * named below, and then works under the guard, or refused. A newer SQLite
+ * with a new function, module or pragma fails this test until someone
+ * decides about it (and the guard refuses it meanwhile).
+ */
+describe('allow-lists against the library as built', () => {
+  // The same lists as tenantd_guard.c and the README's "Security model".
+  const FUNCTIONS = new Set(
+    `abs changes char coalesce concat concat_ws format glob hex if ifnull iif instr last_insert_rowid length like
+     likelihood likely lower ltrim max min nullif octet_length printf quote random randomblob replace round rtrim sign
+     soundex sqlite_version substr substring subtype trim typeof unhex unicode unistr unistr_quote unlikely upper zeroblob
+     current_date current_time current_timestamp date datetime julianday strftime time timediff unixepoch
+     acos acosh asin asinh atan atan2 atanh ceil ceiling cos cosh degrees exp floor ln log log10 log2 mod pi pow power
+     radians sin sinh sqrt tan tanh trunc
+     avg count group_concat median percentile percentile_cont percentile_disc string_agg sum total
+     cume_dist dense_rank first_value lag last_value lead nth_value ntile percent_rank rank row_number
+     -> ->> json json_array json_array_insert json_array_length json_error_position json_extract json_group_array
+     json_group_object json_insert json_object json_patch json_pretty json_quote json_remove json_replace json_set
+     json_type json_valid jsonb jsonb_array jsonb_array_insert jsonb_extract jsonb_group_array jsonb_group_object
+     jsonb_insert jsonb_object jsonb_patch jsonb_remove jsonb_replace jsonb_set
+     match matchinfo offsets optimize snippet highlight bm25 fts5_get_locale fts5_insttoken fts5_locale`.split(/\s+/),
+  );
+  const MODULES: Record<string, string> = { fts3: '(a)', fts4: '(a)', fts5: '(a)', rtree: '(id, x0, x1)', rtree_i32: '(id, x0, x1)' };
+  const EPONYMOUS = ['json_each', 'json_tree', 'jsonb_each', 'jsonb_tree'];
+  const INTROSPECT = new Set(
+    'table_info table_xinfo table_list index_list index_info index_xinfo foreign_key_list foreign_key_check integrity_check quick_check'.split(' '),
+  );
+  const READABLE = new Set(
+    `page_count page_size freelist_count schema_version data_version compile_options function_list module_list pragma_list
+     collation_list encoding journal_mode synchronous max_page_count foreign_keys recursive_triggers defer_foreign_keys
+     case_sensitive_like automatic_index auto_vacuum busy_timeout cache_size cache_spill cell_size_check
+     ignore_check_constraints legacy_alter_table query_only reverse_unordered_selects secure_delete temp_store threads
+     trusted_schema journal_size_limit mmap_size locking_mode wal_autocheckpoint analysis_limit user_version application_id
+     optimize`.split(/\s+/),
+  );
+  const SETTABLE = new Set(['user_version', 'application_id', 'optimize']);
+
+  const plain = new Database(':memory:');
+  const builtFunctions = plain.prepare('SELECT name, type, narg FROM pragma_function_list').all() as { name: string; type: string; narg: number }[];
+  const builtModules = plain.prepare('SELECT name FROM pragma_module_list').pluck().all() as string[];
+  const builtPragmas = plain.prepare('SELECT name FROM pragma_pragma_list').pluck().all() as string[];
+  plain.close();
+
+  /** Prepares `sql` with the guard on; the denial, or null when the guard let it through. */
+  function underGuard(db: Database.Database, guard: Guard, sql: string): { denial: string | null; error: string | null } {
+    guard.arm(0);
+    try {
+      db.prepare(sql);
+      return { denial: guard.lastDenial(), error: null };
+    } catch (err) {
+      return { denial: guard.lastDenial(), error: (err as Error).message };
+    } finally {
+      guard.disarm();
+    }
+  }
+
+  it('lets every allowed function through and refuses every other one', () => {
+    const { db, guard } = open();
+    expect(builtFunctions.length).toBeGreaterThan(100);
+    const wrong: string[] = [];
+    for (const { name, type, narg } of builtFunctions) {
+      const n = narg < 0 ? 1 : narg;
+      const args = Array.from({ length: n }, () => '?').join(', ');
+      const call = name === '->' || name === '->>' ? `? ${name} ?` : `"${name}"(${args})`;
+      const sql = `SELECT ${call}${type === 'w' ? ' OVER ()' : ''}`;
+      const { denial } = underGuard(db, guard, sql);
+      const allowed = FUNCTIONS.has(name);
+      if (allowed && denial !== null) wrong.push(`${name}/${narg} refused: ${denial}`);
+      if (!allowed && (denial === null || !denial.includes(name))) wrong.push(`${name}/${narg} not refused`);
+    }
+    expect(wrong).toEqual([]);
+    // The refused ones that matter most, by name.
+    for (const name of ['fts3_tokenizer', 'load_extension', 'sqlite_log', 'fts5', 'rtreenode', 'geopoly_debug', 'total_changes']) {
+      expect(FUNCTIONS.has(name)).toBe(false);
+    }
+  });
+
+  it('lets every allowed module and eponymous table through and refuses every other one', () => {
+    const { db, guard } = open();
+    const wrong: string[] = [];
+    for (const name of [...new Set([...builtModules, ...EPONYMOUS, ...Object.keys(MODULES)])]) {
+      if (name.startsWith('pragma_')) continue; // governed by the pragma lists (next test)
+      if (MODULES[name] !== undefined) {
+        guard.arm(0);
+        try {
+          db.exec(`CREATE VIRTUAL TABLE "vt_${name}" USING ${name}${MODULES[name]}`);
+        } catch (err) {
+          wrong.push(`${name} refused: ${(err as Error).message} ${guard.lastDenial()}`);
+        } finally {
+          guard.disarm();
+        }
+      } else if (EPONYMOUS.includes(name)) {
+        const { error } = underGuard(db, guard, `SELECT * FROM ${name}('[1]')`);
+        if (error !== null) wrong.push(`${name} refused: ${error}`);
+      } else {
+        const created = underGuard(db, guard, `CREATE VIRTUAL TABLE "vt_${name}" USING ${name}(a)`);
+        const read = underGuard(db, guard, `SELECT * FROM ${name}`);
+        if (created.error === null || read.error === null) wrong.push(`${name} not refused`);
+      }
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it('lets tenants read the readable pragmas and set only the settable ones', () => {
+    const { db, guard } = open();
+    const wrong: string[] = [];
+    for (const name of builtPragmas) {
+      const read = underGuard(db, guard, `PRAGMA ${name}`);
+      const readable = READABLE.has(name) || INTROSPECT.has(name);
+      if (readable && read.denial !== null) wrong.push(`reading ${name} refused: ${read.denial}`);
+      if (!readable && read.denial === null) wrong.push(`reading ${name} not refused`);
+      if (INTROSPECT.has(name)) continue; // the argument names a table, not a setting
+      const set = underGuard(db, guard, `PRAGMA ${name} = 0`);
+      if (SETTABLE.has(name) && set.denial !== null) wrong.push(`setting ${name} refused: ${set.denial}`);
+      if (!SETTABLE.has(name) && set.denial === null) wrong.push(`setting ${name} not refused`);
+      // The table-valued form never sets anything either (its argument is a schema name where the pragma takes one).
+      if (!READABLE.has(name) || SETTABLE.has(name) || name.endsWith('_list')) continue;
+      const value = () => {
+        const statement = db.prepare(`PRAGMA ${name}`);
+        return statement.reader ? JSON.stringify(statement.all()) : 'no value';
+      };
+      const before = value();
+      guard.arm(0);
+      try {
+        db.prepare(`SELECT * FROM pragma_${name}('0')`).all();
+      } catch {
+        // refused or "unknown database": either way nothing was set
+      } finally {
+        guard.disarm();
+      }
+      if (value() !== before) wrong.push(`pragma_${name}('0') changed it`);
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it('checks trigger code as tenant code even when the service’s own statement fires it, under the tenant’s deadline', () => {
+    const { db, guard } = open();
+    db.exec(`CREATE TABLE _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT;
+      INSERT INTO _tenantd_meta VALUES ('schema_version', 3);
+      CREATE TABLE _tenantd_events (position INTEGER PRIMARY KEY, type TEXT);
+      CREATE TABLE stolen (k, v);
+      CREATE TRIGGER steal AFTER INSERT ON _tenantd_events BEGIN INSERT INTO stolen SELECT key, value FROM _tenantd_meta; END;
+      CREATE TABLE slow (x);
+      CREATE TRIGGER spin AFTER INSERT ON slow BEGIN SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c); END;`);
+    // Guard off altogether: the service's own statement, no tenant call.
+    const err = thrown(() => db.prepare("INSERT INTO _tenantd_events (type) VALUES ('e')").run());
+    expect(err.message).toMatch(/not authorized|prohibited/);
+    expect(guard.lastDenial()).toMatch(/_tenantd_meta.*in trigger or view steal/);
+    expect(db.prepare('SELECT count(*) FROM stolen').pluck().get()).toBe(0);
+    // The service's statement under a tenant's deadline ('service' mode): the trigger's loop is interrupted.
+    db.exec('DROP TRIGGER steal');
+    guard.armCall(200, 'service');
+    const started = performance.now();
+    expect(thrown(() => db.prepare('INSERT INTO slow VALUES (1)').run()).code).toBe('SQLITE_INTERRUPT');
+    expect(guard.disarm()).toBe(true);
+    expect(performance.now() - started).toBeLessThan(5000);
+    // The service's own statements themselves stay unchecked in 'service' mode.
+    guard.armCall(1000, 'service');
+    expect(db.prepare('SELECT count(*) FROM _tenantd_meta').pluck().get()).toBe(1);
+    guard.disarm();
   });
 });

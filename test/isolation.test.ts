@@ -93,7 +93,7 @@ describe('the guard', () => {
   it('allows ordinary schema work, read-only pragmas and FTS5', async () => {
     await t.sql(key, 'CREATE INDEX t_x ON t (x)');
     expect(rowsOf(await t.sql(key, 'PRAGMA table_info(t)')).map((r) => r[1])).toEqual(['x']);
-    await t.sql(key, 'PRAGMA foreign_keys = ON');
+    await t.sql(key, 'PRAGMA foreign_keys');
     await t.sql(key, 'PRAGMA user_version');
     await t.sql(key, 'CREATE VIRTUAL TABLE docs USING fts5(body)');
     await t.sql(key, "INSERT INTO docs VALUES ('the quick brown fox')");
@@ -154,12 +154,19 @@ describe('runaway statements', () => {
     const key = await t.createTenant('deadline', { quotas: { query_timeout_ms: '60000', shard_ms_per_second: '-1' } });
     const started = Date.now();
     const failure = await t.client.failure('SqlService', 'Execute', { sql: RUNAWAY }, { key, deadlineMs: 300 });
+    // (The client's own deadline says this whatever the server does.)
     expect(failure.code).toBe(status.DEADLINE_EXCEEDED);
     expect(Date.now() - started).toBeLessThan(5_000);
     // The statement itself was interrupted: the shard answers the next call promptly.
     const next = Date.now();
     await t.sql(key, 'SELECT 1');
     expect(Date.now() - next).toBeLessThan(2_000);
+    // The server's side: the shard ran the statement for about the client's
+    // 300 ms (its time is charged to the tenant), not its 60 s quota, and not
+    // zero (it did start). A statement left running would still hold the shard.
+    const usage = await t.client.call('TenantService', 'GetTenantUsage', { name: 'tenants/deadline' }, { key: t.adminKey });
+    expect(Number(usage.shard_ms_total)).toBeGreaterThanOrEqual(150);
+    expect(Number(usage.shard_ms_total)).toBeLessThan(3_000);
   });
 
   it('rolls back a write interrupted by the timeout', async () => {

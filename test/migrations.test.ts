@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
-import { rowsOf, startTestServer, type TestServer } from './support/server.ts';
+import { rmSync } from 'node:fs';
+import { freshDataDir, rowsOf, startTestServer, type TestServer } from './support/server.ts';
 
 let t: TestServer;
 const admin = () => ({ key: t.adminKey });
@@ -81,4 +82,72 @@ describe('schema migrations', () => {
     const tenantKey = await t.createTenant('mig-nosy');
     expect((await t.client.failure('SchemaService', 'ListMigrations', {}, { key: tenantKey })).code).toBe(status.PERMISSION_DENIED);
   });
+});
+
+describe('a tenant behind a failed migration', () => {
+  it('counts as failed for every later migration, which reaches a final state; a retry after repair finishes both, and it all holds across a restart', async () => {
+    const dataDir = freshDataDir();
+    let s = await startTestServer({ shards: 2, dataDir }, { keepDataDir: true });
+    try {
+      const get = async (server: TestServer, name: string) => {
+        for (let i = 0; i < 200; i++) {
+          const m = await server.client.call('SchemaService', 'GetMigration', { name }, { key: server.adminKey });
+          if (m.state !== 'RUNNING') return m;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        throw new Error(`${name} still running`);
+      };
+      const odd = await s.createTenant('behind-odd');
+      await s.sql(odd, 'CREATE TABLE audit (x)');
+      const normal = await s.createTenant('behind-normal');
+      await s.client.call('SchemaService', 'ApplyMigration', { migration_id: 'm1', sql: 'CREATE TABLE audit (at INTEGER)' }, { key: s.adminKey });
+      expect((await get(s, 'migrations/m1')).state).toBe('FAILED');
+      await s.client.call('SchemaService', 'ApplyMigration', { migration_id: 'm2', sql: 'CREATE TABLE later (y)' }, { key: s.adminKey });
+      // On 011b252 m2 stayed RUNNING for good: tenants_pending 1.
+      const m2 = await get(s, 'migrations/m2');
+      expect(m2).toMatchObject({ state: 'FAILED', tenants_done: '1', tenants_pending: '0', tenants_failed: '1' });
+      expect(m2.failures).toEqual([{ tenant: 'tenants/behind-odd', error: 'behind failed migration m1' }]);
+      expect(rowsOf(await s.sql(normal, 'SELECT count(*) FROM later'))).toEqual([[0n]]);
+      // Its calls are served at the version it has, and do not retry the migration each time.
+      expect(rowsOf(await s.sql(odd, "SELECT count(*) FROM pragma_table_info('audit')"))).toEqual([[1n]]);
+      expect((await s.client.call('TenantService', 'GetTenant', { name: 'tenants/behind-odd' }, { key: s.adminKey })).schema_version).toBe('0');
+
+      // The failures reach the catalog (in batches; all of them by the end of shutdown): the same after a restart.
+      await s.stop();
+      s = await startTestServer({ shards: 2, dataDir }, { keepDataDir: true });
+      const again = await get(s, 'migrations/m2');
+      expect(again).toMatchObject({ state: 'FAILED', tenants_failed: '1' });
+      expect(again.failures).toEqual([{ tenant: 'tenants/behind-odd', error: 'behind failed migration m1' }]);
+      expect((await get(s, 'migrations/m1')).failures).toEqual([{ tenant: 'tenants/behind-odd', error: expect.stringContaining('already exists') }]);
+
+      // Repaired by its owner, retried by the operator: both migrations succeed.
+      await s.sql(odd, 'DROP TABLE audit');
+      const retried = await s.client.call('SchemaService', 'RetryMigration', { name: 'migrations/m1' }, { key: s.adminKey });
+      expect(retried.migration_id).toBe('m1');
+      expect(await get(s, 'migrations/m1')).toMatchObject({ state: 'SUCCEEDED', tenants_failed: '0', failures: [] });
+      expect(await get(s, 'migrations/m2')).toMatchObject({ state: 'SUCCEEDED', tenants_done: '2', tenants_failed: '0' });
+      expect(rowsOf(await s.sql(odd, 'SELECT count(*) FROM later'))).toEqual([[0n]]);
+      expect((await s.client.call('TenantService', 'GetTenant', { name: 'tenants/behind-odd' }, { key: s.adminKey })).schema_version).toBe('2');
+      const missing = await s.client.failure('SchemaService', 'RetryMigration', { name: 'migrations/nope' }, { key: s.adminKey });
+      expect(missing.code).toBe(status.NOT_FOUND);
+    } finally {
+      await s.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it('migrates a tenant called before its turn in the pass first', async () => {
+    const s = await startTestServer({ shards: 1 });
+    try {
+      const keys: string[] = [];
+      for (let i = 0; i < 60; i++) keys.push(await s.createTenant(`lazy-${i}`));
+      await s.client.call('SchemaService', 'ApplyMigration', { migration_id: 'lazy', sql: 'CREATE TABLE lazy (z); CREATE INDEX lazy_z ON lazy (z)' }, { key: s.adminKey });
+      // The last tenant created is the last in the pass's order: its call comes first.
+      expect(rowsOf(await s.sql(keys.at(-1)!, 'SELECT count(*) FROM lazy'))).toEqual([[0n]]);
+      const m = await s.client.call('SchemaService', 'GetMigration', { name: 'migrations/lazy' }, { key: s.adminKey });
+      expect(Number(m.tenants_pending)).toBeGreaterThan(0);
+    } finally {
+      await s.stop();
+    }
+  }, 60_000);
 });

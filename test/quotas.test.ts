@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import { kBytesPerSlot } from '../src/quota/layout.ts';
+import { shardOf } from '../src/routing/shardRouter.ts';
 import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -107,7 +108,8 @@ describe('write_bytes_per_second', () => {
 describe('shard_ms_per_second', () => {
   it('charges a heavy query to its tenant: the next call is refused with RetryInfo until the bucket refills, a neighbour is not', async () => {
     // How long the heavy query takes on this machine, on a tenant without the limit.
-    const calibrate = await t.createTenant('calibrate', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1' } });
+    // 30 s statements: on a loaded host the heavy query passed the free plan's 5 s.
+    const calibrate = await t.createTenant('calibrate', { quotas: { requests_per_second: '-1', shard_ms_per_second: '-1', query_timeout_ms: '30000' } });
     let heavyMs = Infinity;
     for (let run = 0; run < 2; run++) {
       const started = performance.now();
@@ -118,9 +120,13 @@ describe('shard_ms_per_second', () => {
     // runs vary): one query puts the tenant behind by more than a second's worth.
     const limit = Math.max(20, Math.round(heavyMs / 3));
 
-    const hog = await t.createTenant('hog', { quotas: { requests_per_second: '-1', shard_ms_per_second: String(limit) } });
-    const neighbour = await t.createTenant('neighbour', { quotas: { requests_per_second: '-1' } });
+    const hog = await t.createTenant('hog', { quotas: { requests_per_second: '-1', shard_ms_per_second: String(limit), query_timeout_ms: '30000' } });
+    const neighbourId = ['neighbour', 'neighbour-1', 'neighbour-2', 'next-door'].find((id) => shardOf(id, 2) === shardOf('hog', 2))!;
+    const neighbour = await t.createTenant(neighbourId, { quotas: { requests_per_second: '-1' } });
     await t.sql(hog, SLOW);
+    // The quota is work-conserving: it refuses the hog only while a neighbour
+    // wants the shard (shardShare.test.ts has the tenant alone).
+    await t.sql(neighbour, 'SELECT 1');
     const refused = await t.client.failure('SqlService', 'Execute', { sql: 'SELECT 1' }, { key: hog });
     expect(refused.code).toBe(status.RESOURCE_EXHAUSTED);
     expect(refused.reason).toBe('QUOTA_EXCEEDED');
@@ -317,9 +323,11 @@ describe('usage', () => {
     const { packageDefinition } = await import('../src/protos.ts');
     const pkg = (grpc.loadPackageDefinition(packageDefinition()) as any).tenantd.v1;
     const client = new pkg.TenantService(t.client.address, grpc.credentials.createInsecure());
-    const stream = client.WatchUsage({ name: 'tenants/watched', interval_ms: 100 }, t.client.metadata(admin()));
+    const stream = client.WatchUsage({ name: 'tenants/watched', interval_ms: 200 }, t.client.metadata(admin()));
+    const arrived: number[] = [];
     await new Promise<void>((resolve, reject) => {
       stream.on('data', async (u: any) => {
+        arrived.push(performance.now());
         seen.push(u);
         if (seen.length === 2) await t.sql(key, 'SELECT 1');
         if (seen.length >= 5) {
@@ -332,6 +340,12 @@ describe('usage', () => {
     client.close();
     expect(seen[0].requests_total).toBe('0');
     expect(seen[seen.length - 1].requests_total).toBe('1');
+    // The interval asked for: neither a flood nor the default. The median gap,
+    // so that one late timer on a loaded host does not decide it.
+    const gaps = arrived.slice(1).map((at, i) => at - arrived[i]!).sort((a, b) => a - b);
+    const medianGap = gaps[Math.floor(gaps.length / 2)]!;
+    expect(medianGap).toBeGreaterThanOrEqual(150);
+    expect(medianGap).toBeLessThan(600);
   });
 
   it('keeps quota state within 128 bytes per tenant', () => {

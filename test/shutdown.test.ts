@@ -18,6 +18,13 @@ describe('open databases', () => {
       for (let i = 0; i < keys.length; i++) {
         expect(rowsOf(await t.sql(keys[i]!, 'SELECT n FROM t ORDER BY n'))).toEqual([[BigInt(i * 10 + 1)], [BigInt(i * 10 + 2)], [BigInt(i * 10 + 3)]]);
       }
+      // Closed for good: a clean close checkpoints and empties the WAL. Every
+      // tenant wrote; only the two used last may still hold theirs open.
+      const last = keys.length - 1;
+      await t.sql(keys[last]!, 'INSERT INTO t VALUES (99)');
+      const walBytes = (i: number) => statSync(`${t.dataDir}/tenants/lru-${i}/db.sqlite-wal`, { throwIfNoEntry: false })?.size ?? 0;
+      for (let i = 0; i < keys.length - 2; i++) expect(walBytes(i), `lru-${i}`).toBe(0);
+      expect(walBytes(last)).toBeGreaterThan(0);
     } finally {
       await t.stop();
     }

@@ -17,7 +17,8 @@ import { ShardError } from './shardError.ts';
  */
 const MAX_EVENT_PAGE_BYTES = 3 * 1024 * 1024;
 
-const CREATE = `CREATE TABLE IF NOT EXISTS _tenantd_events (
+/** The log's table and index; serviceSchema.ts checks a tenant's copy against them. */
+export const CREATE_EVENTS_SQL = `CREATE TABLE IF NOT EXISTS _tenantd_events (
     position INTEGER PRIMARY KEY,
     type TEXT NOT NULL,
     data BLOB NOT NULL,
@@ -145,7 +146,7 @@ export class EventLog {
 
   private ensure(): void {
     if (this.has()) return;
-    this.host.db.exec(CREATE);
+    this.host.db.exec(CREATE_EVENTS_SQL);
     this.exists = true;
     this.host.schemaChanged();
   }

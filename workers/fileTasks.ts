@@ -24,7 +24,9 @@ export type FileTask =
   /** A copy of a live database: what integrity_check finds in it. */
   | { op: 'integrity'; file: string; tenantId: string }
   /** A live database that its shard has closed and holds the calls of. */
-  | { op: 'rewrite'; file: string; tenantId: string; sync: SyncMode; operation: RewriteOperation };
+  | { op: 'rewrite'; file: string; tenantId: string; sync: SyncMode; operation: RewriteOperation }
+  /** A new migration, run after every earlier one on a scratch database, as a tenant would run it. */
+  | { op: 'validateMigration'; steps: MigrationStep[]; step: MigrationStep };
 
 export type FileTaskResult =
   | { ok: true; schemaVersion: number }
@@ -41,10 +43,37 @@ export default function run(task: FileTask): FileTaskResult {
         return { ok: true, problems: integrityProblems(task.file, task.tenantId) };
       case 'rewrite':
         return { ok: true, message: rewrite(task) };
+      case 'validateMigration':
+        return { ok: true, schemaVersion: validateMigration(task.steps, task.step) };
     }
   } catch (error) {
     if (error instanceof ShardError) return { ok: false, error: error.wire };
     return { ok: false, error: { code: Status.INTERNAL, reason: 'INTERNAL', message: `file check failed: ${(error as Error).message}` } };
+  }
+}
+
+/**
+ * Runs the migrations on an empty in-memory tenant database, under the same
+ * guard and deadline as on a tenant, off the main thread: a migration that
+ * loops or escapes fails here, not while the server waits for it.
+ */
+function validateMigration(steps: MigrationStep[], step: MigrationStep): number {
+  const scratch = TenantDb.open({ path: ':memory:', tenantId: 'migration-validation', sync: 'normal', create: false });
+  try {
+    scratch.migrate(steps);
+    try {
+      return scratch.migrate([step]);
+    } catch (error) {
+      const message = error instanceof ShardError ? error.wire.message : (error as Error).message;
+      throw new ShardError({
+        code: Status.INVALID_ARGUMENT,
+        reason: 'MIGRATION_INVALID',
+        message: `sql: the migration fails on a scratch database: ${message.replace(/^migration .*? failed on tenant migration-validation: /, '')}`,
+        fieldViolations: [{ field: 'sql', description: 'the migration fails on a scratch database' }],
+      });
+    }
+  } finally {
+    scratch.close();
   }
 }
 

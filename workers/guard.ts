@@ -29,6 +29,10 @@ const MAX_TIMEOUT_MS = 2 ** 31 - 1;
  */
 const INTERRUPT_RETRIES = 5;
 
+/** Flags of tenantd_arm_call (tenantd_guard.c). */
+const ARM_TENANT_POLICY = 0x01;
+const ARM_RESET_SESSION = 0x02;
+
 /**
  * Per-connection guard around tenant SQL, backed by the `tenantd_guard`
  * SQLite extension.
@@ -47,9 +51,11 @@ export class Guard {
   private readonly armStmt: Database.Statement<[Buffer, number], number>;
   private readonly disarmStmt: Database.Statement<[Buffer], number>;
   private readonly lastDenialStmt: Database.Statement<[Buffer], string | null>;
+  private armCallStmt: Database.Statement<[Buffer, number, number, number], number> | null = null;
+  private policyStmt: Database.Statement<[Buffer, number], number> | null = null;
 
   private constructor(
-    db: Database.Database,
+    private readonly db: Database.Database,
     private readonly token: Buffer,
   ) {
     // safeIntegers(false): the caller may turn on db.defaultSafeIntegers(),
@@ -122,6 +128,38 @@ export class Guard {
   }
 
   /**
+   * Arms the guard for one call: `mode` says whose SQL the top-level
+   * statements are. `'tenant'` is {@link Guard.arm} with a per-call
+   * SQLITE_LIMIT_LENGTH (`maxLength` bytes, <= 0: the service's 16 MiB).
+   * `'service'` leaves the service's own statements unchecked but still
+   * checks any trigger or view code they reach as tenant code, and bounds
+   * the call by `timeoutMs` all the same: a tenant's trigger fired by the
+   * service's append, or an operator's migration firing one, runs under the
+   * tenant's rules and deadline.
+   */
+  armCall(timeoutMs: number, mode: 'tenant' | 'service', maxLength = 0): void {
+    const ms = timeoutMs > 0 ? Math.min(Math.ceil(timeoutMs), MAX_TIMEOUT_MS) : 0;
+    this.armCallStmt ??= this.db
+      .prepare<[Buffer, number, number, number], number>('SELECT tenantd_arm_call(?, ?, ?, ?)')
+      .pluck()
+      .safeIntegers(false);
+    const flags = mode === 'tenant' ? ARM_TENANT_POLICY | ARM_RESET_SESSION : 0;
+    this.control4(this.armCallStmt, ms, flags, Math.max(0, Math.floor(maxLength)));
+  }
+
+  /**
+   * Suspends (`false`) or resumes (`true`) the tenant policy for top-level
+   * SQL without touching the deadline, for the service's own statements in
+   * the middle of a tenant call (a savepoint around tenant DDL, the schema
+   * check after it).
+   */
+  setTenantPolicy(on: boolean): void {
+    this.policyStmt ??= this.db.prepare<[Buffer, number], number>('SELECT tenantd_policy(?, ?)').pluck().safeIntegers(false);
+    const stmt = this.policyStmt;
+    this.retryInterrupted(() => stmt.get(this.token, on ? 1 : 0));
+  }
+
+  /**
    * Turns the guard off and cancels the deadline. Safe after a failed
    * statement, including one that failed with SQLITE_INTERRUPT, provided no
    * other statement of this connection is still mid-iteration (SQLite only
@@ -142,6 +180,20 @@ export class Guard {
    */
   lastDenial(): string | null {
     return this.control(this.lastDenialStmt) ?? null;
+  }
+
+  private control4(stmt: Database.Statement<[Buffer, number, number, number], number>, a: number, b: number, c: number): void {
+    this.retryInterrupted(() => stmt.get(this.token, a, b, c));
+  }
+
+  private retryInterrupted<R>(run: () => R): R {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return run();
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'SQLITE_INTERRUPT' || attempt >= INTERRUPT_RETRIES) throw err;
+      }
+    }
   }
 
   private control<R>(stmt: Database.Statement<[Buffer], R>): R | undefined;

@@ -34,6 +34,7 @@ import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from '.
 import { Replies } from './replies.ts';
 import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
+import { ShareLedger, TurnLine } from './shareLanes.ts';
 import type { TenantDb } from './tenantDb.ts';
 
 const data = workerData as ShardWorkerData;
@@ -58,6 +59,7 @@ function record(db: TenantDb, slot: number, rowsRead: number, rowsWritten: numbe
  */
 function chargeTime(request: ShardRequest, ms: number): void {
   if (!('limits' in request)) return;
+  ledger.charge(request.tenantId, request.limits.shareMs, ms, performance.now());
   const slot = request.limits.slot;
   const page = quotaPages[Math.floor(slot / kSlotsPerPage)];
   if (page) addShardTime(page, slot % kSlotsPerPage, ms * 1000);
@@ -253,9 +255,21 @@ function startSnapshot(request: Extract<ShardRequest, { op: 'snapshot' }>): void
 /** A request that waits for its tenant's turn: all but the control messages, which apply as they arrive. */
 type Queued = Exclude<ShardRequest, { op: 'quotaPage' | 'retention' | 'release' }>;
 const queues = new Map<string, Queued[]>();
-/** Tenants with calls waiting, in the order of their next turn. */
-let turns: string[] = [];
-let turnsHead = 0;
+/**
+ * Tenants with calls waiting, in the order of their next turn: those within
+ * their shard_ms_per_second first, and only when none of them waits, those
+ * past it (shareLanes.ts), so that the shard serves a tenant over its share
+ * when it would otherwise idle, and never ahead of one within it.
+ */
+const turns = new TurnLine();
+const overShareTurns = new TurnLine();
+const ledger = new ShareLedger();
+
+/** Puts a tenant with calls waiting in line for its next turn. */
+function lineUp(tenantId: string): void {
+  if (ledger.overShare(tenantId, performance.now())) overShareTurns.push(tenantId);
+  else turns.push(tenantId);
+}
 /**
  * Tenants whose database file another thread has to itself (VACUUM and the
  * like, in the file-task pool): their calls stay queued, and they get no
@@ -290,7 +304,7 @@ function receive(request: ShardRequest): void {
     return;
   }
   queues.set(request.tenantId, [request]);
-  if (!held.has(request.tenantId)) turns.push(request.tenantId);
+  if (!held.has(request.tenantId)) lineUp(request.tenantId);
 }
 
 /** Takes in every message the port has waiting. */
@@ -301,23 +315,23 @@ function receiveWaiting(): void {
 /** The next tenant's next call; undefined when no tenant has one. */
 function nextTurn(): Queued | undefined {
   for (let pulled = false; ; pulled = true) {
-    while (turnsHead < turns.length) {
-      const tenantId = turns[turnsHead++]!;
-      if (turnsHead >= 1024 && turnsHead * 2 >= turns.length) {
-        // Under steady load the line never empties: drop the part already served.
-        turns = turns.slice(turnsHead);
-        turnsHead = 0;
-      }
-      const queue = queues.get(tenantId);
-      const request = queue?.shift();
-      if (request !== undefined) return request;
-      if (queue !== undefined) queues.delete(tenantId);
-    }
-    turns = [];
-    turnsHead = 0;
-    if (pulled) return undefined;
+    const request = nextOf(turns);
+    if (request !== undefined) return request;
+    // Only then an over-share tenant's, after what arrived meanwhile.
+    if (pulled) return nextOf(overShareTurns);
     receiveWaiting();
   }
+}
+
+/** The next call of the first tenant in `line` that has one. */
+function nextOf(line: TurnLine): Queued | undefined {
+  for (let tenantId = line.shift(); tenantId !== undefined; tenantId = line.shift()) {
+    const queue = queues.get(tenantId);
+    const request = queue?.shift();
+    if (request !== undefined) return request;
+    if (queue !== undefined) queues.delete(tenantId);
+  }
+  return undefined;
 }
 
 /** After a tenant's turn: back in line for its next one, behind whoever arrived meanwhile. */
@@ -326,7 +340,7 @@ function endTurn(tenantId: string, ms: number): void {
   const queue = queues.get(tenantId);
   if (queue === undefined) return;
   if (queue.length === 0) queues.delete(tenantId);
-  else if (!held.has(tenantId)) turns.push(tenantId);
+  else if (!held.has(tenantId)) lineUp(tenantId);
 }
 
 /**
@@ -371,7 +385,7 @@ function release(request: Extract<ShardRequest, { op: 'release' }>): void {
     // Deleted meanwhile: nothing to record.
   }
   const waiting = queues.get(request.tenantId)?.length ?? 0;
-  if (wasHeld && waiting > 0) turns.push(request.tenantId);
+  if (wasHeld && waiting > 0) lineUp(request.tenantId);
   replies.post({ id: request.id, kind: 'ok', result: { held: waiting } });
 }
 
@@ -431,6 +445,7 @@ setInterval(() => {
   }
   pool.sweepClosed(Date.now(), (tenantId) => held.has(tenantId), CLOSED_SWEEPS_PER_TICK, logSweepFailure);
   reportSweeps(pool);
+  ledger.prune(performance.now());
 }, data.eventSweepMs).unref();
 
 port.on('message', (message: ShardInbound) => {

@@ -30,6 +30,8 @@ import { Guard } from './guard.ts';
 import { toWireError } from './sqlErrors.ts';
 import { ShardError } from './shardError.ts';
 import { EventLog } from './eventLog.ts';
+import { CREATE_META_SQL, serviceSchemaProblem } from './serviceSchema.ts';
+import { MAX_EXPANSION, statementExpansion, viewExpansions, type Views } from './expansion.ts';
 
 
 const STATEMENT_CACHE_SIZE = 128;
@@ -59,6 +61,17 @@ const SNAPSHOT_FLUSH_BYTES = 8 * 1024 * 1024;
 /** The file format's write and read versions (header bytes 18 and 19): 1 for a rollback journal, 2 for WAL. */
 const FILE_FORMAT_OFFSET = 18;
 const ROLLBACK_JOURNAL_MODE = Buffer.from([1, 1]);
+/**
+ * SQLITE_LIMIT_LENGTH of a tenant call: the largest string or blob its SQL
+ * can make (zeroblob, printf, ||, group_concat, ...), also bounded by the
+ * tenant's storage limit. A value larger than a gRPC message cannot be
+ * returned anyway; stored values of a few MiB stay possible.
+ */
+const MAX_VALUE_BYTES = 10 * 1024 * 1024;
+const MIN_VALUE_BYTES = 1024 * 1024;
+/** A migration step's time limit when the step carries none (the server's --migration-timeout-ms default). */
+export const DEFAULT_MIGRATION_TIMEOUT_MS = 60_000;
+
 /** SQLite's own ceiling for max_page_count. */
 const UNLIMITED_PAGES = 4_294_967_294;
 
@@ -173,8 +186,19 @@ export class TenantDb {
       db.exec(
         `PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT_BYTES};
          PRAGMA synchronous = ${options.sync === 'full' ? 'FULL' : 'NORMAL'}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 0;
-         CREATE TABLE IF NOT EXISTS _tenantd_meta (key TEXT PRIMARY KEY, value ANY) STRICT;`,
+         ${CREATE_META_SQL}`,
       );
+      // tenantd's own tables, exactly: a tenant trigger on them would run
+      // whenever the service writes them (the guard checks trigger code as
+      // the tenant's, but a tampered file is refused outright).
+      const problem = serviceSchemaProblem(db);
+      if (problem !== null) {
+        throw new ShardError({
+          code: Status.FAILED_PRECONDITION,
+          reason: 'TENANT_SCHEMA_TAMPERED',
+          message: `tenant ${options.tenantId}: tenantd's own tables were changed (${problem}); restore a backup or repair the database`,
+        });
+      }
       return new TenantDb(db, options.tenantId);
     } catch (error) {
       db.close();
@@ -212,19 +236,18 @@ export class TenantDb {
   /**
    * Applies the steps above the database's version, each in its own
    * transaction, so a failing step leaves the tenant at the last good
-   * version. Migrations are the operator's SQL: they run with the guard off.
+   * version. A migration is the operator's SQL, but it runs under the
+   * guard's tenant rules (no ATTACH, no transaction control, no reserved
+   * names, the allow-lists) and its step's deadline: it runs inside every
+   * tenant's database, where the tenant's own triggers and views can make it
+   * do anything tenant SQL could.
    */
   migrate(steps: readonly MigrationStep[]): number {
     let version = this.schemaVersion;
     for (const step of steps) {
       if (step.version <= version) continue;
       try {
-        this.db.transaction(() => {
-          this.db.exec(step.sql);
-          this.db
-            .prepare("INSERT INTO _tenantd_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .run(BigInt(step.version));
-        })();
+        this.migrationStep(step);
       } catch (error) {
         throw new ShardError({
           code: Status.FAILED_PRECONDITION,
@@ -238,6 +261,36 @@ export class TenantDb {
       version = step.version;
     }
     return version;
+  }
+
+  private migrationStep(step: MigrationStep): void {
+    const timeoutMs = step.timeoutMs ?? DEFAULT_MIGRATION_TIMEOUT_MS;
+    const { views, cost } = this.viewInfo();
+    const expansion = statementExpansion(step.sql, views, cost);
+    if (expansion > MAX_EXPANSION) throw new Error(`the migration expands to about ${expansion} subqueries (at most ${MAX_EXPANSION})`);
+    this.ownStatement('BEGIN IMMEDIATE').run();
+    try {
+      this.guard.armCall(timeoutMs, 'tenant');
+      try {
+        this.db.exec(step.sql);
+      } catch (error) {
+        const denial = this.guard.lastDenial();
+        if (this.guard.disarm()) throw new Error(`ran past the migration time limit of ${timeoutMs} ms`, { cause: error });
+        throw denial === null ? error : new Error(`${(error as Error).message}: ${denial}`, { cause: error });
+      } finally {
+        this.guard.disarm();
+      }
+      const problem = serviceSchemaProblem(this.db);
+      if (problem !== null) throw new Error(`the reserved _tenantd namespace is not the migration's to change (${problem})`);
+      const tooBig = this.expansionProblem();
+      if (tooBig !== null) throw new Error(`${tooBig} (at most ${MAX_EXPANSION})`);
+      this.db
+        .prepare("INSERT INTO _tenantd_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .run(BigInt(step.version));
+      this.ownStatement('COMMIT').run();
+    } finally {
+      if (this.db.inTransaction) this.ownStatement('ROLLBACK').run();
+    }
   }
 
   // ---- the event log (eventLog.ts) ----
@@ -292,14 +345,26 @@ export class TenantDb {
     return oldest === null ? null : { oldest, retentionMs };
   }
 
-  /** The service's own statements: the guard stays off, the storage quota holds, SQLite errors map as for SQL. */
+  /**
+   * The service's own statements, under the tenant's deadline: the guard
+   * leaves them alone but checks any trigger or view code they reach as the
+   * tenant's. The storage quota holds, SQLite errors map as for SQL.
+   */
   private eventsCall<T>(limits: CallLimits, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);
+    const ownTransaction = !this.db.inTransaction;
+    this.guard.armCall(limits.timeoutMs, 'service');
     try {
       return body();
     } catch (error) {
       if (error instanceof ShardError) throw error;
-      throw new ShardError(toWireError(error, this.failure('events', limits, null, false)));
+      const denial = this.guard.lastDenial();
+      const timedOut = this.guard.disarm();
+      throw new ShardError(toWireError(error, this.failure('events', limits, denial, timedOut)));
+    } finally {
+      this.guard.disarm();
+      // The log's own ROLLBACK may itself have been interrupted past the deadline.
+      if (ownTransaction && this.db.inTransaction) this.ownStatement('ROLLBACK').run();
     }
   }
 
@@ -506,8 +571,71 @@ export class TenantDb {
     if (!statement.readonly) {
       this.sizeChanged = true;
       this.wrote = true;
-      if (!PLAIN_DML.test(statement.source)) this.schemaChanged();
+      if (!PLAIN_DML.test(statement.source)) {
+        this.schemaChanged();
+        // VACUUM cannot run in a savepoint, and cannot rename anything.
+        if (!VACUUM.test(statement.source)) return this.schemaChecked(() => this.runStatement(statement, args));
+      }
     }
+    return this.runStatement(statement, args);
+  }
+
+  /**
+   * Runs tenant DDL in a savepoint and undoes it when it changed tenantd's
+   * own objects: ALTER TABLE x RENAME TO _tenantd_events shows the
+   * authorizer only the old name, so the result is what is checked.
+   */
+  private schemaChecked(run: () => ExecuteResult): ExecuteResult {
+    this.guard.setTenantPolicy(false);
+    this.ownStatement('SAVEPOINT tenantd_ddl').run();
+    let problem: string | null = null;
+    let done = false;
+    try {
+      this.guard.setTenantPolicy(true);
+      const result = run();
+      this.guard.setTenantPolicy(false);
+      problem = serviceSchemaProblem(this.db);
+      const tooBig = problem === null ? this.expansionProblem() : null;
+      if (tooBig !== null) throw tooComplex(this.currentField ?? 'sql', `${tooBig}; nothing was changed`);
+      done = problem === null;
+      if (problem !== null) {
+        throw new ShardError({
+          code: Status.PERMISSION_DENIED,
+          reason: 'RESERVED_NAME',
+          message: `the _tenantd namespace is reserved for tenantd (${problem}); nothing was changed`,
+          fieldViolations: [{ field: this.currentField ?? 'sql', description: 'changes a reserved _tenantd object' }],
+        });
+      }
+      return result;
+    } finally {
+      this.guard.setTenantPolicy(false);
+      if (!done) this.views = null;
+      // An interrupted statement may have taken the whole transaction with it.
+      if (this.db.inTransaction) {
+        if (!done) this.runOwnDespiteDeadline('ROLLBACK TO tenantd_ddl');
+        this.runOwnDespiteDeadline('RELEASE tenantd_ddl');
+      }
+      this.guard.setTenantPolicy(true);
+    }
+  }
+
+  /**
+   * One of the service's own statements while the call's deadline may have
+   * passed: the watchdog interrupts every statement then (every 10 ms), so
+   * a quick statement is simply tried again.
+   */
+  private runOwnDespiteDeadline(sql: string): void {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.ownStatement(sql).run();
+        return;
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== 'SQLITE_INTERRUPT' || attempt >= 5) throw error;
+      }
+    }
+  }
+
+  private runStatement(statement: Database.Statement, args: unknown[]): ExecuteResult {
     if (!statement.reader) {
       const info = statement.run(...args);
       return {
@@ -544,6 +672,7 @@ export class TenantDb {
     if (statement) {
       this.cache.delete(sql);
     } else {
+      this.checkExpansion(sql, field);
       statement = this.db.prepare(sql);
       if (statement.reader) statement.raw(true);
     }
@@ -567,7 +696,7 @@ export class TenantDb {
   private guarded<T>(limits: CallLimits, field: string, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);
     this.resultBytes = 0;
-    this.guard.arm(limits.timeoutMs);
+    this.guard.armCall(limits.timeoutMs, 'tenant', callMaxLength(limits));
     let denial: string | null = null;
     let timedOut = false;
     try {
@@ -604,6 +733,42 @@ export class TenantDb {
   private schemaChanged(): void {
     this.cache.clear();
     this.columnsOf = new WeakMap();
+    this.views = null;
+  }
+
+  // ---- expansion of views and NOT MATERIALIZED CTEs (expansion.ts) ----
+
+  /** The schema's views and what each expands to; null after a schema change. */
+  private views: { views: Views; cost: Map<string, number> } | null = null;
+
+  private viewInfo(): { views: Views; cost: Map<string, number> } {
+    if (this.views) return this.views;
+    const rows = this.ownStatement("SELECT lower(name), sql FROM sqlite_schema WHERE type = 'view'").raw(true).all() as [string, string][];
+    const views = new Map(rows);
+    this.views = { views, cost: viewExpansions(views) };
+    return this.views;
+  }
+
+  /** Refuses, before SQLite prepares it, SQL whose views and CTEs would expand past MAX_EXPANSION. */
+  private checkExpansion(sql: string, field: string): void {
+    const { views, cost } = this.viewInfo();
+    if (views.size === 0 && !/with/i.test(sql)) return;
+    const expansion = statementExpansion(sql, views, cost);
+    if (expansion > MAX_EXPANSION) throw tooComplex(field, `the statement expands to about ${expansion} subqueries`);
+  }
+
+  /** After DDL: no view or trigger may expand past MAX_EXPANSION (a trigger's body is prepared with every statement that fires it). */
+  private expansionProblem(): string | null {
+    this.views = null;
+    const { views, cost } = this.viewInfo();
+    for (const [name, n] of cost) if (n > MAX_EXPANSION) return `view ${name} expands to about ${n} subqueries`;
+    if (views.size === 0) return null;
+    const triggers = this.ownStatement("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger'").raw(true).all() as [string, string][];
+    for (const [name, sql] of triggers) {
+      const n = statementExpansion(sql, views, cost);
+      if (n > MAX_EXPANSION) return `trigger ${name} expands to about ${n} subqueries`;
+    }
+    return null;
   }
 
   private describe(statement: Database.Statement): ColumnInfo[] {
@@ -623,8 +788,24 @@ export class TenantDb {
   }
 }
 
+function tooComplex(field: string, what: string): ShardError {
+  return new ShardError({
+    code: Status.INVALID_ARGUMENT,
+    reason: 'STATEMENT_TOO_COMPLEX',
+    message: `${what}, more than the ${MAX_EXPANSION} tenantd prepares: SQLite expands every reference to a view or CTE, and cannot be interrupted while it does`,
+    fieldViolations: [{ field, description: what }],
+  });
+}
+
+/** The call's SQLITE_LIMIT_LENGTH: MAX_VALUE_BYTES, or the storage limit when smaller (never under MIN_VALUE_BYTES). */
+function callMaxLength(limits: CallLimits): number {
+  if (limits.storageLimitBytes < 0) return MAX_VALUE_BYTES;
+  return Math.max(MIN_VALUE_BYTES, Math.min(MAX_VALUE_BYTES, limits.storageLimitBytes));
+}
+
 /** Writes that cannot change the schema; anything else (or a leading comment) clears the column cache. */
 const PLAIN_DML = /^\s*(INSERT|UPDATE|DELETE|REPLACE)\b/i;
+const VACUUM = /^\s*VACUUM\b/i;
 
 function describeColumns(statement: Database.Statement): ColumnInfo[] {
   return statement.columns().map((c) => ({ name: c.name, declType: c.type ?? '' }));

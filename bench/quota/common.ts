@@ -119,7 +119,7 @@ export class RawClient {
     });
   }
 
-  method(service: 'TenantService' | 'SqlService', name: string): Unary {
+  method(service: 'TenantService' | 'SqlService' | 'SchemaService', name: string): Unary {
     const def = packageDefinition()[`tenantd.v1.${service}`] as Record<string, MethodDefinition<object, object>>;
     const m = def[name];
     if (!m) throw new Error(`tenantd.v1.${service} has no method ${name}`);

@@ -37,6 +37,13 @@ export interface KeyRecord {
   revokeTime: number | null;
 }
 
+export interface MigrationFailureRecord {
+  version: number;
+  tenantId: string;
+  error: string;
+  time: number;
+}
+
 export interface MigrationRecord {
   version: number;
   migrationId: string;
@@ -217,13 +224,7 @@ export class Catalog {
          ON CONFLICT (version, tenant_id) DO UPDATE SET error = excluded.error, time = excluded.time`,
       ),
       clearFailures: db.prepare<[string, number]>('DELETE FROM migration_failures WHERE tenant_id = ? AND version <= ?'),
-      failures: db.prepare<[number], { tenant_id: string; error: string }>(
-        'SELECT tenant_id, error FROM migration_failures WHERE version = ? ORDER BY tenant_id LIMIT 100',
-      ),
-      failureCount: db.prepare<[number], { n: number }>('SELECT count(*) AS n FROM migration_failures WHERE version = ?'),
-      progress: db.prepare<[number], { done: number; total: number }>(
-        'SELECT count(*) FILTER (WHERE schema_version >= ?) AS done, count(*) AS total FROM tenants',
-      ),
+      allFailures: db.prepare<[], { version: number; tenant_id: string; error: string }>('SELECT version, tenant_id, error FROM migration_failures'),
     };
   }
 
@@ -324,25 +325,24 @@ export class Catalog {
     });
   }
 
-  setSchemaVersion(tenantId: string, version: number): void {
+  /**
+   * What migration passes found, many tenants in one transaction
+   * (migrationWrites.ts): each tenant's schema version, which clears its
+   * failures up to it, and the failures.
+   */
+  writeMigrationResults(versions: readonly { tenantId: string; version: number }[], failures: readonly MigrationFailureRecord[]): void {
     this.transaction(() => {
-      this.statements.setSchemaVersion.run(version, tenantId);
-      this.statements.clearFailures.run(tenantId, version);
+      for (const { tenantId, version } of versions) {
+        this.statements.setSchemaVersion.run(version, tenantId);
+        this.statements.clearFailures.run(tenantId, version);
+      }
+      for (const f of failures) this.statements.recordFailure.run(f.version, f.tenantId, f.error.slice(0, 2000), f.time);
     });
   }
 
-  recordMigrationFailure(version: number, tenantId: string, error: string, time: number): void {
-    this.statements.recordFailure.run(version, tenantId, error.slice(0, 2000), time);
-  }
-
-  migrationProgress(version: number): { done: number; total: number; failed: number; failures: { tenantId: string; error: string }[] } {
-    const { done, total } = this.statements.progress.get(version)!;
-    return {
-      done,
-      total,
-      failed: this.statements.failureCount.get(version)!.n,
-      failures: this.statements.failures.all(version).map((f) => ({ tenantId: f.tenant_id, error: f.error })),
-    };
+  /** Every recorded migration failure (read once at start; the migrator keeps them in memory). */
+  migrationFailures(): { version: number; tenantId: string; error: string }[] {
+    return this.statements.allFailures.all().map((f) => ({ version: f.version, tenantId: f.tenant_id, error: f.error }));
   }
 
   migrations(): MigrationRecord[] {

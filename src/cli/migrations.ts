@@ -1,4 +1,4 @@
-/** `tenantd migrations ...`: schema migrations, applied to every tenant. */
+/** `tenantd migrations ...`: schema migrations, applied to every tenant; retried where they failed. */
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UsageError, expect } from './args.ts';
@@ -42,6 +42,14 @@ export const migrations: CommandGroup = {
     async run(context, positionals) {
       const [id] = expect(positionals, ['migration-id']);
       context.printer.one({ type: MIGRATION, value: await context.connect().admin.getMigration(id!, context.callOptions) });
+    },
+  },
+  retry: {
+    usage: 'migrations retry <migration-id>',
+    summary: 'runs it again on the tenants it failed on',
+    async run(context, positionals) {
+      const [id] = expect(positionals, ['migration-id']);
+      context.printer.one({ type: MIGRATION, value: await context.connect().admin.retryMigration(id!, context.callOptions) });
     },
   },
   list: {

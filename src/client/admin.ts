@@ -132,6 +132,12 @@ export class Admin {
     return this.channel.unary('SchemaService', 'GetMigration', { name }, options);
   }
 
+  /** Runs a migration again on the tenants it failed on. */
+  retryMigration(migrationId: string, options: CallOptions = {}): Promise<Message> {
+    const name = migrationId.startsWith('migrations/') ? migrationId : `migrations/${migrationId}`;
+    return this.channel.unary('SchemaService', 'RetryMigration', { name }, options);
+  }
+
   async listMigrations(options: CallOptions = {}): Promise<Message[]> {
     const all: Message[] = [];
     let token = '';

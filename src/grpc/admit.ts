@@ -10,17 +10,21 @@ import { TenantdError } from '../errors.ts';
 import type { SqlValue } from '../protocol.ts';
 import { isRefusal, type Admitter } from '../quota/admission.ts';
 import { quotaExceeded } from '../quota/refusal.ts';
+import type { ShardActivity } from '../quota/shardActivity.ts';
+import { shardOf } from '../routing/shardRouter.ts';
 import type { ServerMetrics } from '../telemetry/serverMetrics.ts';
 import type { TenantRegistry } from '../tenants/registry.ts';
 import type { TenantCall } from './access.ts';
 
 export type Admit = <T>(call: TenantCall, writeBytes: number, trailer: Metadata | null, fn: () => Promise<T>) => Promise<T>;
 
-/** `metrics` is null when telemetry is off. */
-export function createAdmit(admitter: Admitter, registry: TenantRegistry, metrics: ServerMetrics | null = null): Admit {
+/** `metrics` is null when telemetry is off; `activity` null refuses shard time as if a neighbour were always there. */
+export function createAdmit(admitter: Admitter, registry: TenantRegistry, metrics: ServerMetrics | null = null, activity: { shards: number; tracker: ShardActivity } | null = null): Admit {
   return async (call, writeBytes, trailer, fn) => {
     const live = call.tenant;
-    const admission = admitter.admit(live.slot, writeBytes, Date.now(), live.quotas.shardMsPerSecond);
+    const now = Date.now();
+    const neighbourActive = activity === null || activity.tracker.touch(shardOf(live.record.tenantId, activity.shards), live.slot.slot, now);
+    const admission = admitter.admit(live.slot, writeBytes, now, live.quotas.shardMsPerSecond, neighbourActive);
     live.shardMicrosTotal += admitter.lastChargedUs;
     if (isRefusal(admission)) {
       registry.refused(live, 'RESOURCE_EXHAUSTED');

@@ -20,5 +20,6 @@ export function callLimits(call: TenantCall, grpcCall: { getDeadline(): Date | n
     timeoutMs: Math.max(1, Math.floor(Math.min(quota < 0 ? UNLIMITED_QUERY_MS : quota, left))),
     storageLimitBytes: call.tenant.quotas.storageBytes,
     slot: call.tenant.slot.slot,
+    shareMs: call.tenant.quotas.shardMsPerSecond,
   };
 }

@@ -18,16 +18,15 @@ function parseMigrationName(name: string): string {
 
 export function schemaService(access: Access, migrator: Migrator, catalog: Catalog, service: ServiceObserver): Handlers {
   const toProto = (m: MigrationRecord) => {
-    const progress = catalog.migrationProgress(m.version);
-    const pending = Math.max(0, progress.total - progress.done - progress.failed);
+    const progress = migrator.progress(m.version);
     return {
       name: `migrations/${m.migrationId}`,
       migration_id: m.migrationId,
       version: String(m.version),
       sql: m.sql,
-      state: pending > 0 ? 'RUNNING' : progress.failed > 0 ? 'FAILED' : 'SUCCEEDED',
+      state: progress.state,
       tenants_done: String(progress.done),
-      tenants_pending: String(pending),
+      tenants_pending: String(progress.pending),
       tenants_failed: String(progress.failed),
       failures: progress.failures.map((f) => ({ tenant: `tenants/${f.tenantId}`, error: f.error })),
       create_time: timestamp(m.createTime),
@@ -40,11 +39,11 @@ export function schemaService(access: Access, migrator: Migrator, catalog: Catal
   };
 
   return {
-    ApplyMigration: unary(service, 'ApplyMigration', (call: Call<{ migration_id: string; sql: string; validate_only: boolean }>) => {
+    ApplyMigration: unary(service, 'ApplyMigration', async (call: Call<{ migration_id: string; sql: string; validate_only: boolean }>) => {
       access.admin(call.metadata);
       const { migration_id, sql, validate_only } = call.request;
       if (validate_only) {
-        migrator.validate(migration_id, sql);
+        await migrator.validate(migration_id, sql);
         return {
           name: `migrations/${migration_id}`,
           migration_id,
@@ -53,12 +52,20 @@ export function schemaService(access: Access, migrator: Migrator, catalog: Catal
           state: 'VALIDATED',
         };
       }
-      return toProto(migrator.apply(migration_id, sql));
+      return toProto(await migrator.apply(migration_id, sql));
     }),
 
     GetMigration: unary(service, 'GetMigration', (call: Call<{ name: string }>) => {
       access.admin(call.metadata);
       return toProto(find(parseMigrationName(call.request.name)));
+    }),
+
+    RetryMigration: unary(service, 'RetryMigration', (call: Call<{ name: string }>) => {
+      access.admin(call.metadata);
+      const record = find(parseMigrationName(call.request.name));
+      // The tenants failed for it, this migration's own failures and those behind an earlier one, go back into a pass.
+      migrator.retry(record.version);
+      return toProto(record);
     }),
 
     ListMigrations: unary(service, 'ListMigrations', (call: Call<{ page_size: number; page_token: string }>) => {

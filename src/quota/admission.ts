@@ -130,7 +130,7 @@ export class Admitter {
    * bucket at the limit (ms per second) and stores how far it is drawn down,
    * in µs, which it returns; 0 when unlimited.
    */
-  private chargeShardTime(ref: SlotRef, limitMs: number, nowMs: number): number {
+  private chargeShardTime(ref: SlotRef, limitMs: number, nowMs: number, neighbourActive: boolean): number {
     const int32 = ref.page.shard;
     const base = ref.index * kShardFields;
     // The common case, a tenant of quick calls with its bucket full: two
@@ -146,7 +146,12 @@ export class Admitter {
     this.lastChargedUs = pending;
     if (isUnlimitedShardTime(limitMs)) return 0;
     const tick = this.shardTickOf(nowMs);
-    const debt = debtAfter(int32, base, limitMs, tick, pending);
+    let debt = debtAfter(int32, base, limitMs, tick, pending);
+    // Time taken while no other tenant wanted the shard kept no one waiting:
+    // it is not owed. The bucket stays at most empty (one second's worth
+    // drawn), so a neighbour that turns up gets the tenant held to its share
+    // from then on, not locked out for all it ran alone.
+    if (!neighbourActive) debt = Math.min(debt, limitMs * 1000);
     Atomics.store(int32, base + kShardDebtUs, debt);
     Atomics.store(int32, base + kShardRefillTick, tick);
     return debt;
@@ -178,8 +183,10 @@ export class Admitter {
   /**
    * Admits the call (counting it in flight and in the window) or says which
    * quota refuses it. `release` must follow every admission exactly once.
+   * `neighbourActive`: whether another tenant used the tenant's shard lately
+   * (ShardActivity); without one, shard_ms_per_second refuses nothing.
    */
-  admit(ref: SlotRef, writeBytes: number, nowMs: number = Date.now(), shardMsLimit = -1): Admission | Refusal {
+  admit(ref: SlotRef, writeBytes: number, nowMs: number = Date.now(), shardMsLimit = -1, neighbourActive = true): Admission | Refusal {
     const { int32, uint16 } = ref.page;
     const base = ref.index * kInt32Fields;
 
@@ -191,10 +198,12 @@ export class Admitter {
     }
 
     // A call's shard time is known only once it ran: the bucket may go deep
-    // into debt (one long query), and the tenant waits until it is refilled
-    // to less than a second's worth.
-    const debt = this.chargeShardTime(ref, shardMsLimit, nowMs);
-    if (debt > 0 && debt >= shardMsLimit * 1000) {
+    // into debt (one long query), and while a neighbour wants the shard the
+    // tenant waits until it is refilled to less than a second's worth. With
+    // no neighbour it is served (work-conserving): the shard runs its calls
+    // after any other tenant's within its share (workers/shareLanes.ts).
+    const debt = this.chargeShardTime(ref, shardMsLimit, nowMs, neighbourActive);
+    if (neighbourActive && debt > 0 && debt >= shardMsLimit * 1000) {
       return {
         quota: 'shard_ms_per_second',
         current: Math.ceil(debt / 1000),

@@ -63,6 +63,11 @@ export class FileChecks {
     return (result as { message: string }).message;
   }
 
+  /** Runs `step` after `steps` on a scratch database in the pool; throws INVALID_ARGUMENT MIGRATION_INVALID when it fails. */
+  async validateMigration(steps: MigrationStep[], step: MigrationStep): Promise<void> {
+    this.settle(await this.pool.run({ op: 'validateMigration', steps, step }));
+  }
+
   /**
    * Waits for the tasks running (a thread inside SQLite must not be
    * terminated: better-sqlite3 aborts the process), at most

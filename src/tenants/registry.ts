@@ -38,6 +38,8 @@ export class TenantRegistry {
    * ~100 MB); dropped windows cost only recently active tenants memory.
    */
   private readonly timed = new Set<LiveTenant>();
+  /** How many tenants are at each schema version: migration progress without counting the catalog. */
+  private readonly versions = new Map<number, number>();
   private nextLatencySweep = Date.now() + LATENCY_SWEEP_MS;
 
   constructor(
@@ -68,12 +70,14 @@ export class TenantRegistry {
     const quotas = this.effectiveQuotas(record);
     let live = this.tenants.get(record.tenantId);
     if (live) {
+      this.countVersion(live.record.schemaVersion, -1);
       live.record = record;
       live.quotas = quotas;
     } else {
       live = { record, quotas, slot: this.table.allocate(), deleting: false, idleWaiters: null, latency: null, errorsByCode: null, eventsTotal: 0, shardMicrosTotal: 0 };
       this.tenants.set(record.tenantId, live);
     }
+    this.countVersion(record.schemaVersion, 1);
     // Takes effect on the next admission: there is no other copy of the limits.
     this.table.setLimits(live.slot, quotas);
     return live;
@@ -83,6 +87,7 @@ export class TenantRegistry {
     const live = this.tenants.get(tenantId);
     if (!live) return;
     this.tenants.delete(tenantId);
+    this.countVersion(live.record.schemaVersion, -1);
     this.timed.delete(live);
     this.table.release(live.slot);
   }
@@ -93,6 +98,17 @@ export class TenantRegistry {
    */
   resolvePlan(plan: string): string {
     return plan === '' ? this.config.defaultPlan : plan;
+  }
+
+  /** Tenants per schema version. */
+  schemaVersions(): ReadonlyMap<number, number> {
+    return this.versions;
+  }
+
+  private countVersion(version: number, delta: number): void {
+    const n = (this.versions.get(version) ?? 0) + delta;
+    if (n === 0) this.versions.delete(version);
+    else this.versions.set(version, n);
   }
 
   planExists(plan: string): boolean {

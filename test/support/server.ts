@@ -166,8 +166,19 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
+/** The data directories this test file made: removed after it (cleanup.ts), whatever its tests did. */
+const madeDirs = new Set<string>();
+
 export function freshDataDir(): string {
-  return mkdtempSync(join(tmpdir(), 'tenantd-test-'));
+  const dir = mkdtempSync(join(tmpdir(), 'tenantd-test-'));
+  madeDirs.add(dir);
+  return dir;
+}
+
+/** Removes every data directory freshDataDir made in this file. */
+export function removeDataDirs(): void {
+  for (const dir of madeDirs) rmSync(dir, { recursive: true, force: true });
+  madeDirs.clear();
 }
 
 export interface TestServerOptions {

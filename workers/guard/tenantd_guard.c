@@ -10,6 +10,10 @@
 **   tenantd_arm(token, timeout_ms)  guard ON, optional deadline
 **   tenantd_disarm(token)           guard OFF, 1 if the deadline fired
 **   tenantd_last_denial(token)      why the authorizer last said no, or NULL
+**   tenantd_arm_call(token, timeout_ms, flags, max_length)
+**                                   tenantd_arm with a choice of policy and a
+**                                   per-call SQLITE_LIMIT_LENGTH
+**   tenantd_policy(token, on)       tenant policy on/off, deadline kept
 **
 ** Loading the extension (entry point sqlite3_tenantdguard_init) also tightens
 ** the connection's limits and db_config flags for its whole lifetime, guard
@@ -31,6 +35,10 @@ SQLITE_EXTENSION_INIT1
 #include <time.h>
 
 #define TOKEN_BYTES 16
+
+/* SQLITE_LIMIT_LENGTH for the service's own statements (and for tenant calls
+** that name no limit of their own). */
+#define SERVICE_LENGTH (16 * 1024 * 1024)
 #define DENIAL_BYTES 256
 
 /* Once a deadline has passed, the watchdog interrupts the connection again
@@ -40,6 +48,7 @@ SQLITE_EXTENSION_INIT1
 ** one tenant call (or between arm and the first statement) would otherwise
 ** let the next statement run without any bound. */
 #define REFIRE_NS (10ull * 1000ull * 1000ull)
+
 
 /* Upper bound for timeout_ms (about 24.8 days); keeps the deadline
 ** arithmetic far from overflow whatever JavaScript passes in. */
@@ -51,7 +60,10 @@ struct GuardCtx {
   int nRef;                 /* SQL functions still holding this context */
   int hasToken;
   unsigned char token[TOKEN_BYTES];
-  int guardOn;              /* authorizer enforces the tenant policy */
+  int guardOn;              /* authorizer enforces the tenant policy on
+                            ** top-level SQL (trigger and view code is
+                            ** always checked, see authorizer()) */
+  int serviceLength;        /* SQLITE_LIMIT_LENGTH outside tenant calls */
   int watched;              /* on the watchdog list; written only by the
                             ** connection's own thread, under wdMutex */
   /* The fields below are shared with the watchdog; guarded by wdMutex. */
@@ -260,24 +272,37 @@ static sqlite3_int64 timeoutArg(sqlite3_value *v){
   }
 }
 
-static void fnArm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
-  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
-  sqlite3_int64 ms;
-  (void)argc;
-  if( !tokenMatches(p, argv[0]) ){
-    sqlite3_result_error(ctx, zNotPermitted, -1);
-    return;
-  }
-  ms = timeoutArg(argv[1]);
+/* Flags of tenantd_arm_call's third argument. */
+#define ARM_TENANT_POLICY 0x01   /* top-level SQL is tenant SQL */
+#define ARM_RESET_SESSION 0x02   /* last_insert_rowid() starts at 0 */
+
+/* Smallest and largest per-call SQLITE_LIMIT_LENGTH accepted; 0 or less
+** keeps the service's own value. */
+#define MIN_CALL_LENGTH 1024
+#define MAX_CALL_LENGTH (64 * 1024 * 1024)
+
+/* Arms the guard: the policy for top-level SQL, an optional deadline
+** (ms>0) and an optional length limit for this call. Returns an error
+** message or 0. */
+static const char *armCall(
+  GuardCtx *p, sqlite3_int64 ms, int flags, sqlite3_int64 maxLength
+){
   if( ms>0 ){
     pthread_once(&wdOnce, wdStart);
-    if( !wdStarted ){
-      sqlite3_result_error(ctx, "tenantd: watchdog thread unavailable", -1);
-      return;
-    }
+    if( !wdStarted ) return "tenantd: watchdog thread unavailable";
   }
-  p->guardOn = 1;
+  p->guardOn = (flags & ARM_TENANT_POLICY)!=0;
   p->denial[0] = 0;
+  if( flags & ARM_RESET_SESSION ){
+    /* Another call's last insert (the service's own event append included)
+    ** is not this call's business. */
+    sqlite3_set_last_insert_rowid(p->db, 0);
+  }
+  if( maxLength>0 ){
+    if( maxLength<MIN_CALL_LENGTH ) maxLength = MIN_CALL_LENGTH;
+    if( maxLength>MAX_CALL_LENGTH ) maxLength = MAX_CALL_LENGTH;
+    sqlite3_limit(p->db, SQLITE_LIMIT_LENGTH, (int)maxLength);
+  }
   if( ms>0 ){
     uint64_t deadline = monoNow() + (uint64_t)ms * 1000000ull;
     pthread_mutex_lock(&wdMutex);
@@ -302,6 +327,60 @@ static void fnArm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   }else{
     p->fired = 0;                             /* not shared while unwatched */
   }
+  return 0;
+}
+
+/* tenantd_arm(token, timeout_ms): tenant policy, deadline, session reset. */
+static void fnArm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  const char *zErr;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  zErr = armCall(p, timeoutArg(argv[1]),
+                 ARM_TENANT_POLICY | ARM_RESET_SESSION, 0);
+  if( zErr ){
+    sqlite3_result_error(ctx, zErr, -1);
+    return;
+  }
+  sqlite3_result_int(ctx, 1);
+}
+
+/* tenantd_arm_call(token, timeout_ms, flags, max_length): as tenantd_arm,
+** with the policy chosen by flags (without ARM_TENANT_POLICY only trigger
+** and view code is checked: the service's own statements under a tenant's
+** deadline) and a per-call SQLITE_LIMIT_LENGTH (<=0: unchanged). */
+static void fnArmCall(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  const char *zErr;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  zErr = armCall(p, timeoutArg(argv[1]), sqlite3_value_int(argv[2]),
+                 sqlite3_value_int64(argv[3]));
+  if( zErr ){
+    sqlite3_result_error(ctx, zErr, -1);
+    return;
+  }
+  sqlite3_result_int(ctx, 1);
+}
+
+/* tenantd_policy(token, on): switches the tenant policy for top-level SQL
+** without touching the deadline, so that the service can run its own
+** statements (a savepoint around tenant DDL, the schema check after it) in
+** the middle of a tenant call. */
+static void fnPolicy(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  p->guardOn = sqlite3_value_int(argv[1])!=0;
   sqlite3_result_int(ctx, 1);
 }
 
@@ -314,6 +393,9 @@ static void fnDisarm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
     return;
   }
   p->guardOn = 0;
+  if( sqlite3_limit(p->db, SQLITE_LIMIT_LENGTH, -1)!=p->serviceLength ){
+    sqlite3_limit(p->db, SQLITE_LIMIT_LENGTH, p->serviceLength);
+  }
   if( p->watched ){
     pthread_mutex_lock(&wdMutex);
     wdUnlink(p);
@@ -323,6 +405,7 @@ static void fnDisarm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   }else{
     fired = p->fired;
   }
+
   sqlite3_result_int(ctx, fired);
 }
 
@@ -376,6 +459,15 @@ static int isServiceObject(const char *z){
   return hasPrefixNoCase(z, "_tenantd");
 }
 
+/* ---------------------------------------------------------------------------
+** What tenant SQL may reach. Everything below is an ALLOW-list: a function,
+** virtual-table module or pragma that is not named here is refused, so a
+** newer SQLite with new functions fails closed. The README's "Security
+** model" gives the reason for every family; test/guard.test.ts checks the
+** lists against the library as built (pragma_function_list,
+** pragma_module_list, pragma_pragma_list).
+*/
+
 /* Pragmas that only read, and whose argument (if any) names a schema object
 ** or a row limit rather than a new setting. */
 static const char *const azPragmaIntrospect[] = {
@@ -383,22 +475,95 @@ static const char *const azPragmaIntrospect[] = {
   "index_xinfo", "foreign_key_list", "foreign_key_check", "integrity_check",
   "quick_check", 0
 };
-/* Pragmas that may be read but not set: no argument allowed. */
+/* Pragmas that may be read but not set: no argument allowed. Setting any of
+** the connection-level ones would outlive the call (the connection serves
+** every key of the tenant, and group commit puts several calls in one
+** transaction), so they are read-only to tenants; the service fixes them
+** when it opens the database. */
 static const char *const azPragmaReadOnly[] = {
   "page_count", "page_size", "freelist_count", "schema_version",
   "data_version", "compile_options", "function_list", "module_list",
   "pragma_list", "collation_list", "encoding", "journal_mode", "synchronous",
-  "max_page_count", 0
+  "max_page_count", "foreign_keys", "recursive_triggers",
+  "defer_foreign_keys", "case_sensitive_like", "automatic_index",
+  "auto_vacuum", "busy_timeout", "cache_size", "cache_spill",
+  "cell_size_check", "ignore_check_constraints", "legacy_alter_table",
+  "query_only", "reverse_unordered_selects", "secure_delete", "temp_store",
+  "threads", "trusted_schema", "journal_size_limit", "mmap_size",
+  "locking_mode", "wal_autocheckpoint", "analysis_limit",
+  "user_version", "application_id", 0
 };
-/* Pragmas a tenant may both read and set. */
+/* Pragmas a tenant may set: both live in the database file's header, are
+** the tenant's own data and leave nothing on the connection. optimize only
+** runs ANALYZE where it is due (its argument is a bit mask of what to do).
+*/
 static const char *const azPragmaSettable[] = {
-  "foreign_keys", "recursive_triggers", "defer_foreign_keys",
-  "case_sensitive_like", "user_version", "application_id", "optimize",
-  "analysis_limit", 0
+  "user_version", "application_id", "optimize", 0
 };
+
+/* Virtual-table modules a tenant may CREATE VIRTUAL TABLE with: full-text
+** search and R*Tree indexes, kept in the tenant's own file. The connection
+** drops every other module when the extension loads (sqlite3_drop_modules),
+** which also takes away the eponymous tables of those modules (dbstat,
+** fts3tokenize, ...). */
 static const char *const azVtabModules[] = {
   "fts3", "fts4", "fts5", "rtree", "rtree_i32", 0
 };
+/* The table-valued functions this build offers without a module of its
+** own: json_each, json_tree, jsonb_each and jsonb_tree (registered on first
+** use, so sqlite3_drop_modules cannot remove them; they only parse the JSON
+** they are given) and pragma_* tables, each of which runs its PRAGMA
+** through the authorizer and so under the pragma lists above. */
+
+/* SQL functions tenant SQL may call. */
+static const char *const azFunctions[] = {
+  /* core scalar */
+  "abs", "changes", "char", "coalesce", "concat", "concat_ws", "format",
+  "glob", "hex", "if", "ifnull", "iif", "instr", "last_insert_rowid",
+  "length", "like", "likelihood", "likely", "lower", "ltrim", "max", "min",
+  "nullif", "octet_length", "printf", "quote", "random", "randomblob",
+  "replace", "round", "rtrim", "sign", "soundex", "sqlite_version",
+  "substr", "substring", "subtype", "trim", "typeof", "unhex", "unicode",
+  "unistr", "unistr_quote", "unlikely", "upper", "zeroblob",
+  /* date and time */
+  "current_date", "current_time", "current_timestamp", "date", "datetime",
+  "julianday", "strftime", "time", "timediff", "unixepoch",
+  /* math */
+  "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil",
+  "ceiling", "cos", "cosh", "degrees", "exp", "floor", "ln", "log", "log10",
+  "log2", "mod", "pi", "pow", "power", "radians", "sin", "sinh", "sqrt",
+  "tan", "tanh", "trunc",
+  /* aggregate */
+  "avg", "count", "group_concat", "median", "percentile", "percentile_cont",
+  "percentile_disc", "string_agg", "sum", "total",
+  /* window */
+  "cume_dist", "dense_rank", "first_value", "lag", "last_value", "lead",
+  "nth_value", "ntile", "percent_rank", "rank", "row_number",
+  /* JSON */
+  "->", "->>", "json", "json_array", "json_array_insert",
+  "json_array_length", "json_error_position", "json_extract",
+  "json_group_array", "json_group_object", "json_insert", "json_object",
+  "json_patch", "json_pretty", "json_quote", "json_remove", "json_replace",
+  "json_set", "json_type", "json_valid", "jsonb", "jsonb_array",
+  "jsonb_array_insert", "jsonb_extract", "jsonb_group_array",
+  "jsonb_group_object", "jsonb_insert", "jsonb_object", "jsonb_patch",
+  "jsonb_remove", "jsonb_replace", "jsonb_set",
+  /* full-text search over the tenant's own fts3/4/5 tables */
+  "match", "matchinfo", "offsets", "optimize", "snippet", "highlight",
+  "bm25", "fts5_get_locale", "fts5_insttoken", "fts5_locale",
+  /* SQLite's own, reached only from the SQL that SQLite itself runs for an
+  ** allowed statement (ALTER TABLE, ANALYZE): SQLITE_FUNC_INTERNAL, which
+  ** SQL text cannot call. */
+  "sqlite_rename_column", "sqlite_rename_table", "sqlite_rename_test",
+  "sqlite_rename_quotefix", "sqlite_drop_column", "sqlite_table_type",
+  "stat_init", "stat_push", "stat_get",
+  /* the guard's own control functions: the service's statements that call
+  ** them may be re-prepared while the guard is on; the token protects them */
+  "tenantd_guard_init", "tenantd_arm", "tenantd_disarm",
+  "tenantd_last_denial", "tenantd_arm_call", "tenantd_policy",
+  0
+};
+
 /* sqlite_* tables a tenant may read. The schema tables are also writable as
 ** far as the authorizer is concerned, because every CREATE/DROP/ALTER
 ** writes them through nested SQL that reaches the authorizer; SQLite itself
@@ -408,14 +573,19 @@ static const char *const azSchemaTables[] = {
   0
 };
 
-static const char *pragmaDecision(const char *zName, const char *zArg){
+/* zDb is the schema the pragma names ("temp" in PRAGMA temp.x), or NULL. */
+static const char *pragmaDecision(
+  const char *zName, const char *zArg, const char *zDb
+){
   if( inListNoCase(zName, azPragmaIntrospect) ){
     /* Not secret, but keep service tables out of tenant introspection, the
     ** same way reading them is refused. */
     return isServiceObject(zArg) ? "object" : 0;
   }
-  if( inListNoCase(zName, azPragmaSettable) ) return 0;
   if( zArg==0 && inListNoCase(zName, azPragmaReadOnly) ) return 0;
+  /* The temp schema's header belongs to the connection, not the tenant. */
+  if( inListNoCase(zName, azPragmaSettable)
+   && (zDb==0 || equalsNoCase(zDb, "main")) ) return 0;
   return "pragma";
 }
 
@@ -486,14 +656,14 @@ static int policy(
       return SQLITE_OK;
 
     case SQLITE_FUNCTION:
-      /* tenantd_* functions are NOT denied here: the service's own control
-      ** statements get re-prepared under the guard after a schema change.
-      ** They protect themselves with the token. */
-      if( equalsNoCase(a2, "load_extension") ){
-        sqlite3_snprintf(nOut, zOut, "function load_extension() is not permitted");
-        return SQLITE_DENY;
-      }
-      return SQLITE_OK;
+      /* a2 = function name. Only the allow-list: e.g. fts3_tokenizer()
+      ** with a bound blob makes SQLite call through a pointer the caller
+      ** chose, load_extension() loads code, sqlite_log() writes the
+      ** process's log. */
+      if( inListNoCase(a2, azFunctions) ) return SQLITE_OK;
+      sqlite3_snprintf(nOut, zOut, "function %.64s() is not permitted",
+                       nz(a2));
+      return SQLITE_DENY;
 
     case SQLITE_ATTACH:
       /* An empty file name is also what plain VACUUM attaches; the caller
@@ -520,7 +690,7 @@ static int policy(
     }
 
     case SQLITE_PRAGMA: {
-      const char *zWhy = pragmaDecision(a1, a2);
+      const char *zWhy = pragmaDecision(a1, a2, a3);
       if( zWhy==0 ) return SQLITE_OK;
       if( zWhy[0]=='o' ){
         sqlite3_snprintf(nOut, zOut,
@@ -561,7 +731,7 @@ static int policy(
         return SQLITE_DENY;
       }
       if( isServiceObject(a1)
-       || (hasPrefixNoCase(a1, "sqlite_") && !internalTableAllowed(op, a1)) ){
+       || (hasPrefixNoCase(a1, "sqlite_") && !internalTableAllowed(op, a1))){
         sqlite3_snprintf(nOut, zOut, "%s %.64s is not permitted", zVerb, a1);
         return SQLITE_DENY;
       }
@@ -637,8 +807,12 @@ static int authorizer(
 ){
   GuardCtx *p = (GuardCtx*)pArg;
   char zReason[DENIAL_BYTES];
-  (void)a4;
-  if( !p->guardOn ) return SQLITE_OK;
+  /* a4 names the trigger or view whose code is being prepared. That code is
+  ** the tenant's (no trigger or view of the service's own exists: the
+  ** service checks its schema when it opens a tenant), so it is checked as
+  ** tenant SQL whoever's statement fired it: the service's own append into
+  ** _tenantd_events, or an operator's migration. */
+  if( !p->guardOn && a4==0 ) return SQLITE_OK;
   if( policy(op, a1, a2, a3, zReason, (int)sizeof(zReason))==SQLITE_OK ){
     return SQLITE_OK;
   }
@@ -649,6 +823,12 @@ static int authorizer(
     if( op!=SQLITE_ATTACH || a1==0 || a1[0]==0 ) return SQLITE_OK;
     sqlite3_snprintf((int)sizeof(zReason), zReason,
         "VACUUM INTO is not permitted");
+  }
+  if( a4 ){
+    char zIn[DENIAL_BYTES];
+    sqlite3_snprintf((int)sizeof(zIn), zIn, "%s (in trigger or view %.64s)",
+                     zReason, a4);
+    memcpy(zReason, zIn, sizeof(zReason));
   }
   memcpy(p->denial, zReason, sizeof(p->denial));
   return SQLITE_DENY;
@@ -672,6 +852,8 @@ int sqlite3_tenantdguard_init(
     { "tenantd_arm",         2, fnArm        },
     { "tenantd_disarm",      1, fnDisarm     },
     { "tenantd_last_denial", 1, fnLastDenial },
+    { "tenantd_arm_call",    4, fnArmCall    },
+    { "tenantd_policy",      2, fnPolicy     },
   };
   const int nFunc = (int)(sizeof(aFunc)/sizeof(aFunc[0]));
   GuardCtx *p;
@@ -700,7 +882,8 @@ int sqlite3_tenantdguard_init(
     }
   }
 
-  sqlite3_limit(db, SQLITE_LIMIT_LENGTH, 16 * 1024 * 1024);
+  p->serviceLength = SERVICE_LENGTH;
+  sqlite3_limit(db, SQLITE_LIMIT_LENGTH, SERVICE_LENGTH);
   sqlite3_limit(db, SQLITE_LIMIT_SQL_LENGTH, 1024 * 1024);
   sqlite3_limit(db, SQLITE_LIMIT_COLUMN, 2000);
   sqlite3_limit(db, SQLITE_LIMIT_EXPR_DEPTH, 200);
@@ -739,6 +922,18 @@ int sqlite3_tenantdguard_init(
   {
     int persist = 1;
     sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+  }
+
+  /* The module allow-list: every other module goes, with its eponymous
+  ** table (dbstat reads raw pages of any table, the service's included;
+  ** fts3tokenize, fts4aux, fts5vocab, geopoly ...). */
+  rc = sqlite3_drop_modules(db, (const char**)azVtabModules);
+  if( rc!=SQLITE_OK ){
+    if( pzErrMsg ){
+      *pzErrMsg = sqlite3_mprintf("tenantd_guard: cannot drop modules: %s",
+                                  sqlite3_errstr(rc));
+    }
+    return rc;
   }
 
   sqlite3_set_authorizer(db, authorizer, p);
