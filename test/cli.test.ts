@@ -169,7 +169,7 @@ describe('tenantd CLI', { timeout: 400_000 }, () => {
     const commands = [
       ['tenants', 'list'], ['tenants', 'get'], ['tenants', 'update'], ['tenants', 'suspend'], ['tenants', 'activate'], ['tenants', 'delete'],
       ['keys', 'create'], ['keys', 'list'], ['keys', 'revoke'], ['usage'], ['sql'], ['backup'], ['restore'], ['maintain'],
-      ['migrations', 'apply'], ['migrations', 'get'], ['migrations', 'list'], ['tenants'], ['keys'], ['migrations'], [],
+      ['migrations', 'apply'], ['migrations', 'get'], ['migrations', 'list'], ['migrations', 'retry'], ['tenants'], ['keys'], ['migrations'], [],
     ];
     const helps = await Promise.all(commands.map((c) => tenantd([...c, '--help'], { env: {}, address: false })));
     helps.forEach((ran, i) => {
