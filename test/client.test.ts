@@ -183,7 +183,22 @@ describe('events.subscribe', { timeout: 120_000 }, () => {
       server = await startTestServer({ dataDir, listen: `127.0.0.1:${port}` }, { keepDataDir: true });
       // Another connection writes: this one's channel may still be backing off from the restart.
       const writer = connect({ address: `127.0.0.1:${port}`, key });
-      await writer.events.append([{ type: 'd' }, { type: 'e' }]).finally(() => writer.close());
+      try {
+        // A call the moment after the restart can still find no connection: retried, as an application would.
+        for (let attempt = 0; ; attempt++) {
+          const done = await writer.events.append([{ type: 'd' }, { type: 'e' }]).then(
+            () => true,
+            (error: unknown) => {
+              if (!(error instanceof TenantdError) || error.code !== status.UNAVAILABLE || attempt >= 20) throw error;
+              return false;
+            },
+          );
+          if (done) break;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      } finally {
+        writer.close();
+      }
       await until(5);
       abort.abort();
       await consumer;
