@@ -396,6 +396,40 @@ function checkTls(config: Config): void {
 
 export const CONFIG_FLAGS = ['config', ...OPTIONS.map((o) => o.flag)];
 
+/**
+ * What `serve --help` says about each flag: the value it takes and what it
+ * does. The listing itself comes from OPTIONS, so a flag is never missing
+ * from it; one without a line here is listed with its variable alone.
+ */
+const OPTION_HELP: Record<string, [value: string, help: string]> = {
+  config: ['FILE', 'a YAML file with these options (snake_case keys) and `plans`'],
+  listen: ['HOST:PORT', 'the gRPC address (default 127.0.0.1:7070; port 0 picks one)'],
+  'data-dir': ['DIR', 'catalog, tenant databases and admin.key (default ./data)'],
+  shards: ['N', 'worker threads that run SQL (default: one per CPU)'],
+  sync: ['full|normal', 'full: a commit is on disk before it is acknowledged (default full)'],
+  'max-open-dbs': ['N', 'open tenant databases kept, least recently used closed first (default 256)'],
+  'metrics-listen': ['HOST:PORT|off', 'Prometheus /metrics and /healthz, /readyz (default 127.0.0.1:9464)'],
+  'log-level': ['debug|info|warn|error|silent', 'JSON log lines on stderr (default info)'],
+  'tenants-file': ['FILE', 'tenants and keys to create at start; existing tenants are left alone'],
+  'admin-key-file': ['FILE', 'the admin key to use (default <data-dir>/admin.key, made at first start)'],
+  'default-plan': ['PLAN', 'the plan of a tenant created without one, stored with it at creation (default free)'],
+  'group-commit': ['on|off', "queued writes of one tenant share a commit, each in its own savepoint (default on)"],
+  'drain-timeout-ms': ['MS', 'on SIGINT/SIGTERM, how long calls in flight may finish (default 10000)'],
+  'migration-timeout-ms': ['MS', 'time limit of a migration step on one tenant, and of its validation (default 60000)'],
+  telemetry: ['on|off', 'off: no OpenTelemetry SDK, no /metrics, no spans (default on)'],
+  'metrics-per-tenant': ['on|off', 'a tenant_id attribute on the call counter: one series per tenant (default off)'],
+};
+
+/** `tenantd serve --help`: every flag, with its variable and YAML key. */
+export function serveUsage(): string {
+  const lines = [{ flag: 'config', env: 'TENANTD_CONFIG', yaml: '' }, ...OPTIONS].map((o) => {
+    const [value, help] = OPTION_HELP[o.flag] ?? ['VALUE', ''];
+    const names = `${o.env}${o.yaml ? `, ${o.yaml}:` : ''}`;
+    return `  --${o.flag} ${value}\n      ${help ? `${help}; ` : ''}${names}`;
+  });
+  return ['usage: tenantd serve [flags]', 'Flags win over TENANTD_* variables, variables over the --config file.', ...lines].join('\n');
+}
+
 function where(source: Source, name: string): string {
   return source === 'flag' ? `--${name}` : source === 'environment' ? name : `config file key "${name}"`;
 }
@@ -418,27 +452,56 @@ export function parseFlags(argv: readonly string[]): Map<string, string> {
   return flags;
 }
 
+/** A plan that sets nothing: every quota unlimited. */
+function unlimitedPlan(): QuotaValues {
+  return Object.fromEntries(QUOTA_FIELDS.map((f) => [f, -1])) as unknown as QuotaValues;
+}
+
+/**
+ * `plans:` in the YAML file. A plan starts from the plan it names in
+ * `extends` (a built-in one or another in the file). Without `extends`, a
+ * built-in name (free, pro, enterprise) starts from its documented values,
+ * and any other plan from nothing: a quota it leaves unset is unlimited
+ * (-1), never silently the free plan's.
+ */
 function parsePlans(raw: unknown, into: Config): void {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigError(`config file key "plans": expected a map of plan name to quotas`);
   }
-  for (const [plan, quotas] of Object.entries(raw)) {
-    if (typeof quotas !== 'object' || quotas === null) {
-      throw new ConfigError(`config file key "plans.${plan}": expected a map of quota name to integer`);
+  const specs = raw as Record<string, unknown>;
+  const resolved = new Map<string, QuotaValues>();
+  const resolving: string[] = [];
+  const resolve = (plan: string): QuotaValues => {
+    const done = resolved.get(plan);
+    if (done) return done;
+    const quotas = specs[plan];
+    if (typeof quotas !== 'object' || quotas === null || Array.isArray(quotas)) {
+      throw new ConfigError(`config file key "plans.${plan}": expected a map of quota name to integer (and optionally extends: <plan>)`);
     }
-    const base = into.plans[plan] ?? structuredClone(DEFAULT_PLANS.free!);
-    for (const [key, value] of Object.entries(quotas)) {
+    if (resolving.includes(plan)) throw new ConfigError(`config file key "plans.${plan}.extends": a cycle (${[...resolving, plan].join(' -> ')})`);
+    resolving.push(plan);
+    const { extends: parent, ...values } = quotas as Record<string, unknown>;
+    let base: QuotaValues;
+    if (parent === undefined || parent === plan) base = structuredClone(DEFAULT_PLANS[plan] ?? unlimitedPlan());
+    else if (typeof parent !== 'string' || (specs[parent] === undefined && !DEFAULT_PLANS[parent])) {
+      const known = [...new Set([...Object.keys(DEFAULT_PLANS), ...Object.keys(specs)])].filter((p) => p !== plan);
+      throw new ConfigError(`config file key "plans.${plan}.extends": expected the name of another plan (${known.join(', ')}), got ${JSON.stringify(parent)}`);
+    } else base = structuredClone(specs[parent] !== undefined ? resolve(parent) : DEFAULT_PLANS[parent]!);
+    for (const [key, value] of Object.entries(values)) {
       const field = QUOTA_FIELDS.find((f) => snakeCase(f) === key);
       if (!field) {
         throw new ConfigError(
-          `config file key "plans.${plan}.${key}": unknown quota; known: ${QUOTA_FIELDS.map(snakeCase).join(', ')}`,
+          `config file key "plans.${plan}.${key}": unknown quota; known: extends, ${QUOTA_FIELDS.map(snakeCase).join(', ')}`,
         );
       }
       base[field] = asInteger(value, `config file key "plans.${plan}.${key}"`, -1, Number.MAX_SAFE_INTEGER);
       if (base[field] === 0) throw new ConfigError(`config file key "plans.${plan}.${key}": 0 is not a limit; use -1 for unlimited`);
     }
-    into.plans[plan] = base;
-  }
+    resolving.pop();
+    resolved.set(plan, base);
+    return base;
+  };
+  for (const plan of Object.keys(specs)) into.plans[plan] = resolve(plan);
 }
 
 /**

@@ -1,22 +1,10 @@
 /**
  * The `tenantd` command. `tenantd serve [flags]` runs the service until
  * SIGINT/SIGTERM, then drains calls in flight and closes every database;
- * the other commands are the operator's admin client (cli.ts).
+ * the other commands are the operator's admin client (src/cli/).
  */
-import { ConfigError, loadConfig } from './config.ts';
-import { createLogger } from './log.ts';
-import { startServer } from './server.ts';
-import { DataDirLockedError } from './dataDirLock.ts';
-import { installTelemetry } from './telemetry/sdk.ts';
-import { installProcessGuard } from './processGuard.ts';
-import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
-
-const USAGE = `usage: tenantd admin-key rotate [--data-dir ./data]   (server stopped; see README "Keys and secrets")
-       tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
-                     [--max-open-dbs N] [--metrics-listen 127.0.0.1:9464|off] [--config tenantd.yaml]
-                     [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]
-                     [--telemetry on|off] [--metrics-per-tenant on|off]
-                     [--tls-cert server.crt --tls-key server.key [--tls-client-ca ca.crt]] [--metrics-tls on|off]`;
+// Everything is imported when used: the operator's commands must not pay
+// for loading the server.
 
 /** What shutdown may take past the drain timeout: closing shards and catalog, flushing telemetry. */
 const SHUTDOWN_GRACE_MS = 600;
@@ -35,16 +23,20 @@ function exitNow(server: { interruptAll(): void }, code: number): void {
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
-    process.stdout.write(`${USAGE}\n${CLI_USAGE}\n`);
-    return command === undefined ? 2 : 0;
-  }
   if (command === 'admin-key') return (await import('./adminKeyCommand.ts')).adminKeyCommand(rest);
-  if (CLI_COMMANDS.has(command)) return cli(command, rest);
-  if (command !== 'serve') {
-    process.stderr.write(`unknown command ${JSON.stringify(command)}\n${USAGE}\n`);
-    return 2;
+  if (command !== 'serve') return (await import('./cli/index.ts')).cli(argv);
+  const { ConfigError, loadConfig, serveUsage } = await import('./config.ts');
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${serveUsage()}\n`);
+    return 0;
   }
+  const [{ createLogger }, { startServer }, { installTelemetry }, { DataDirLockedError }, { installProcessGuard }] = await Promise.all([
+    import('./log.ts'),
+    import('./server.ts'),
+    import('./telemetry/sdk.ts'),
+    import('./dataDirLock.ts'),
+    import('./processGuard.ts'),
+  ]);
   let config;
   try {
     config = loadConfig(rest);

@@ -1,7 +1,7 @@
 /**
  * `--tenants-file tenants.yaml`: tenants and keys an operator provisions at
- * start. Tenants that do not exist are created with the listed keys; keys
- * missing from an existing tenant are added. A key listed twice, or already
+ * start. Tenants that do not exist are created with the listed keys; existing
+ * tenants are left alone, keys included. A key listed twice, or already
  * held by another tenant, stops the start with a message naming both places.
  *
  *   tenants:
@@ -73,10 +73,9 @@ export async function bootstrapTenants(path: string, manager: TenantManager, cat
   for (const { id, entry, keys } of plan) {
     const existing = catalog.getTenant(id);
     if (existing) {
-      for (const key of keys) {
-        catalog.insertKey({ ...key, tenantId: id, displayName: 'tenants file', createTime: Date.now(), revokeTime: null });
-      }
-      if (keys.length) logger.info('tenants file: keys added', { tenant: id, keys: keys.length });
+      // Left alone, keys included: the file provisions, the API manages. A key
+      // the file adds later must not quietly open an existing tenant.
+      if (keys.length) logger.warn('tenants file: tenant exists, its keys in the file were not added', { tenant: id, keys: keys.length });
       continue;
     }
     const quotas = emptyOverrides();
