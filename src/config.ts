@@ -5,6 +5,7 @@
 import { availableParallelism, hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { readTlsMaterial } from './tls/certificates.ts';
 
 export type SyncMode = 'full' | 'normal';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -89,6 +90,12 @@ export interface ClusterConfig {
   leaseTtlSeconds: number;
   /** How long a move's source keeps its old copy (calls for it are forwarded meanwhile). */
   moveGraceMs: number;
+  /**
+   * CA file the nodes trust for each other's TLS; null: --tls-client-ca. Used
+   * only when the node serves TLS (--tls-cert): node-to-node calls then use
+   * TLS too, with the node's own certificate as the client certificate.
+   */
+  tlsCa: string | null;
 }
 
 export interface Config {
@@ -125,11 +132,20 @@ export interface Config {
   queryUnreadLimits: UnreadLimits;
   /** Tenant calls queued for the shards, per shard and in all (routing/shardQueueBudget.ts). Not settable from flags, env or file. */
   shardQueueLimits: ShardQueueLimits;
+  /** How long a call's request may take to arrive in full (grpc/requestDeadline.ts). Not settable from flags, env or file. */
+  requestReadTimeoutMs: number;
   /** false (`--telemetry off`): no OpenTelemetry SDK at all, no `/metrics`, no spans. */
   telemetry: boolean;
   /** Adds a `tenantd.tenant_id` attribute to the call counter: one series per tenant, so opt-in. */
   metricsPerTenant: boolean;
   cluster: ClusterConfig;
+  /** PEM certificate chain and key: gRPC over TLS; null: plaintext. Reloaded on change and SIGHUP (tls/certificates.ts). */
+  tlsCert: string | null;
+  tlsKey: string | null;
+  /** PEM CA: mutual TLS, clients must present a certificate it signed. Needs tlsCert. */
+  tlsClientCa: string | null;
+  /** Serve /metrics, /healthz and /readyz over HTTPS with the same certificate. */
+  metricsTls: boolean;
   /** Longest wait for a transaction's next request before it is rolled back (docs/transactions.md). */
   transactionIdleMs: number;
   /** How long a request_id's response is kept for retries. */
@@ -196,9 +212,15 @@ export function defaultConfig(): Config {
     eventSweepMs: 60_000,
     queryUnreadLimits: { perTenant: 256 * 1024 * 1024, total: 1024 * 1024 * 1024 },
     shardQueueLimits: { ...DEFAULT_SHARD_QUEUE_LIMITS },
+    // A 16 MiB request at 1 MB/s takes 16 s; a body that stops for longer is an attack or a dead client.
+    requestReadTimeoutMs: 30_000,
     telemetry: true,
     metricsPerTenant: false,
-    cluster: { etcd: [], nodeId: hostname(), advertise: null, internalAdvertise: null, leaseTtlSeconds: 10, moveGraceMs: 30_000 },
+    cluster: { etcd: [], nodeId: hostname(), advertise: null, internalAdvertise: null, leaseTtlSeconds: 10, moveGraceMs: 30_000, tlsCa: null },
+    tlsCert: null,
+    tlsKey: null,
+    tlsClientCa: null,
+    metricsTls: false,
     transactionIdleMs: 5_000,
     idempotencyWindowHours: 24,
   };
@@ -346,6 +368,15 @@ const OPTIONS: ScalarOption[] = [
     yaml: 'metrics_per_tenant',
     apply: (c, r, w) => (c.metricsPerTenant = asSwitch(r, w)),
   },
+  { flag: 'tls-cert', env: 'TENANTD_TLS_CERT', yaml: 'tls_cert', apply: (c, r, w) => (c.tlsCert = asPemFile(r, w, 'CERTIFICATE')) },
+  { flag: 'tls-key', env: 'TENANTD_TLS_KEY', yaml: 'tls_key', apply: (c, r, w) => (c.tlsKey = asPemFile(r, w, 'PRIVATE KEY')) },
+  {
+    flag: 'tls-client-ca',
+    env: 'TENANTD_TLS_CLIENT_CA',
+    yaml: 'tls_client_ca',
+    apply: (c, r, w) => (c.tlsClientCa = asPemFile(r, w, 'CERTIFICATE')),
+  },
+  { flag: 'metrics-tls', env: 'TENANTD_METRICS_TLS', yaml: 'metrics_tls', apply: (c, r, w) => (c.metricsTls = asSwitch(r, w)) },
   {
     flag: 'cluster-etcd',
     env: 'TENANTD_CLUSTER_ETCD',
@@ -375,6 +406,7 @@ const OPTIONS: ScalarOption[] = [
     yaml: 'lease_ttl_s',
     apply: (c, r, w) => (c.cluster.leaseTtlSeconds = asInteger(r, w, 2, 300)),
   },
+  { flag: 'cluster-tls-ca', env: 'TENANTD_CLUSTER_TLS_CA', yaml: 'cluster_tls_ca', apply: (c, r, w) => (c.cluster.tlsCa = asString(r, w)) },
   {
     flag: 'move-grace-ms',
     env: 'TENANTD_MOVE_GRACE_MS',
@@ -395,7 +427,79 @@ const OPTIONS: ScalarOption[] = [
   },
 ];
 
+/**
+ * A readable PEM file holding a `-----BEGIN ...${label}-----` block (any
+ * key type for PRIVATE KEY). Whether the key matches the certificate is
+ * checked once all options are in (checkTls).
+ */
+function asPemFile(raw: unknown, where: string, label: 'CERTIFICATE' | 'PRIVATE KEY'): string {
+  const path = asString(raw, where);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`${where} ${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+  }
+  if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(text)) {
+    throw new ConfigError(`${where} ${path}: expected a PEM file with a ${label} block`);
+  }
+  return path;
+}
+
+function checkTls(config: Config): void {
+  if ((config.tlsCert === null) !== (config.tlsKey === null)) {
+    throw new ConfigError('--tls-cert and --tls-key (TENANTD_TLS_CERT/TENANTD_TLS_KEY, tls_cert/tls_key) go together: give both or neither');
+  }
+  if (config.tlsClientCa !== null && config.tlsCert === null) {
+    throw new ConfigError('--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key: the server must speak TLS first');
+  }
+  if (config.metricsTls && config.tlsCert === null) {
+    throw new ConfigError('--metrics-tls on needs --tls-cert and --tls-key');
+  }
+  if (config.tlsCert !== null && config.tlsKey !== null) {
+    try {
+      readTlsMaterial({ cert: config.tlsCert, key: config.tlsKey, clientCa: config.tlsClientCa });
+    } catch (error) {
+      throw new ConfigError((error as Error).message);
+    }
+  }
+}
+
 export const CONFIG_FLAGS = ['config', ...OPTIONS.map((o) => o.flag)];
+
+/**
+ * What `serve --help` says about each flag: the value it takes and what it
+ * does. The listing itself comes from OPTIONS, so a flag is never missing
+ * from it; one without a line here is listed with its variable alone.
+ */
+const OPTION_HELP: Record<string, [value: string, help: string]> = {
+  config: ['FILE', 'a YAML file with these options (snake_case keys) and `plans`'],
+  listen: ['HOST:PORT', 'the gRPC address (default 127.0.0.1:7070; port 0 picks one)'],
+  'data-dir': ['DIR', 'catalog, tenant databases and admin.key (default ./data)'],
+  shards: ['N', 'worker threads that run SQL (default: one per CPU)'],
+  sync: ['full|normal', 'full: a commit is on disk before it is acknowledged (default full)'],
+  'max-open-dbs': ['N', 'open tenant databases kept, least recently used closed first (default 256)'],
+  'metrics-listen': ['HOST:PORT|off', 'Prometheus /metrics and /healthz, /readyz (default 127.0.0.1:9464)'],
+  'log-level': ['debug|info|warn|error|silent', 'JSON log lines on stderr (default info)'],
+  'tenants-file': ['FILE', 'tenants and keys to create at start; existing tenants are left alone'],
+  'admin-key-file': ['FILE', 'the admin key to use (default <data-dir>/admin.key, made at first start)'],
+  'default-plan': ['PLAN', 'the plan of a tenant created without one, stored with it at creation (default free)'],
+  'group-commit': ['on|off', "queued writes of one tenant share a commit, each in its own savepoint (default on)"],
+  'drain-timeout-ms': ['MS', 'on SIGINT/SIGTERM, how long calls in flight may finish (default 10000)'],
+  'migration-timeout-ms': ['MS', 'time limit of a migration step on one tenant, and of its validation (default 60000)'],
+  telemetry: ['on|off', 'off: no OpenTelemetry SDK, no /metrics, no spans (default on)'],
+  'metrics-per-tenant': ['on|off', 'a tenant_id attribute on the call counter: one series per tenant (default off)'],
+};
+
+/** `tenantd serve --help`: every flag, with its variable and YAML key. */
+export function serveUsage(): string {
+  const lines = [{ flag: 'config', env: 'TENANTD_CONFIG', yaml: '' }, ...OPTIONS].map((o) => {
+    const [value, help] = OPTION_HELP[o.flag] ?? ['VALUE', ''];
+    const names = `${o.env}${o.yaml ? `, ${o.yaml}:` : ''}`;
+    return `  --${o.flag} ${value}\n      ${help ? `${help}; ` : ''}${names}`;
+  });
+  return ['usage: tenantd serve [flags]', 'Flags win over TENANTD_* variables, variables over the --config file.', ...lines].join('\n');
+}
 
 function where(source: Source, name: string): string {
   return source === 'flag' ? `--${name}` : source === 'environment' ? name : `config file key "${name}"`;
@@ -419,27 +523,56 @@ export function parseFlags(argv: readonly string[]): Map<string, string> {
   return flags;
 }
 
+/** A plan that sets nothing: every quota unlimited. */
+function unlimitedPlan(): QuotaValues {
+  return Object.fromEntries(QUOTA_FIELDS.map((f) => [f, -1])) as unknown as QuotaValues;
+}
+
+/**
+ * `plans:` in the YAML file. A plan starts from the plan it names in
+ * `extends` (a built-in one or another in the file). Without `extends`, a
+ * built-in name (free, pro, enterprise) starts from its documented values,
+ * and any other plan from nothing: a quota it leaves unset is unlimited
+ * (-1), never silently the free plan's.
+ */
 function parsePlans(raw: unknown, into: Config): void {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigError(`config file key "plans": expected a map of plan name to quotas`);
   }
-  for (const [plan, quotas] of Object.entries(raw)) {
-    if (typeof quotas !== 'object' || quotas === null) {
-      throw new ConfigError(`config file key "plans.${plan}": expected a map of quota name to integer`);
+  const specs = raw as Record<string, unknown>;
+  const resolved = new Map<string, QuotaValues>();
+  const resolving: string[] = [];
+  const resolve = (plan: string): QuotaValues => {
+    const done = resolved.get(plan);
+    if (done) return done;
+    const quotas = specs[plan];
+    if (typeof quotas !== 'object' || quotas === null || Array.isArray(quotas)) {
+      throw new ConfigError(`config file key "plans.${plan}": expected a map of quota name to integer (and optionally extends: <plan>)`);
     }
-    const base = into.plans[plan] ?? structuredClone(DEFAULT_PLANS.free!);
-    for (const [key, value] of Object.entries(quotas)) {
+    if (resolving.includes(plan)) throw new ConfigError(`config file key "plans.${plan}.extends": a cycle (${[...resolving, plan].join(' -> ')})`);
+    resolving.push(plan);
+    const { extends: parent, ...values } = quotas as Record<string, unknown>;
+    let base: QuotaValues;
+    if (parent === undefined || parent === plan) base = structuredClone(DEFAULT_PLANS[plan] ?? unlimitedPlan());
+    else if (typeof parent !== 'string' || (specs[parent] === undefined && !DEFAULT_PLANS[parent])) {
+      const known = [...new Set([...Object.keys(DEFAULT_PLANS), ...Object.keys(specs)])].filter((p) => p !== plan);
+      throw new ConfigError(`config file key "plans.${plan}.extends": expected the name of another plan (${known.join(', ')}), got ${JSON.stringify(parent)}`);
+    } else base = structuredClone(specs[parent] !== undefined ? resolve(parent) : DEFAULT_PLANS[parent]!);
+    for (const [key, value] of Object.entries(values)) {
       const field = QUOTA_FIELDS.find((f) => snakeCase(f) === key);
       if (!field) {
         throw new ConfigError(
-          `config file key "plans.${plan}.${key}": unknown quota; known: ${QUOTA_FIELDS.map(snakeCase).join(', ')}`,
+          `config file key "plans.${plan}.${key}": unknown quota; known: extends, ${QUOTA_FIELDS.map(snakeCase).join(', ')}`,
         );
       }
       base[field] = asInteger(value, `config file key "plans.${plan}.${key}"`, -1, Number.MAX_SAFE_INTEGER);
       if (base[field] === 0) throw new ConfigError(`config file key "plans.${plan}.${key}": 0 is not a limit; use -1 for unlimited`);
     }
-    into.plans[plan] = base;
-  }
+    resolving.pop();
+    resolved.set(plan, base);
+    return base;
+  };
+  for (const plan of Object.keys(specs)) into.plans[plan] = resolve(plan);
 }
 
 /**
@@ -479,6 +612,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
     const value = flags.get(option.flag);
     if (value !== undefined) option.apply(config, value, where('flag', option.flag));
   }
+  checkTls(config);
   if (!config.plans[config.defaultPlan]) {
     throw new ConfigError(
       `default plan ${JSON.stringify(config.defaultPlan)} is not among the plans: ${Object.keys(config.plans).join(', ')}`,

@@ -6,6 +6,7 @@
  */
 import { Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
 import { rpcTypes } from './protos.ts';
+import { noteInternalError } from './telemetry/internalErrors.ts';
 
 export const ERROR_DOMAIN = 'tenantd';
 
@@ -188,6 +189,7 @@ export function toServiceError(error: unknown, context: CallContext): Partial<Se
   if (error instanceof TenantdError) {
     tenantdError = error;
   } else {
+    noteInternalError('handler');
     logUnexpected('unexpected error in handler', {
       method: context.method,
       tenant: context.tenantId,

@@ -5,9 +5,11 @@
  * `/metrics` is the Prometheus exporter's handler when the entry point
  * installed one (one port serves all three), else 404.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { HealthState } from './grpc/healthService.ts';
+import type { ReloadingCertificates } from './tls/certificates.ts';
 
 export type MetricsHandler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -15,8 +17,9 @@ export async function startHttpHealth(
   listen: string,
   health: HealthState,
   metricsHandler: MetricsHandler | null = null,
+  tls: ReloadingCertificates | null = null,
 ): Promise<{ server: Server; port: number }> {
-  const server = createServer((req, res) => {
+  const handler: RequestListener = (req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/metrics' && metricsHandler) {
       metricsHandler(req, res);
@@ -28,7 +31,17 @@ export async function startHttpHealth(
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
     }
-  });
+  };
+  // HTTPS with the gRPC port's certificate (no client certificate asked: scrapers and probes
+  // rarely have one); reloads swap the context for new connections as gRPC's do.
+  let server: Server;
+  if (tls) {
+    const https = createHttpsServer({ cert: tls.current.cert, key: tls.current.key }, handler);
+    tls.onChange((material) => https.setSecureContext({ cert: material.cert, key: material.key }));
+    server = https as unknown as Server;
+  } else {
+    server = createServer(handler);
+  }
   const colon = listen.lastIndexOf(':');
   const host = listen.slice(0, colon).replace(/^\[|\]$/g, '');
   await new Promise<void>((resolve, reject) => {

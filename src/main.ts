@@ -1,19 +1,10 @@
 /**
  * The `tenantd` command. `tenantd serve [flags]` runs the service until
  * SIGINT/SIGTERM, then drains calls in flight and closes every database;
- * the other commands are the operator's admin client (cli.ts).
+ * the other commands are the operator's admin client (src/cli/).
  */
-import { ConfigError, loadConfig } from './config.ts';
-import { createLogger } from './log.ts';
-import { startServer } from './server.ts';
-import { DataDirLockedError } from './dataDirLock.ts';
-import { installTelemetry } from './telemetry/sdk.ts';
-import { CLI_COMMANDS, CLI_USAGE, cli } from './cli.ts';
-
-const USAGE = `usage: tenantd serve [--listen 127.0.0.1:7070] [--data-dir ./data] [--shards N] [--sync full|normal]
-                     [--max-open-dbs N] [--metrics-listen 127.0.0.1:9464|off] [--config tenantd.yaml]
-                     [--tenants-file tenants.yaml] [--log-level debug|info|warn|error]
-                     [--telemetry on|off] [--metrics-per-tenant on|off]`;
+// Everything is imported when used: the operator's commands must not pay
+// for loading the server.
 
 /** What shutdown may take past the drain timeout: closing shards and catalog, flushing telemetry. */
 const SHUTDOWN_GRACE_MS = 600;
@@ -32,16 +23,21 @@ function exitNow(server: { interruptAll(): void }, code: number): void {
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
-    process.stdout.write(`${USAGE}\n${CLI_USAGE}\n`);
-    return command === undefined ? 2 : 0;
-  }
-  if (CLI_COMMANDS.has(command)) return cli(command, rest);
+  if (command === 'admin-key') return (await import('./adminKeyCommand.ts')).adminKeyCommand(rest);
   if (command === 'cluster') return (await import('./cluster/cli.ts')).clusterCli(rest);
-  if (command !== 'serve') {
-    process.stderr.write(`unknown command ${JSON.stringify(command)}\n${USAGE}\n`);
-    return 2;
+  if (command !== 'serve') return (await import('./cli/index.ts')).cli(argv);
+  const { ConfigError, loadConfig, serveUsage } = await import('./config.ts');
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${serveUsage()}\n`);
+    return 0;
   }
+  const [{ createLogger }, { startServer }, { installTelemetry }, { DataDirLockedError }, { installProcessGuard }] = await Promise.all([
+    import('./log.ts'),
+    import('./server.ts'),
+    import('./telemetry/sdk.ts'),
+    import('./dataDirLock.ts'),
+    import('./processGuard.ts'),
+  ]);
   let config;
   try {
     config = loadConfig(rest);
@@ -52,7 +48,11 @@ async function main(argv: string[]): Promise<number> {
     }
     throw error;
   }
+  // Tenant data, the catalog and keys are nobody else's: directories 0700, files 0600,
+  // including the -wal and -shm files SQLite creates in the shard workers.
+  process.umask(0o077);
   const logger = createLogger(config.logLevel);
+  installProcessGuard(logger);
   // Before the server starts: its instruments come from the meter provider installed here.
   const telemetry = installTelemetry(config, logger);
   let server;
@@ -65,11 +65,18 @@ async function main(argv: string[]): Promise<number> {
     return error instanceof ConfigError || error instanceof DataDirLockedError ? 2 : 1;
   }
   if (server.adminKey.created) {
+    // Only a person at a terminal sees stdout; piped, it lands in log collectors and container logs.
     process.stdout.write(
-      `\nAdmin key (shown once, also saved to ${server.adminKey.path}):\n\n  ${server.adminKey.key}\n\n`,
+      process.stdout.isTTY
+        ? `\nAdmin key (shown once, also saved to ${server.adminKey.path}):\n\n  ${server.adminKey.key}\n\n`
+        : `Admin key created and saved to ${server.adminKey.path} (mode 0600); not printed because stdout is not a terminal\n`,
     );
   }
   process.stdout.write(`tenantd listening on port ${server.port}\n`);
+  // SIGHUP re-reads the TLS files (they are also polled); without TLS it changes nothing.
+  process.on('SIGHUP', () => {
+    if (!server.reloadCertificates()) logger.warn('SIGHUP: no TLS certificate reloaded (TLS off, or the files are invalid)');
+  });
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);

@@ -2,17 +2,17 @@
  * tenantd serve: the catalog, the shard workers and the gRPC front end,
  * started in that order and stopped in the reverse one.
  */
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Server as HttpServer } from 'node:http';
 import * as grpc from '@grpc/grpc-js';
-import { ReflectionService } from '@grpc/reflection';
 import type { Config } from './config.ts';
 import { setUnexpectedErrorLogger } from './errors.ts';
 import { lockDataDir } from './dataDirLock.ts';
 import { CallCanceller } from '../workers/guard.ts';
 import { createLogger, type Logger } from './log.ts';
-import { packageDefinition } from './protos.ts';
+import { descriptorSetBytes, fileDescriptors, packageDefinition } from './protos.ts';
+import { DescriptorIndex, REFLECTION_SERVICES, reflectionService, splitDescriptorSet } from './grpc/reflectionService.ts';
 import { Catalog } from './catalog/catalog.ts';
 import { Authenticator } from './auth/authenticator.ts';
 import { ensureAdminKey, type AdminKey } from './auth/adminKey.ts';
@@ -37,6 +37,11 @@ import { TenantManager } from './tenants/manager.ts';
 import { bootstrapTenants } from './tenants/bootstrap.ts';
 import { Access } from './grpc/access.ts';
 import { HealthState } from './grpc/healthService.ts';
+import { readVarintsWhole } from './grpc/varints.ts';
+import { watchUnreadableMetadata } from './grpc/unreadableMetadata.ts';
+import { limitHeaderList, transportOptions } from './grpc/transportOptions.ts';
+import { requestDeadlineInterceptor, resetUnfinishedRequests } from './grpc/requestDeadline.ts';
+import { addServicesMalformedSafe, malformedRequestInterceptor, translateTransportStatuses } from './grpc/malformed.ts';
 import { sqlService } from './grpc/sqlService.ts';
 import { OpenTransactions } from './grpc/transaction.ts';
 import { tenantService } from './grpc/tenantService.ts';
@@ -47,11 +52,10 @@ import { RpcObserver } from './grpc/rpcObserver.ts';
 import { ServerMetrics } from './telemetry/serverMetrics.ts';
 import type { Handlers } from './grpc/handlers.ts';
 import { ClusterNode } from './cluster/cluster.ts';
+import { channelCredentials } from './tls/clientCredentials.ts';
+import { grpcServerCredentials, ReloadingCertificates } from './tls/certificates.ts';
 
 const SERVICES = ['tenantd.v1.TenantService', 'tenantd.v1.SqlService', 'tenantd.v1.SchemaService', 'tenantd.v1.EventService'];
-
-/** Messages up to 16 MiB in: large Batch calls and blobs; SQLite's own limit is 16 MiB per value. */
-const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 
 export interface StartedServer {
   /** The port gRPC listens on (useful with `--listen 127.0.0.1:0`). */
@@ -62,6 +66,8 @@ export interface StartedServer {
   router: ShardRouter;
   registry: TenantRegistry;
   health: HealthState;
+  /** Re-reads the TLS files (SIGHUP); false if they were bad (the old ones stay) or TLS is off. */
+  reloadCertificates(): boolean;
   shutdown(): Promise<void>;
   /**
    * Interrupts every statement running in the process (an exit that cannot
@@ -85,9 +91,17 @@ export async function startServer(
   options: ServerOptions = {},
 ): Promise<StartedServer> {
   const dataDir = resolve(config.dataDir);
-  mkdirSync(join(dataDir, 'tenants'), { recursive: true });
+  mkdirSync(join(dataDir, 'tenants'), { recursive: true, mode: 0o700 });
   // Before anything reads or repairs the directory: a second server exits here (main.ts: code 2).
   const dirLock = lockDataDir(dataDir);
+  // A data dir made by an older version (0755) is tightened; one we do not own is left as it is.
+  for (const dir of [dataDir, join(dataDir, 'tenants')]) {
+    try {
+      if ((statSync(dir).mode & 0o077) !== 0) chmodSync(dir, 0o700);
+    } catch (error) {
+      logger.warn('could not make the data directory private (mode 0700)', { dir, error: String(error) });
+    }
+  }
   for (const dir of recoverInterruptedRestores(dataDir)) logger.warn('repaired a restore cut short by a crash', { dir });
   setUnexpectedErrorLogger((msg, fields) => logger.error(msg, fields));
 
@@ -99,6 +113,15 @@ export async function startServer(
     catalog.close();
     dirLock.release();
     throw error;
+  }
+  if (adminKey.revoked.length > 0) {
+    logger.warn('admin keys revoked: this start was given another admin key, and only one may be valid', {
+      audit: true,
+      action: 'RevokeAdminKeys',
+      principal: adminKey.keyId,
+      revoked: adminKey.revoked,
+      result: 'OK',
+    });
   }
   // Pages made before the shards exist reach them through quotaPages() at spawn.
   let shardsForPages: ShardHandle[] = [];
@@ -171,7 +194,7 @@ export async function startServer(
   const metrics = config.telemetry
     ? new ServerMetrics({ shards, storageBytes: () => table.totalStorageBytes() }, config.metricsPerTenant)
     : null;
-  const observer = new RpcObserver(metrics, logger);
+  const observer = new RpcObserver(metrics, logger, (metadata) => auth.keyIdOf(metadata));
   const health = new HealthState(SERVICES);
   // In a cluster, a tenant being moved away has its writes fenced (cluster/moves.ts).
   let cluster: ClusterNode | null = null;
@@ -179,7 +202,10 @@ export async function startServer(
   const definition = packageDefinition();
   const loaded = grpc.loadPackageDefinition(definition) as unknown as {
     tenantd: { v1: Record<string, { service: grpc.ServiceDefinition }> };
-    grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } };
+    grpc: {
+      health: { v1: { Health: { service: grpc.ServiceDefinition } } };
+      reflection: Record<string, { ServerReflection: { service: grpc.ServiceDefinition } }>;
+    };
   };
   // Every method also accepts a response already in protobuf bytes: the shards
   // answer SqlService calls that way, and a call passed on to another
@@ -192,8 +218,13 @@ export async function startServer(
   );
   if (config.cluster.etcd.length > 0) {
     try {
+      const tls = config.tlsCert !== null;
+      const credentials = channelCredentials(
+        tls ? { tls: true, ca: config.cluster.tlsCa ?? config.tlsClientCa, cert: config.tlsCert, key: config.tlsKey } : {},
+      );
       cluster = await ClusterNode.create({
         config: config.cluster,
+        credentials: () => credentials,
         registry,
         manager,
         backups,
@@ -210,12 +241,20 @@ export async function startServer(
       throw error;
     }
   }
+  translateTransportStatuses();
+  readVarintsWhole();
+  watchUnreadableMetadata();
+  resetUnfinishedRequests();
+  // Transport limits and their reasons: grpc/transportOptions.ts and README "Transport limits".
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    ...transportOptions(),
     // channelz (grpc-js's introspection service, which tenantd does not serve) counts every call: ~2.5 % of the main thread (bench:sql --profile).
     'grpc.enable_channelz': 0,
+    interceptors: [requestDeadlineInterceptor(config.requestReadTimeoutMs), malformedRequestInterceptor],
   });
+  limitHeaderList(server);
+  // Every service added from here on, reflection's too, decodes requests without throwing.
+  addServicesMalformedSafe(server);
   const admitter = new Admitter(table);
   const tenantObserver = observer.service('tenantd.v1.TenantService');
   const admit = createAdmit(admitter, registry, metrics, { shards: config.shards, tracker: new ShardActivity(config.shards) });
@@ -240,10 +279,17 @@ export async function startServer(
     const routed = cluster ? cluster.route(name, handlers, fanout) : { definition: definitions[name]!, handlers };
     server.addService(routed.definition, routed.handlers as grpc.UntypedServiceImplementation);
   }
-  new ReflectionService(definition).addToServer(server);
+  const descriptorIndex = new DescriptorIndex(splitDescriptorSet(descriptorSetBytes()), fileDescriptors());
+  const served = [...SERVICES, ...(cluster ? ['tenantd.v1.ClusterService'] : []), 'grpc.health.v1.Health', ...REFLECTION_SERVICES];
+  const reflection = reflectionService(descriptorIndex, served);
+  for (const version of ['v1', 'v1alpha']) server.addService(loaded.grpc.reflection[version]!.ServerReflection.service, reflection);
 
+  // Checked at config time too; read again here because the files may have changed since.
+  const certs = config.tlsCert && config.tlsKey
+    ? new ReloadingCertificates({ cert: config.tlsCert, key: config.tlsKey, clientCa: config.tlsClientCa }, logger)
+    : null;
   const port = await new Promise<number>((resolvePort, reject) => {
-    server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
+    server.bindAsync(config.listen, certs ? grpcServerCredentials(certs) : grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
       error ? reject(new Error(`cannot listen on ${config.listen}: ${error.message}`)) : resolvePort(boundPort),
     );
   });
@@ -251,7 +297,12 @@ export async function startServer(
   let http: HttpServer | null = null;
   let httpPort: number | null = null;
   if (config.metricsListen) {
-    const started = await startHttpHealth(config.metricsListen, health, config.telemetry ? options.metricsHandler ?? null : null);
+    const started = await startHttpHealth(
+      config.metricsListen,
+      health,
+      config.telemetry ? options.metricsHandler ?? null : null,
+      config.metricsTls ? certs : null,
+    );
     http = started.server;
     httpPort = started.port;
   }
@@ -267,7 +318,8 @@ export async function startServer(
       throw new Error(`cannot join the cluster: ${(error as Error).message}`, { cause: error });
     }
   }
-  // Tenants left behind by a restart in the middle of a pass catch up in the background.
+  // Tenants left behind by a restart in the middle of a pass catch up in the background
+  // (safe to leave: a pass never rejects, it logs its failure; shutdown awaits it).
   void migrator.startPass();
   logger.info('tenantd serving', {
     listen: config.listen,
@@ -278,6 +330,7 @@ export async function startServer(
     tenants: registry.size,
     httpPort,
     node: cluster ? config.cluster.nodeId : undefined,
+    tls: certs ? (certs.mutual ? 'mutual' : 'server') : 'off',
   });
 
   const interruptAll = (): void => {
@@ -321,11 +374,13 @@ export async function startServer(
       metrics?.close();
       catalog.close();
       if (http) await new Promise((done) => http!.close(done));
+      certs?.close();
       dirLock.release();
       logger.info('stopped');
     })();
     return stopping;
   };
 
-  return { port, httpPort, adminKey, router, registry, health, shutdown, interruptAll };
+  const reloadCertificates = (): boolean => certs?.reload('SIGHUP') ?? false;
+  return { port, httpPort, adminKey, router, registry, health, reloadCertificates, shutdown, interruptAll };
 }

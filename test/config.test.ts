@@ -57,8 +57,9 @@ describe('configuration', () => {
 });
 
 describe('tenants file', () => {
-  const keyA = 'A'.repeat(20) + 'a'.repeat(24);
-  const keyB = 'B'.repeat(44);
+  // Operator keys must look random (auth/keys.ts keyWeakness): these are 32 random bytes.
+  const keyA = randomBytes(32).toString('base64');
+  const keyB = randomBytes(32).toString('base64');
 
   it('creates the listed tenants with the listed keys, once', async () => {
     const path = file(

@@ -3,11 +3,11 @@
  * the file that defines the service and every file it imports, then loads
  * them with proto-loader as a FileDescriptorSet.
  */
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import descriptor from 'protobufjs/ext/descriptor/index.js';
+import { PROTO_DIR } from '../../src/protos.ts';
 
 interface FileDescriptorProto {
   name?: string;
@@ -20,8 +20,7 @@ interface ReflectionResponse {
   error_response?: { error_code: number; error_message: string };
 }
 
-const require = createRequire(import.meta.url);
-const REFLECTION_PROTO = join(dirname(require.resolve('@grpc/reflection')), '..', 'proto', 'grpc', 'reflection', 'v1', 'reflection.proto');
+const REFLECTION_PROTO = join(PROTO_DIR, 'grpc', 'reflection', 'v1', 'reflection.proto');
 const descriptors = descriptor as unknown as {
   FileDescriptorProto: { decode(b: Uint8Array): FileDescriptorProto };
   FileDescriptorSet: { encode(m: { file: FileDescriptorProto[] }): { finish(): Uint8Array } };

@@ -9,7 +9,8 @@ import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import type { MethodDefinition } from '@grpc/proto-loader';
 import { UNLIMITED_PROTO_QUOTAS } from '../lib/benchConfig.ts';
-import { packageDefinition, rpcTypes } from '../../src/protos.ts';
+import { packageDefinition } from '../../src/protos.ts';
+import { fromServiceError } from '../../src/client/errors.ts';
 
 export const line = (s = ''): void => void process.stdout.write(`${s}\n`);
 export const progress = (s: string): void => void process.stderr.write(`\r${s}\x1b[K`);
@@ -92,24 +93,16 @@ export interface CallFailure {
   quotaIds: string[];
 }
 
+/** Through the client's one google.rpc.Status decoder (src/client/errors.ts). */
 export function decodeFailure(error: grpc.ServiceError): CallFailure {
-  const failure: CallFailure = { code: error.code, message: error.details, reason: '', retryDelayMs: null, quotaIds: [] };
-  const raw = error.metadata?.get('grpc-status-details-bin')[0];
-  if (!(raw instanceof Buffer)) return failure;
-  const root = rpcTypes();
-  const statusType = root.lookupType('google.rpc.Status');
-  const status = statusType.toObject(statusType.decode(raw), { longs: String }) as { details?: { type_url: string; value: Uint8Array }[] };
-  for (const any of status.details ?? []) {
-    const typeName = any.type_url.split('/').pop()!;
-    const type = root.lookupType(typeName);
-    const detail = type.toObject(type.decode(any.value), { longs: String, defaults: true }) as Record<string, any>;
-    if (typeName === 'google.rpc.ErrorInfo') failure.reason = detail.reason;
-    else if (typeName === 'google.rpc.QuotaFailure') failure.quotaIds = (detail.violations ?? []).map((v: any) => String(v.quota_id));
-    else if (typeName === 'google.rpc.RetryInfo') {
-      failure.retryDelayMs = Number(detail.retry_delay?.seconds ?? 0) * 1000 + Number(detail.retry_delay?.nanos ?? 0) / 1e6;
-    }
-  }
-  return failure;
+  const decoded = fromServiceError(error);
+  return {
+    code: decoded.code,
+    message: decoded.details,
+    reason: decoded.reason,
+    retryDelayMs: decoded.retryAfterMs,
+    quotaIds: decoded.quotaViolations.map((v) => v.quotaId),
+  };
 }
 
 export type UnaryResult<T> = { ok: true; response: T } | { ok: false; error: grpc.ServiceError };

@@ -6,10 +6,13 @@
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Catalog } from '../catalog/catalog.ts';
-import { generateKey, hashKey, isAcceptableKey, newKeyId } from './keys.ts';
+import { generateKey, hashKey, keyWeakness, newKeyId } from './keys.ts';
 
 export interface AdminKey {
   key: string;
+  keyId: string;
+  /** Ids of the admin keys this start revoked: any but this one (a rotated --admin-key-file, an old admin.key). */
+  revoked: string[];
   /** True when this start created it: the caller prints it once. */
   created: boolean;
   path: string;
@@ -26,16 +29,18 @@ export function ensureAdminKey(catalog: Catalog, dataDir: string, keyFile: strin
   if (existsSync(path)) {
     const key = readFileSync(path, 'utf8').trim();
     if (key === '') throw new Error(`${path} is empty; delete it to create a new admin key`);
-    if (keyFile !== null && !isAcceptableKey(key)) {
-      throw new Error(`${path} does not hold a strong key: at least 32 random bytes (e.g. \`openssl rand -base64 32\`)`);
+    const weakness = keyFile !== null ? keyWeakness(key) : null;
+    if (weakness !== null) {
+      throw new Error(`--admin-key-file ${path} does not hold a strong key: ${weakness}`);
     }
     // A shared secret mounted read-only is the operator's to protect; our own file we keep 0600.
     if (keyFile === null && (statSync(path).mode & 0o077) !== 0) chmodSync(path, 0o600);
     const hash = hashKey(key);
     const known = catalog.keyByHash(hash);
+    let keyId = known?.keyId ?? newKeyId();
     if (!known) {
       catalog.insertKey({
-        keyId: newKeyId(),
+        keyId,
         tenantId: null,
         role: 'ADMIN',
         displayName: 'admin.key',
@@ -46,7 +51,7 @@ export function ensureAdminKey(catalog: Catalog, dataDir: string, keyFile: strin
     } else if (known.role !== 'ADMIN' || known.revokeTime !== null) {
       throw new Error(`${path} holds a key that is not an active admin key`);
     }
-    return { key, created: false, path };
+    return { key, keyId, revoked: revokeOtherAdminKeys(catalog, keyId), created: false, path };
   }
   const created = generateKey('admin');
   catalog.insertKey({
@@ -59,5 +64,18 @@ export function ensureAdminKey(catalog: Catalog, dataDir: string, keyFile: strin
     revokeTime: null,
   });
   writeFileSync(path, `${created.key}\n`, { mode: 0o600, flag: 'wx' });
-  return { key: created.key, created: true, path };
+  return { key: created.key, keyId: created.keyId, revoked: revokeOtherAdminKeys(catalog, created.keyId), created: true, path };
+}
+
+/**
+ * One admin key at a time: the one this start was given. Rotating the key
+ * file (or replacing admin.key) must not leave the previous key working.
+ */
+export function revokeOtherAdminKeys(catalog: Catalog, keepKeyId: string): string[] {
+  const now = Date.now();
+  const revoked: string[] = [];
+  for (const other of catalog.activeAdminKeys()) {
+    if (other.keyId !== keepKeyId && catalog.revokeKey(other.keyId, now)) revoked.push(other.keyId);
+  }
+  return revoked;
 }

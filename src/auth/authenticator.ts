@@ -1,14 +1,16 @@
 /**
  * `authorization: Bearer <key>` -> Principal. Known keys are cached by their
- * text so the hot path is one Map lookup; unknown keys are never cached (an
- * attacker could fill the cache with them) and cost one indexed lookup.
+ * SHA-256, never by their text: a lookup's timing can then tell an attacker
+ * about a digest, nothing about a key, and the match found is confirmed with
+ * a constant-time compare. Unknown keys are never cached (an attacker could
+ * fill the cache with them) and cost one indexed lookup.
  * Revocation and tenant deletion evict from the cache at once, so they take
  * effect on the next call.
  */
 import { status as Status, type Metadata } from '@grpc/grpc-js';
 import { TenantdError } from '../errors.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { hashKey } from './keys.ts';
+import { hashKey, sameHash } from './keys.ts';
 import type { Principal } from './principal.ts';
 
 const MAX_CACHED_KEYS = 200_000;
@@ -20,7 +22,7 @@ function unauthenticated(reason: string, message: string): TenantdError {
 
 export class Authenticator {
   private readonly byKey = new Map<string, Principal>();
-  private readonly keyTextById = new Map<string, string>();
+  private readonly digestById = new Map<string, string>();
 
   constructor(private readonly catalog: Catalog) {}
 
@@ -37,28 +39,39 @@ export class Authenticator {
     if (space === -1 || header.slice(0, space).toLowerCase() !== 'bearer') {
       throw unauthenticated('INVALID_CREDENTIALS', 'the "authorization" metadata must be "Bearer <key>"');
     }
-    const key = header.slice(space + 1).trim();
-    const cached = this.byKey.get(key);
-    if (cached) return cached;
-    if (key.length === 0 || key.length > MAX_KEY_LENGTH) {
+    const text = header.slice(space + 1).trim();
+    if (text.length === 0 || text.length > MAX_KEY_LENGTH) {
       throw unauthenticated('INVALID_CREDENTIALS', 'unknown or revoked API key');
     }
-    const record = this.catalog.keyByHash(hashKey(key));
-    if (!record || record.revokeTime !== null) {
+    const hash = hashKey(text);
+    const key = hash.toString('base64');
+    const cached = this.byKey.get(key);
+    if (cached) return cached;
+    const record = this.catalog.keyByHash(hash);
+    if (!record || record.revokeTime !== null || !sameHash(record.hash, hash)) {
       throw unauthenticated('INVALID_CREDENTIALS', 'unknown or revoked API key');
     }
     const principal: Principal = { keyId: record.keyId, role: record.role, tenantId: record.tenantId };
     if (this.byKey.size >= MAX_CACHED_KEYS) this.evictOldest();
     this.byKey.set(key, principal);
-    this.keyTextById.set(record.keyId, key);
+    this.digestById.set(record.keyId, key);
     return principal;
+  }
+
+  /** The key id a call's credentials belong to, for audit lines; null when they name no active key. Never throws. */
+  keyIdOf(metadata: Metadata): string | null {
+    try {
+      return this.authenticate(metadata).keyId;
+    } catch {
+      return null;
+    }
   }
 
   /** Forget a key (revoked, or its tenant deleted). */
   evict(keyId: string): void {
-    const key = this.keyTextById.get(keyId);
+    const key = this.digestById.get(keyId);
     if (key === undefined) return;
-    this.keyTextById.delete(keyId);
+    this.digestById.delete(keyId);
     this.byKey.delete(key);
   }
 
@@ -66,7 +79,7 @@ export class Authenticator {
     for (const [key, principal] of this.byKey) {
       if (principal.tenantId === tenantId) {
         this.byKey.delete(key);
-        this.keyTextById.delete(principal.keyId);
+        this.digestById.delete(principal.keyId);
       }
     }
   }
@@ -74,6 +87,6 @@ export class Authenticator {
   private evictOldest(): void {
     const [key, principal] = this.byKey.entries().next().value!;
     this.byKey.delete(key);
-    this.keyTextById.delete(principal.keyId);
+    this.digestById.delete(principal.keyId);
   }
 }

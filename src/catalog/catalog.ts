@@ -167,8 +167,17 @@ export class Catalog {
   private readonly db: Database.Database;
   private readonly statements;
 
-  constructor(path: string) {
-    this.db = new Database(path);
+  /**
+   * `exclusive`: for offline tools (`tenantd admin-key rotate`). Holds
+   * SQLite's exclusive lock from the start, so it fails at once (SQLITE_BUSY)
+   * while a server has the catalog open, and a server cannot start meanwhile.
+   */
+  constructor(path: string, options: { exclusive?: boolean } = {}) {
+    this.db = new Database(path, options.exclusive ? { timeout: 0, fileMustExist: true } : {});
+    if (options.exclusive) {
+      this.db.pragma('locking_mode = EXCLUSIVE');
+      this.db.exec('BEGIN EXCLUSIVE; COMMIT');
+    }
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');

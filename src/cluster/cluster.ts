@@ -27,6 +27,8 @@ import { ClusterRouter, type HandlerMap } from './route.ts';
 
 export interface ClusterDeps {
   config: ClusterConfig;
+  /** How this node reaches the others: TLS when it serves TLS itself. */
+  credentials: () => grpc.ChannelCredentials;
   registry: TenantRegistry;
   manager: TenantManager;
   backups: Backups;
@@ -53,8 +55,8 @@ export class ClusterNode {
   private constructor(private readonly d: ClusterDeps) {
     this.etcd = etcdClient(d.config.etcd);
     this.placement = new Placement(this.etcd);
-    this.forwarder = new Forwarder(d.config.nodeId);
-    this.fanout = new FanOut(this.placement, this.forwarder, d.access);
+    this.forwarder = new Forwarder(d.config.nodeId, d.credentials);
+    this.fanout = new FanOut(this.placement, this.forwarder, d.access, d.credentials);
   }
 
   static async create(d: ClusterDeps): Promise<ClusterNode> {
@@ -82,7 +84,7 @@ export class ClusterNode {
       auth,
     });
     const receive = definitions.ClusterService!.ReceiveTenant as MethodDefinition;
-    this.transport = new GrpcTenantTransport(receive, this.d.adminKey);
+    this.transport = new GrpcTenantTransport(receive, this.d.adminKey, this.d.credentials);
     this.mover = new Mover({
       self: config.nodeId,
       etcd: this.etcd,
@@ -152,7 +154,7 @@ export class ClusterNode {
       const definition = cluster[method] as MethodDefinition;
       const metadata = new grpc.Metadata();
       metadata.set('authorization', `Bearer ${this.d.adminKey()}`);
-      const client = new grpc.Client(source.internal, grpc.credentials.createInsecure());
+      const client = new grpc.Client(source.internal, this.d.credentials());
       return new Promise<void>((resolve, reject) => {
         const stream = client.makeServerStreamRequest(definition.path, definition.requestSerialize, definition.responseDeserialize, request, metadata);
         stream.on('data', (p: { subject: string; stage: string; message: string; bytes: string; write_pause_ms: string }) =>

@@ -9,6 +9,21 @@ import { TenantdError, invalidArgument, notFound } from '../errors.ts';
 import type { Authenticator } from '../auth/authenticator.ts';
 import type { Principal } from '../auth/principal.ts';
 import type { LiveTenant, TenantRegistry } from '../tenants/registry.ts';
+import { unreadableFields } from './unreadableMetadata.ts';
+
+/**
+ * Refuses a call whose `authorization` or `x-tenant-id` was sent but could
+ * not be read (grpc-js dropped the value), or an `x-tenant-id` sent more than
+ * once: either way the call does not say unambiguously who it is or which
+ * tenant it names.
+ */
+function readable(metadata: Metadata): void {
+  for (const field of unreadableFields(metadata)) {
+    throw invalidArgument(field, 'sent with a value that cannot be read: only printable ASCII (space to ~) is allowed', 'UNREADABLE_METADATA');
+  }
+  // (Two authorization values are the authenticator's to refuse: UNAUTHENTICATED.)
+  if (metadata.get('x-tenant-id').length > 1) throw invalidArgument('x-tenant-id', 'sent more than once', 'UNREADABLE_METADATA');
+}
 
 export interface TenantCall {
   principal: Principal;
@@ -27,6 +42,7 @@ export class Access {
   ) {}
 
   admin(metadata: Metadata): Principal {
+    readable(metadata);
     const principal = this.auth.authenticate(metadata);
     if (principal.role !== 'ADMIN') {
       throw new TenantdError(Status.PERMISSION_DENIED, 'ADMIN_KEY_REQUIRED', 'this method needs an admin key');
@@ -40,6 +56,7 @@ export class Access {
    * that tenant, or the call would have reached the wrong node.
    */
   sameTenant(metadata: Metadata, tenantId: string): string {
+    readable(metadata);
     const header = metadata.get('x-tenant-id');
     if (header.length > 0 && String(header[0]) !== tenantId) {
       throw new TenantdError(
@@ -53,6 +70,7 @@ export class Access {
   }
 
   tenant(metadata: Metadata): TenantCall {
+    readable(metadata);
     const principal = this.auth.authenticate(metadata);
     const header = metadata.get('x-tenant-id');
     const named = header.length > 0 ? String(header[0]) : null;

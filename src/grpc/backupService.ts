@@ -85,6 +85,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
       let fields: TenantFields | null = null;
       let limit = -1;
       let bytes = 0;
+      let sha256Trailer: string | null = null;
       const hash = createHash('sha256');
       const file = backups.tmpFile('restore');
       let handle: FileHandle | null = null;
@@ -102,7 +103,16 @@ export function backupService(access: Access, manager: TenantManager, backups: B
             handle = await open(file, 'wx+');
             continue;
           }
-          if (message.part !== 'chunk') throw invalidArgument('header', 'only the first message may be a header', 'RESTORE_HEADER_REPEATED');
+          if (message.part !== 'chunk') {
+            // A trailer: a client that hashes while it streams sends the digest last, with nothing else in it.
+            const trailer = message.header;
+            if (header.sha256 === '' && trailer.sha256 !== '' && trailer.tenant_id === '' && !trailer.tenant && sha256Trailer === null) {
+              sha256Trailer = trailer.sha256;
+              continue;
+            }
+            throw invalidArgument('header', 'only the first message may be a header (and a last one with only sha256)', 'RESTORE_HEADER_REPEATED');
+          }
+          if (sha256Trailer !== null) throw invalidArgument('chunk', 'a chunk after the sha256 trailer', 'RESTORE_HEADER_REPEATED');
           bytes += message.chunk.length;
           if (limit >= 0 && bytes > limit) {
             throw new TenantdError(
@@ -127,8 +137,9 @@ export function backupService(access: Access, manager: TenantManager, backups: B
           throw invalidArgument('chunk', `${bytes} bytes that do not start like a SQLite database`, 'NOT_A_DATABASE');
         }
         const digest = hash.digest('hex');
-        if (header.sha256 !== '' && header.sha256.toLowerCase() !== digest) {
-          throw invalidArgument('header.sha256', `the bytes received hash to ${digest}, not ${header.sha256}`, 'CHECKSUM_MISMATCH');
+        const expected = sha256Trailer ?? header.sha256;
+        if (expected !== '' && expected.toLowerCase() !== digest) {
+          throw invalidArgument('header.sha256', `the bytes received hash to ${digest}, not ${expected}`, 'CHECKSUM_MISMATCH');
         }
         const live = await manager.restore(header.tenant_id, fields, file);
         return tenantToProto(live);

@@ -4,7 +4,6 @@
  * errors become statuses, and every call is observed: span, metrics, access
  * log and `x-request-id`, started before the handler runs and ended once.
  */
-import { once } from 'node:events';
 import {
   Metadata,
   type ServerUnaryCall,
@@ -25,7 +24,7 @@ export function unary<Req, Res>(
 ) {
   const observe = service.method(method);
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const rpc = observe.start(call.metadata, () => call.getPeer(), call.request);
     const open = service.observer.calls.track(call);
     rpc.signal = open.signal;
     let result: Promise<Res> | Res;
@@ -58,7 +57,7 @@ export function serverStream<Req, Res>(
 ) {
   const observe = service.method(method);
   return (call: ServerWritableStream<Req, Res>): void => {
-    const rpc = observe.start(call.metadata, () => call.getPeer());
+    const rpc = observe.start(call.metadata, () => call.getPeer(), call.request);
     const trailer = new Metadata();
     // Ended once: by the handler, or by the drain (UNAVAILABLE) while the handler still runs.
     let ended = false;
@@ -159,14 +158,25 @@ export function remainingMs(call: { getDeadline(): Date | number }): number {
   return Number.isFinite(at) ? at - Date.now() : Infinity;
 }
 
-/** Resolves once a server stream can take more writes, or once its client has gone (then `call.cancelled`). */
-export async function whenWritable(call: ServerWritableStream<unknown, unknown>): Promise<void> {
-  const ac = new AbortController();
-  try {
-    await Promise.race([once(call, 'drain', { signal: ac.signal }), once(call, 'cancelled', { signal: ac.signal })]);
-  } catch (error) {
-    if ((error as Error).name !== 'AbortError') throw error;
-  } finally {
-    ac.abort();
-  }
+/**
+ * Resolves once a server stream can take more writes, or once it can take
+ * none ever again (its client went, or the handler ended it: then
+ * `call.cancelled` or a write no longer matters). Never rejects: `events.once`
+ * would reject on the stream's 'error' event, which is how a handler ends
+ * the call with a status, and a waiter nobody awaits any more would turn
+ * that into an unhandled rejection.
+ */
+export function whenWritable(call: ServerWritableStream<unknown, unknown>): Promise<void> {
+  return new Promise((resolve) => {
+    const events = ['drain', 'cancelled', 'error', 'finish', 'close'] as const;
+    const done = (): void => {
+      for (const event of events) call.off(event, done);
+      resolve();
+    };
+    if (call.cancelled || call.destroyed || call.writableEnded) {
+      resolve();
+      return;
+    }
+    for (const event of events) call.on(event, done);
+  });
 }

@@ -42,6 +42,7 @@ export class QueryOutlet<M> {
   private readonly waiting: { message: M; bytes: number }[] = [];
   private pumping: Promise<void> | null = null;
   private failure: TenantdError | null = null;
+  private closed = false;
   /** Resolved when the call is ended for a slow client: a pump waiting for a client that never reads stops. */
   private readonly stopped: Promise<void>;
   private stop!: () => void;
@@ -56,7 +57,7 @@ export class QueryOutlet<M> {
 
   /** A chunk of `bytes` (its estimated size) for the client; written at once while the stream takes writes. */
   push(message: M, bytes: number): void {
-    if (this.failure !== null || this.call.cancelled) return;
+    if (this.failure !== null || this.closed || this.call.cancelled) return;
     if (this.pumping === null && this.waiting.length === 0) {
       if (!this.call.write(message)) this.pumping = this.pump();
       return;
@@ -74,11 +75,26 @@ export class QueryOutlet<M> {
     if (this.failure !== null) throw this.failure;
   }
 
+  /**
+   * The call is over, whatever its outcome: a pump still waiting for the
+   * client stops, what waits is dropped, and nothing pushed later is kept.
+   * Returns once the pump has stopped. The handler calls it on every path,
+   * so a failure partway through a result (the shard's error, the query
+   * timeout, RESULT_TOO_LARGE) never leaves a pump running past the call.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.dropWaiting();
+    this.stop();
+    if (this.pumping !== null) await this.pumping;
+  }
+
+  /** Never rejects: whenWritable does not, and nothing else in the loop throws. */
   private async pump(): Promise<void> {
     try {
       for (;;) {
         await Promise.race([whenWritable(this.call), this.stopped]);
-        if (this.call.cancelled || this.failure !== null) return;
+        if (this.call.cancelled || this.failure !== null || this.closed) return;
         let more = true;
         while (more && this.waiting.length > 0) {
           const next = this.waiting.shift()!;

@@ -24,6 +24,7 @@ import {
 import { status as Status, type Metadata, type ServiceError } from '@grpc/grpc-js';
 import { TenantdError, toServiceError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { AUDITED_METHODS, auditedTenant, writeAudit } from './audit.ts';
 import { OpenCalls } from './openCalls.ts';
 import { MethodAttributes, type ServerMetrics } from '../telemetry/serverMetrics.ts';
 import { ATTR_REQUEST_ID, ATTR_RPC_GRPC_STATUS_CODE, ATTR_SHARD, ATTR_TENANT_ID, isServerFault } from '../telemetry/semconv.ts';
@@ -56,6 +57,8 @@ export class RpcObserver {
   constructor(
     readonly metrics: ServerMetrics | null,
     readonly logger: Logger,
+    /** The key id behind a call's credentials, for audit lines (grpc/audit.ts); null: unknown. */
+    readonly identify: (metadata: Metadata) => string | null = () => null,
   ) {}
 
   service(name: string): ServiceObserver {
@@ -87,8 +90,8 @@ export class MethodObserver {
     this.fullName = `${service.name}/${name}`;
   }
 
-  start(metadata: Metadata, peer: () => string): ObservedCall {
-    return new ObservedCall(this, metadata, peer);
+  start(metadata: Metadata, peer: () => string, request?: unknown): ObservedCall {
+    return new ObservedCall(this, metadata, peer, request);
   }
 }
 
@@ -108,8 +111,10 @@ export class ObservedCall {
 
   constructor(
     private readonly method: MethodObserver,
-    metadata: Metadata,
+    private readonly metadata: Metadata,
     private readonly peer: () => string,
+    /** The request (unary and server-streaming calls), for the tenant an audit line names. */
+    private readonly request?: unknown,
   ) {
     try {
       this.parent = propagation.extract(ROOT_CONTEXT, metadata, metadataGetter);
@@ -169,6 +174,17 @@ export class ObservedCall {
       }
       this.span.end();
       this.log(observer.logger, code, reason, durationMs, traceId);
+      if (AUDITED_METHODS.has(this.method.fullName)) {
+        writeAudit(observer.logger, {
+          request_id: this.requestId,
+          action: this.method.fullName,
+          principal: observer.identify(this.metadata),
+          tenant: this.tenantId ?? auditedTenant(this.request, this.metadata),
+          result: Status[code],
+          ...(reason === null ? {} : { reason }),
+          peer: this.peer(),
+        });
+      }
     } catch {
       // Telemetry never throws.
     }

@@ -146,16 +146,22 @@ export function sqlService(
         const tenantId = tenantCall.tenant.record.tenantId;
         const bytes = writeBytesOf(statement.sql, statement.params, statement.named);
         const outlet = new QueryOutlet(call, unread, tenantId);
-        await admit(tenantCall, bytes, trailer, async () => {
-          await dispatch(tenantCall, () =>
-            shard.call({ op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK }, (chunk) =>
-              outlet.push(chunk.bytes, chunk.bytes.byteLength),
-              rpc.signal,
-            ),
-          );
-          // The call ends after its last chunk has gone to gRPC.
-          await outlet.finish();
-        });
+        try {
+          await admit(tenantCall, bytes, trailer, async () => {
+            await dispatch(tenantCall, () =>
+              shard.call(
+                { op: 'query', tenantId, limits, statement, rowsPerChunk: requested || DEFAULT_ROWS_PER_CHUNK },
+                (chunk) => outlet.push(chunk.bytes, chunk.bytes.byteLength),
+                rpc.signal,
+              ),
+            );
+            // The call ends after its last chunk has gone to gRPC.
+            await outlet.finish();
+          });
+        } finally {
+          // A result that failed partway leaves chunks waiting and perhaps a pump waiting for the client.
+          await outlet.close();
+        }
       },
     ),
   };

@@ -118,7 +118,8 @@ export class Migrator {
     }
     const record = this.catalog.appendMigration(migrationId, sql, Date.now());
     this.steps = toSteps(this.catalog.migrations(), this.timeoutMs);
-    this.startPass();
+    // Safe to leave: a pass catches and logs its own failure, and stopped() awaits it at shutdown.
+    void this.startPass();
     return record;
   }
 

@@ -17,6 +17,7 @@ export const ATTR_SHARD = 'tenantd.shard';
 export const ATTR_REQUEST_ID = 'tenantd.request_id';
 export const ATTR_SHARD_OP = 'tenantd.shard.op';
 export const ATTR_QUOTA = 'tenantd.quota';
+export const ATTR_SOURCE = 'tenantd.source';
 
 /** Histogram, ms: time from the handler's start to the status being handed to grpc-js. */
 export const METRIC_RPC_SERVER_DURATION = 'rpc.server.duration';
@@ -42,6 +43,9 @@ export const METRIC_SHARD_COMMITS = 'tenantd.shard.commits';
 export const METRIC_SHARD_COMMITTED_CALLS = 'tenantd.shard.committed_calls';
 /** Gauge, bytes: the size of every tenant database together, as the shards last measured it. */
 export const METRIC_STORAGE_BYTES = 'tenantd.storage.bytes';
+
+/** Counter: errors no code expected (telemetry/internalErrors.ts), by source; anything but 0 is a bug. */
+export const METRIC_INTERNAL_ERRORS = 'tenantd.internal_errors';
 
 /** Sub-millisecond buckets first: a point read on a warm shard takes well under 1 ms. */
 export const DURATION_BUCKETS_MS = [0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000];

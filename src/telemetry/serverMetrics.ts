@@ -17,8 +17,10 @@ import {
   ATTR_RPC_SERVICE,
   ATTR_RPC_SYSTEM,
   ATTR_SHARD,
+  ATTR_SOURCE,
   ATTR_TENANT_ID,
   DURATION_BUCKETS_MS,
+  METRIC_INTERNAL_ERRORS,
   METRIC_QUOTA_REFUSALS,
   METRIC_RPC_CALLS,
   METRIC_RPC_IN_FLIGHT,
@@ -32,6 +34,7 @@ import {
   METRIC_STORAGE_FAULTS,
   ATTR_FAULT_REASON,
 } from './semconv.ts';
+import { INTERNAL_ERROR_SOURCES, internalErrorCount } from './internalErrors.ts';
 
 /** What the observable instruments read from a shard, on each collection only. */
 export interface ObservedShard {
@@ -120,6 +123,11 @@ export class ServerMetrics {
       description: 'Size of all tenant databases, as the shards last measured them',
       unit: 'By',
     });
+    const internalErrors = meter.createObservableCounter(METRIC_INTERNAL_ERRORS, {
+      description: 'Errors no code expected: a handler failure answered INTERNAL, an unhandled rejection, an uncaught exception',
+      unit: '{error}',
+    });
+    const sourceAttributes = INTERNAL_ERROR_SOURCES.map((source) => [source, { [ATTR_SOURCE]: source }] as const);
     const shardAttributes = sources.shards.map((shard) => ({ [ATTR_SHARD]: shard.index }));
     this.observe = (result) => {
       try {
@@ -133,11 +141,12 @@ export class ServerMetrics {
           result.observe(committedCalls, shard.committedCalls, attributes);
         });
         result.observe(storage, sources.storageBytes());
+        for (const [source, attributes] of sourceAttributes) result.observe(internalErrors, internalErrorCount(source), attributes);
       } catch {
         // Telemetry never throws; a missed observation shows as a gap.
       }
     };
-    this.observables = [inFlight, queueDepth, busyTime, openDatabases, commits, committedCalls, storage];
+    this.observables = [inFlight, queueDepth, busyTime, openDatabases, commits, committedCalls, storage, internalErrors];
     meter.addBatchObservableCallback(this.observe, this.observables);
   }
 

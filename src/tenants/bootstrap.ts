@@ -1,7 +1,7 @@
 /**
  * `--tenants-file tenants.yaml`: tenants and keys an operator provisions at
- * start. Tenants that do not exist are created with the listed keys; keys
- * missing from an existing tenant are added. A key listed twice, or already
+ * start. Tenants that do not exist are created with the listed keys; existing
+ * tenants are left alone, keys included. A key listed twice, or already
  * held by another tenant, stops the start with a message naming both places.
  *
  *   tenants:
@@ -17,7 +17,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, QUOTA_FIELDS, snakeCase } from '../config.ts';
 import type { Catalog, KeyRole } from '../catalog/catalog.ts';
-import { hashKey, isAcceptableKey, newKeyId } from '../auth/keys.ts';
+import { hashKey, keyWeakness, newKeyId } from '../auth/keys.ts';
 import type { Logger } from '../log.ts';
 import { emptyOverrides, TENANT_ID_PATTERN, type ProvidedKey, type TenantManager } from './manager.ts';
 
@@ -50,9 +50,10 @@ export async function bootstrapTenants(path: string, manager: TenantManager, cat
     if (!Array.isArray(list)) throw new ConfigError(`${where}.keys: expected a list`);
     list.forEach((k: { key?: unknown; role?: unknown }, j: number) => {
       const at = `${where}.keys[${j}]`;
-      if (typeof k.key !== 'string' || !isAcceptableKey(k.key)) {
-        throw new ConfigError(`${at}.key: expected at least 43 characters of [A-Za-z0-9._~+/=-] (32 random bytes, base64)`);
-      }
+      if (typeof k.key !== 'string') throw new ConfigError(`${at}.key: expected a string (32 random bytes, base64)`);
+      // As strict as the keys tenantd makes: length, alphabet and entropy (auth/keys.ts).
+      const weakness = keyWeakness(k.key);
+      if (weakness !== null) throw new ConfigError(`${at}.key: refused, ${weakness}`);
       const role = (k.role ?? 'READ_WRITE') as KeyRole;
       if (role !== 'READ_WRITE' && role !== 'READ_ONLY') throw new ConfigError(`${at}.role: expected READ_WRITE or READ_ONLY`);
       const hash = hashKey(k.key);
@@ -72,10 +73,9 @@ export async function bootstrapTenants(path: string, manager: TenantManager, cat
   for (const { id, entry, keys } of plan) {
     const existing = catalog.getTenant(id);
     if (existing) {
-      for (const key of keys) {
-        catalog.insertKey({ ...key, tenantId: id, displayName: 'tenants file', createTime: Date.now(), revokeTime: null });
-      }
-      if (keys.length) logger.info('tenants file: keys added', { tenant: id, keys: keys.length });
+      // Left alone, keys included: the file provisions, the API manages. A key
+      // the file adds later must not quietly open an existing tenant.
+      if (keys.length) logger.warn('tenants file: tenant exists, its keys in the file were not added', { tenant: id, keys: keys.length });
       continue;
     }
     const quotas = emptyOverrides();

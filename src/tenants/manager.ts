@@ -168,7 +168,7 @@ export class TenantManager {
         adoptExisting: source !== null,
         migrations: toSteps(this.catalog.migrations()),
       });
-      const record = newRecord(tenantId, fields, schemaVersion);
+      const record = newRecord(tenantId, { ...fields, plan: this.registry.resolvePlan(fields.plan) }, schemaVersion);
       // An operator's tenants.yaml brings its own keys; otherwise one is made.
       const newKey = providedKeys.length === 0 ? generateKey('tenant') : null;
       const keys: KeyRecord[] = (newKey ? [{ hash: newKey.hash, role: 'READ_WRITE' as KeyRole, keyId: newKey.keyId }] : providedKeys).map(
@@ -208,7 +208,7 @@ export class TenantManager {
     for (const path of paths) {
       if (path === 'display_name') next.displayName = fields.displayName;
       else if (path === 'labels') next.labels = fields.labels;
-      else if (path === 'plan') next.plan = fields.plan;
+      else if (path === 'plan') next.plan = this.registry.resolvePlan(fields.plan);
       else if (path === 'quotas') next.quotas = { ...fields.quotas };
       else if (path.startsWith('quotas.')) {
         const field = QUOTA_FIELDS.find((f) => snakeCase(f) === path.slice('quotas.'.length));
@@ -305,7 +305,7 @@ export class TenantManager {
       this.validateFields(newFields, 'header.tenant');
       const schemaVersion = await this.fileChecks.checkRestore(file, tenantId, toSteps(this.catalog.migrations()));
       await shard.call({ op: 'restore', tenantId, file });
-      const record = newRecord(tenantId, newFields, schemaVersion);
+      const record = newRecord(tenantId, { ...newFields, plan: this.registry.resolvePlan(newFields.plan) }, schemaVersion);
       try {
         this.catalog.insertTenant(record);
       } catch (error) {

@@ -97,6 +97,14 @@ export class TenantRegistry {
     return this.config.maxQueryTimeoutMs;
   }
 
+  /**
+   * The plan a tenant is stored with: '' (none given) becomes today's
+   * --default-plan, so a restart with another default leaves it alone.
+   */
+  resolvePlan(plan: string): string {
+    return plan === '' ? this.config.defaultPlan : plan;
+  }
+
   /** Tenants per schema version. */
   schemaVersions(): ReadonlyMap<number, number> {
     return this.versions;

@@ -5,18 +5,15 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
+import { Channel, TenantdError, fromServiceError, type CallOptions as ClientCallOptions } from '../../src/client/index.ts';
 import { defaultConfig, type Config } from '../../src/config.ts';
 import type { MetricsHandler } from '../../src/httpHealth.ts';
 import { createLogger, type Logger } from '../../src/log.ts';
-import { packageDefinition, rpcTypes } from '../../src/protos.ts';
 import { startServer, type StartedServer } from '../../src/server.ts';
+import { internalErrorCount } from '../../src/telemetry/internalErrors.ts';
 
-type Callback = (error: grpc.ServiceError | null, response: any) => void;
-type AnyClient = grpc.Client & Record<string, (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: Callback) => grpc.ClientUnaryCall>;
-
-const loaded = grpc.loadPackageDefinition(packageDefinition()) as any;
-
+/** The shape tests assert on; the decoding itself is the client's (src/client/errors.ts). */
 export interface DecodedStatus {
   code: grpc.status;
   message: string;
@@ -28,45 +25,42 @@ export interface DecodedStatus {
   retryDelayMs: number | null;
 }
 
-/** Decodes grpc-status-details-bin the way any client would. */
-export function decodeStatus(error: grpc.ServiceError): DecodedStatus {
-  const raw = error.metadata?.get('grpc-status-details-bin')[0];
-  const decoded: DecodedStatus = {
+function decodedOf(error: TenantdError): DecodedStatus {
+  return {
     code: error.code,
     message: error.details,
-    reason: '',
-    domain: '',
-    errorMetadata: {},
-    fieldViolations: [],
-    quotaViolations: [],
-    retryDelayMs: null,
+    reason: error.reason,
+    domain: error.domain,
+    errorMetadata: error.metadata,
+    fieldViolations: error.fieldViolations,
+    quotaViolations: error.quotaViolations.map((v) => ({ quota_id: v.quotaId, quota_value: v.quotaValue, subject: v.subject })),
+    retryDelayMs: error.retryAfterMs,
   };
-  if (!(raw instanceof Buffer)) return decoded;
-  const root = rpcTypes();
-  const status = root.lookupType('google.rpc.Status').toObject(root.lookupType('google.rpc.Status').decode(raw), { longs: String }) as any;
-  for (const any of status.details ?? []) {
-    const typeName = String(any.type_url).split('/').pop()!;
-    const type = root.lookupType(typeName);
-    const detail = type.toObject(type.decode(any.value), { longs: String, defaults: true }) as any;
-    if (typeName === 'google.rpc.ErrorInfo') {
-      decoded.reason = detail.reason;
-      decoded.domain = detail.domain;
-      decoded.errorMetadata = detail.metadata ?? {};
-    } else if (typeName === 'google.rpc.BadRequest') {
-      decoded.fieldViolations = detail.field_violations;
-    } else if (typeName === 'google.rpc.QuotaFailure') {
-      decoded.quotaViolations = detail.violations;
-    } else if (typeName === 'google.rpc.RetryInfo') {
-      decoded.retryDelayMs = Number(detail.retry_delay.seconds) * 1000 + detail.retry_delay.nanos / 1e6;
-    }
-  }
-  return decoded;
 }
 
-export class RpcError extends Error {
+/** Decodes grpc-status-details-bin the way any client would: through the client's one decoder. */
+export function decodeStatus(error: grpc.ServiceError): DecodedStatus {
+  return decodedOf(fromServiceError(error));
+}
+
+/** A TenantdError with the decoded fields under `status`, as tests have always read them. */
+export class RpcError extends TenantdError {
   constructor(readonly status: DecodedStatus) {
-    super(`${grpc.status[status.code]} ${status.reason}: ${status.message}`);
+    super({
+      code: status.code,
+      message: status.message,
+      reason: status.reason,
+      domain: status.domain,
+      metadata: status.errorMetadata,
+      fieldViolations: status.fieldViolations,
+      quotaViolations: status.quotaViolations.map((v) => ({ quotaId: v.quota_id, quotaValue: v.quota_value, subject: v.subject, description: '' })),
+      retryAfterMs: status.retryDelayMs,
+    });
   }
+}
+
+function rethrow(error: unknown): never {
+  throw error instanceof TenantdError ? new RpcError(decodedOf(error)) : error;
 }
 
 export interface CallOptions {
@@ -77,89 +71,77 @@ export interface CallOptions {
   metadata?: Record<string, string>;
 }
 
+/** The client's Channel, with the calling conventions tests were written against. */
 export class TestClient {
-  private readonly clients = new Map<string, AnyClient>();
+  readonly channel: Channel;
 
-  constructor(readonly address: string) {}
+  constructor(readonly address: string) {
+    this.channel = new Channel({ address });
+  }
 
-  private client(service: string): AnyClient {
-    let client = this.clients.get(service);
-    if (!client) {
-      const [pkg, name] = service.startsWith('grpc.') ? [loaded.grpc.health.v1, 'Health'] : [loaded.tenantd.v1, service];
-      client = new pkg[name](this.address, grpc.credentials.createInsecure()) as AnyClient;
-      this.clients.set(service, client);
-    }
-    return client;
+  /** `withDeadline` false: the calls that never took one (they are cancelled or read to their end). */
+  private options(options: CallOptions, withDeadline = true): ClientCallOptions {
+    return {
+      key: options.key ?? null,
+      tenant: options.tenantId ?? null,
+      ...(withDeadline && options.deadlineMs ? { deadlineMs: options.deadlineMs } : {}),
+      ...(options.metadata ? { metadata: options.metadata } : {}),
+    };
   }
 
   metadata(options: CallOptions): grpc.Metadata {
-    const md = new grpc.Metadata();
-    if (options.key) md.set('authorization', `Bearer ${options.key}`);
-    if (options.tenantId) md.set('x-tenant-id', options.tenantId);
-    for (const [name, value] of Object.entries(options.metadata ?? {})) md.set(name, value);
-    return md;
+    return this.channel.metadata(this.options(options));
   }
 
   /** A unary call; rejects with RpcError carrying the decoded details. */
   call<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): Promise<T> {
-    const opts: grpc.CallOptions = options.deadlineMs ? { deadline: Date.now() + options.deadlineMs } : {};
-    return new Promise((resolve, reject) => {
-      this.client(service)[method]!(request, this.metadata(options), opts, (error, response) =>
-        error ? reject(new RpcError(decodeStatus(error))) : resolve(response as T),
-      );
-    });
+    return this.channel.unary<T>(service, method, request, this.options(options)).catch(rethrow);
   }
 
   /** A unary call that also returns the trailing metadata of a success. */
-  callWithTrailers<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): Promise<{ response: T; trailers: Record<string, string> }> {
-    return new Promise((resolve, reject) => {
-      let response: T;
-      const call = this.client(service)[method]!(request, this.metadata(options), {}, (error, value) => {
-        if (error) reject(new RpcError(decodeStatus(error)));
-        else response = value as T;
-      });
-      call.on('status', (s: grpc.StatusObject) => {
-        if (s.code !== grpc.status.OK) return;
-        const trailers: Record<string, string> = {};
-        for (const [k, value] of Object.entries(s.metadata.getMap())) trailers[k] = String(value);
-        // The callback runs before 'status'; resolve on the next turn to be safe.
-        setImmediate(() => resolve({ response, trailers }));
-      });
-    });
+  async callWithTrailers<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): Promise<{ response: T; trailers: Record<string, string> }> {
+    const trailers: Record<string, string> = {};
+    let statusSeen!: () => void;
+    const seen = new Promise<void>((resolve) => (statusSeen = resolve));
+    const response = await this.channel
+      .unary<T>(service, method, request, this.options(options, false), (status) => {
+        for (const [k, value] of Object.entries(status.metadata.getMap())) trailers[k] = String(value);
+        statusSeen();
+      })
+      .catch(rethrow);
+    // The callback can run before 'status': wait for the trailers.
+    await seen;
+    return { response, trailers };
   }
 
   /** Collects a server stream's messages; rejects with the final error, if any. */
-  stream<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): Promise<T[]> {
-    const opts: grpc.CallOptions = options.deadlineMs ? { deadline: Date.now() + options.deadlineMs } : {};
-    const call = (this.client(service) as any)[method](request, this.metadata(options), opts) as grpc.ClientReadableStream<T>;
+  async stream<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): Promise<T[]> {
     const messages: T[] = [];
-    return new Promise((resolve, reject) => {
-      call.on('data', (m: T) => messages.push(m));
-      call.on('error', (error: grpc.ServiceError) => reject(new RpcError(decodeStatus(error))));
-      call.on('end', () => resolve(messages));
-    });
+    try {
+      for await (const message of this.channel.serverStream<T>(service, method, request, this.options(options))) messages.push(message);
+    } catch (error) {
+      rethrow(error);
+    }
+    return messages;
   }
 
   /** A server stream to read as it goes (and cancel): the grpc-js call itself. */
   openStream<T = any>(service: string, method: string, request: unknown, options: CallOptions = {}): grpc.ClientReadableStream<T> {
-    return (this.client(service) as any)[method](request, this.metadata(options)) as grpc.ClientReadableStream<T>;
+    return this.channel.serverStream<T>(service, method, request, this.options(options, false)).call;
   }
 
   /** A bidirectional stream: the grpc-js call itself. */
   openDuplex<Req = any, Res = any>(service: string, method: string, options: CallOptions = {}): grpc.ClientDuplexStream<Req, Res> {
     const opts: grpc.CallOptions = options.deadlineMs ? { deadline: Date.now() + options.deadlineMs } : {};
-    return (this.client(service) as any)[method](this.metadata(options), opts) as grpc.ClientDuplexStream<Req, Res>;
+    return (this.channel.client(service) as any)[method](this.metadata(options), opts) as grpc.ClientDuplexStream<Req, Res>;
   }
 
   /** A client stream: writes `messages` in order, ends, and resolves with the response. */
   clientStream<T = any>(service: string, method: string, messages: unknown[], options: CallOptions = {}): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const call = (this.client(service) as any)[method](this.metadata(options), (error: grpc.ServiceError | null, response: T) =>
-        error ? reject(new RpcError(decodeStatus(error))) : resolve(response),
-      ) as grpc.ClientWritableStream<unknown>;
-      for (const message of messages) call.write(message);
-      call.end();
-    });
+    const { call, response } = this.channel.clientStream<T>(service, method, { key: options.key ?? null, tenant: options.tenantId ?? null });
+    for (const message of messages) call.write(message);
+    call.end();
+    return response.catch(rethrow);
   }
 
   /** The status a call failed with; throws if it succeeded. */
@@ -174,7 +156,7 @@ export class TestClient {
   }
 
   close(): void {
-    for (const client of this.clients.values()) client.close();
+    this.channel.close();
   }
 }
 
@@ -227,6 +209,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, options: 
     ...overrides,
     dataDir,
   };
+  const internalErrorsBefore = internalErrorCount();
   const server = await startServer(config, options.logger ?? createLogger(config.logLevel), { metricsHandler: options.metricsHandler ?? null });
   const client = new TestClient(`127.0.0.1:${server.port}`);
   const adminKey = server.adminKey.key;
@@ -247,6 +230,9 @@ export async function startTestServer(overrides: Partial<Config> = {}, options: 
       client.close();
       await server.shutdown();
       if (!options.keepDataDir) rmSync(dataDir, { recursive: true, force: true });
+      // Every unexpected error is a bug, even one the client never saw (tenantd_internal_errors_total).
+      const internalErrors = internalErrorCount() - internalErrorsBefore;
+      if (internalErrors !== 0) throw new Error(`the server counted ${internalErrors} internal error(s) (tenantd_internal_errors_total); its log says where`);
     },
   };
 }
