@@ -111,7 +111,8 @@ describe('compose', () => {
 
   it('publishes plaintext on loopback only and checks health', () => {
     const published = [...compose.matchAll(/ports: \[([^\]]*)\]/g)].flatMap((m) => m[1]!.split(',').map((p) => p.trim().replace(/"/g, '')));
-    expect(published.length).toBeGreaterThanOrEqual(4);
+    // The proxy's port; the nodes are reached through it (every node passes a call on to its tenant's owner).
+    expect(published.length).toBeGreaterThanOrEqual(1);
     for (const port of published) expect(port).toMatch(/^127\.0\.0\.1:/);
     expect(compose).toMatch(/healthcheck:/);
     expect(compose).toMatch(/condition: service_healthy/);
