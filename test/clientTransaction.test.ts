@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sqlClient, transaction, TransactionError } from '../src/client/transaction.ts';
+import { connect } from '../src/client/index.ts';
 import { rowsOf, startTestServer, type TestServer } from './support/server.ts';
 
 let t: TestServer;
@@ -76,5 +77,25 @@ describe('transaction()', () => {
     } finally {
       client.close();
     }
+  });
+
+  it('is the typed client’s transaction(): read-modify-write from several clients applies each exactly once', async () => {
+    await t.sql(key, 'INSERT OR REPLACE INTO counter VALUES (7, 0)');
+    const clients = Array.from({ length: 6 }, () => connect({ address: t.client.address, key }));
+    try {
+      await Promise.all(
+        clients.map(async (db) => {
+          for (let i = 0; i < 3; i++) {
+            await db.transaction(async (tx) => {
+              const { rows } = await tx.execute('SELECT n FROM counter WHERE id = ?', [7n]);
+              await tx.execute('UPDATE counter SET n = ? WHERE id = 7', [(rows[0]![0] as bigint) + 1n]);
+            });
+          }
+        }),
+      );
+    } finally {
+      for (const db of clients) db.close();
+    }
+    expect(rowsOf(await t.sql(key, 'SELECT n FROM counter WHERE id = 7'))).toEqual([[18n]]);
   });
 });

@@ -7,6 +7,7 @@ import { Channel, type CallOptions, type ChannelOptions } from './channel.ts';
 import { Events } from './events.ts';
 import { columnsOf, resultOf, rowOf, type Column, type ResultSet, type Row, type WireResult } from './results.ts';
 import { bindings, type Params } from './values.ts';
+import { transaction, type TransactionOptions, type Tx } from './transaction.ts';
 
 export interface ConnectOptions extends ChannelOptions {}
 
@@ -71,6 +72,17 @@ export class TenantdClient {
       },
     };
     return rows;
+  }
+
+  /**
+   * Runs `body` in an interactive transaction (SqlService.Transaction) and
+   * commits it; resolves with what `body` returned. The whole transaction is
+   * retried, `body` included, while the server answers ABORTED (after the
+   * wait its RetryInfo asks for) or the connection fails, with one request_id
+   * for every attempt: a commit whose answer was lost is never applied twice.
+   */
+  transaction<T>(body: (tx: Tx) => Promise<T>, options: TransactionOptions = {}): Promise<T | undefined> {
+    return transaction(this.channel.client('SqlService') as unknown as Parameters<typeof transaction>[0], this.channel.metadata(), body, options);
   }
 
   close(): void {

@@ -10,4 +10,5 @@ export { TenantdError, fromServiceError, type FieldViolation, type QuotaViolatio
 export { Events, type Event, type NewEvent, type ReadOptions, type SubscribeOptions } from './events.ts';
 export { Admin, type MaintenanceOperation, type Message, type TenantSpec } from './admin.ts';
 export type { Column, ResultSet, Row } from './results.ts';
+export { TransactionError, type TransactionOptions, type Tx } from './transaction.ts';
 export { fromWire, toWire, type Params, type SqlInput, type SqlValue, type WireValue } from './values.ts';

@@ -6,8 +6,8 @@
  * attempt, so that a commit whose answer was lost is never applied twice:
  * the retry's `begin` is answered "already committed" and nothing runs.
  *
- * Standalone on grpc-js, until the typed client (src/client/, helper H6)
- * takes it in.
+ * `TenantdClient.transaction()` (client.ts) is how applications call it;
+ * the function itself takes any SqlService stub.
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
