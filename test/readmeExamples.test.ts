@@ -48,7 +48,7 @@ describe('the README examples', { timeout: 180_000 }, () => {
     writeFileSync(file, example('typescript').replace("from 'tenantd/client'", `from ${JSON.stringify(join(ROOT, 'src/client/index.ts'))}`));
     const ran = await run(join(ROOT, 'node_modules/.bin/tsx'), [file], { TENANTD_ADDRESS: `127.0.0.1:${t.server.port}`, TENANTD_KEY: key });
     expect(ran.code, ran.stderr).toBe(0);
-    expect(ran.stdout.split('\n'), ran.stdout).toEqual(['1n hello 4611686018427387904n', '2n a null', '3n b null', 'INVALID_ARGUMENT SQLITE_ERROR', '']);
+    expect(ran.stdout.split('\n'), ran.stdout).toEqual(['1n hello 4611686018427387904n', '2n a null', '3n b null', 'INVALID_ARGUMENT SQLITE_ERROR', '3n', '']);
   });
 
   it.skipIf(process.env.TENANTD_SKIP_INTEROP === '1')('Python: generated stubs run as written', async () => {
@@ -63,5 +63,6 @@ describe('the README examples', { timeout: 180_000 }, () => {
     const lines = ran.stdout.trim().split('\n');
     expect(lines[0]).toBe("[1, 'from Python']");
     expect(lines[1]).toMatch(/^INVALID_ARGUMENT /);
+    expect(lines.slice(2)).toEqual(['begun', 'result', 'committed', 'from Python!']);
   });
 });
