@@ -52,6 +52,7 @@ import { RpcObserver } from './grpc/rpcObserver.ts';
 import { ServerMetrics } from './telemetry/serverMetrics.ts';
 import type { Handlers } from './grpc/handlers.ts';
 import { ClusterNode } from './cluster/cluster.ts';
+import { clusterDisabled } from './cluster/clusterService.ts';
 import { channelCredentials } from './tls/clientCredentials.ts';
 import { grpcServerCredentials, ReloadingCertificates } from './tls/certificates.ts';
 
@@ -272,7 +273,9 @@ export async function startServer(
     SchemaService: schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
     Health: health.handlers(observer.service('grpc.health.v1.Health')),
   };
-  if (cluster) local.ClusterService = cluster.serviceHandlers(observer.service('tenantd.v1.ClusterService'));
+  local.ClusterService = cluster
+    ? cluster.serviceHandlers(observer.service('tenantd.v1.ClusterService'))
+    : clusterDisabled(access, observer.service('tenantd.v1.ClusterService'));
   // Every call passes the cluster's router first: served here, passed to its tenant's owner, or fanned out.
   const fanout = cluster?.fanoutHandlers(local) ?? {};
   for (const [name, handlers] of Object.entries(local)) {
@@ -280,7 +283,7 @@ export async function startServer(
     server.addService(routed.definition, routed.handlers as grpc.UntypedServiceImplementation);
   }
   const descriptorIndex = new DescriptorIndex(splitDescriptorSet(descriptorSetBytes()), fileDescriptors());
-  const served = [...SERVICES, ...(cluster ? ['tenantd.v1.ClusterService'] : []), 'grpc.health.v1.Health', ...REFLECTION_SERVICES];
+  const served = [...SERVICES, 'tenantd.v1.ClusterService', 'grpc.health.v1.Health', ...REFLECTION_SERVICES];
   const reflection = reflectionService(descriptorIndex, served);
   for (const version of ['v1', 'v1alpha']) server.addService(loaded.grpc.reflection[version]!.ServerReflection.service, reflection);
 

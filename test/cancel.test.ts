@@ -18,7 +18,7 @@ afterEach(async () => {
 
 /** An Execute that the test can cancel: resolves with its final status. */
 function cancellable(server: TestServer, key: string, sql: string): { cancel(): void; status: Promise<grpc.ServiceError | null> } {
-  const client = (server.client as unknown as { client(service: string): Record<string, Function> }).client('SqlService');
+  const client = server.client.channel.client('SqlService') as unknown as Record<string, Function>;
   let call!: grpc.ClientUnaryCall;
   const status = new Promise<grpc.ServiceError | null>((resolve) => {
     call = client.Execute!.call(client, { sql }, server.client.metadata({ key }), {}, (error: grpc.ServiceError | null) => resolve(error));

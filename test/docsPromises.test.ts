@@ -3,6 +3,7 @@
  * lists every flag, a YAML plan states what it inherits, a tenant keeps the
  * plan it was created with, and a tenants file leaves existing tenants alone.
  */
+import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -79,8 +80,8 @@ describe('a tenant created without a plan', () => {
 
 describe('a tenants file', () => {
   it('leaves an existing tenant alone: a key added to the file later does not open it', async () => {
-    const keyA = 'A'.repeat(20) + 'a'.repeat(24);
-    const keyB = 'B'.repeat(20) + 'b'.repeat(24);
+    const keyA = randomBytes(32).toString('base64');
+    const keyB = randomBytes(32).toString('base64');
     const dataDir = freshDataDir();
     const before = file('tenants-before.yaml', `tenants:\n  - id: kept\n    plan: pro\n    keys:\n      - key: "${keyA}"\n`);
     const first = await startTestServer({ dataDir, tenantsFile: before }, { keepDataDir: true });

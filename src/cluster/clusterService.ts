@@ -68,6 +68,18 @@ function parseCatalog(json: string): { record: TenantRecord; keys: KeyRecord[] }
   }
 }
 
+/** The stream's messages; a stream closed before its end (the sender went away) is CANCELLED, not a bug. */
+async function* readParts(call: ServerReadableStream<ReceivePart, unknown>): AsyncGenerator<ReceivePart> {
+  try {
+    for await (const message of call as AsyncIterable<ReceivePart>) yield message;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') {
+      throw new TenantdError(Status.CANCELLED, 'CANCELLED', 'the sender closed the transfer before its end');
+    }
+    throw error;
+  }
+}
+
 export function clusterService(d: ClusterServiceDeps, service: ServiceObserver): Handlers {
   return {
     GetPlacement: unary(service, 'GetPlacement', (call: ServerUnaryCall<{ tenant_id: string }, unknown>) => {
@@ -132,7 +144,7 @@ export function clusterService(d: ClusterServiceDeps, service: ServiceObserver):
       let handle: FileHandle | null = null;
       let bytes = 0;
       try {
-        for await (const message of call as AsyncIterable<ReceivePart>) {
+        for await (const message of readParts(call)) {
           if (header === null) {
             if (message.part !== 'header') throw invalidArgument('header', 'the first message must be the header');
             header = message.header;
@@ -175,6 +187,34 @@ export function clusterService(d: ClusterServiceDeps, service: ServiceObserver):
         await handle?.close();
         await rm(file, { force: true });
       }
+    }),
+  };
+}
+
+/**
+ * ClusterService on a node that is not in a cluster: every method says so
+ * (after checking the key, like any admin call), so the service reads the
+ * same through reflection whether or not --cluster-etcd is set.
+ */
+export function clusterDisabled(access: Access, service: ServiceObserver): Handlers {
+  const refuse = (metadata: Parameters<Access['admin']>[0]): never => {
+    access.admin(metadata);
+    throw new TenantdError(Status.FAILED_PRECONDITION, 'CLUSTER_DISABLED', 'this node is not part of a cluster (start it with --cluster-etcd)');
+  };
+  return {
+    GetPlacement: unary(service, 'GetPlacement', (call: ServerUnaryCall<unknown, unknown>) => refuse(call.metadata)),
+    MoveTenant: serverStream(service, 'MoveTenant', async (call: ServerWritableStream<unknown, unknown>) => refuse(call.metadata)),
+    MoveSlots: serverStream(service, 'MoveSlots', async (call: ServerWritableStream<unknown, unknown>) => refuse(call.metadata)),
+    Rebalance: serverStream(service, 'Rebalance', async (call: ServerWritableStream<unknown, unknown>) => refuse(call.metadata)),
+    // Read to its end first: a message that does not decode is answered as such (MALFORMED_REQUEST).
+    ReceiveTenant: clientStream(service, 'ReceiveTenant', async (call: ServerReadableStream<unknown, unknown>) => {
+      await new Promise<void>((resolve) => {
+        call.on('data', () => undefined);
+        call.once('end', resolve);
+        call.once('close', resolve);
+        call.once('error', () => resolve());
+      });
+      return refuse(call.metadata);
     }),
   };
 }

@@ -93,14 +93,19 @@ function statementsOf(request: ProtoTransactionRequest): StatementInput[] {
 /** Runs one Transaction call to its end; resolves when the stream may end OK, rejects with its status otherwise. */
 export async function runTransaction(deps: TransactionDeps, call: TransactionCall, rpc: ObservedCall): Promise<void> {
   const { access, admit, router, migrator, open } = deps;
-  const tenantCall = access.tenant(call.metadata);
-  const live = tenantCall.tenant;
-  const tenantId = live.record.tenantId;
-  const shard = router.forTenant(tenantId);
-  rpc.routed(tenantId, shard.index);
   const inbox = new TransactionInbox(call);
+  // Set once the first request is in: it is read before the key is checked, so that one that does not decode is answered as such.
+  let tenantCall: ReturnType<Access['tenant']>;
+  let live: ReturnType<Access['tenant']>['tenant'];
+  let tenantId: string;
+  let shard: ReturnType<typeof router.forTenant>;
   try {
     const first = await inbox.next(deps.idleMs);
+    tenantCall = access.tenant(call.metadata);
+    live = tenantCall.tenant;
+    tenantId = live.record.tenantId;
+    shard = router.forTenant(tenantId);
+    rpc.routed(tenantId, shard.index);
     if (first.kind !== 'message' || first.message.kind !== 'begin') {
       if (first.kind === 'failed') throw first.error;
       throw invalidArgument('begin', 'the first request of a transaction is a begin', 'TRANSACTION_NOT_BEGUN');
@@ -178,7 +183,8 @@ export async function runTransaction(deps: TransactionDeps, call: TransactionCal
           return;
         }
         if (next.kind === 'idle') {
-          if (Date.now() - startedAt >= totalMs) throw timeLimit();
+          // The wait ended at the transaction's own limit (timers may wake a millisecond short of it).
+          if (Date.now() - startedAt >= totalMs || leftTotal <= Math.min(deps.idleMs, remainingMs(call))) throw timeLimit();
           if (remainingMs(call) <= 0) throw new TenantdError(Status.DEADLINE_EXCEEDED, 'DEADLINE_EXCEEDED', 'the call reached its deadline; the transaction was rolled back');
           throw new TenantdError(
             Status.ABORTED,

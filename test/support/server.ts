@@ -203,7 +203,7 @@ export async function startTestServer(overrides: Partial<Config> = {}, options: 
     listen: '127.0.0.1:0',
     shards: 2,
     metricsListen: null,
-    logLevel: 'silent',
+    logLevel: (process.env.TENANTD_TEST_LOG_LEVEL as Config['logLevel'] | undefined) ?? 'silent',
     drainTimeoutMs: 2_000,
     faultInjection: true,
     ...overrides,
