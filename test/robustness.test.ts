@@ -116,6 +116,7 @@ describe('health and reflection', () => {
         'grpc.health.v1.Health',
         'grpc.reflection.v1.ServerReflection',
         'grpc.reflection.v1alpha.ServerReflection',
+        'tenantd.v1.ClusterService',
         'tenantd.v1.EventService',
         'tenantd.v1.SchemaService',
         'tenantd.v1.SqlService',
