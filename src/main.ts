@@ -17,9 +17,14 @@ const INTERRUPT_SETTLE_MS = 100;
  * ends: the statements are interrupted first, and the exit follows a moment later.
  */
 function exitNow(server: { interruptAll(): void }, code: number): void {
+  // The interrupted statements may let the normal shutdown finish first: it must not exit 0.
+  forcedExit = code;
   server.interruptAll();
   setTimeout(() => process.exit(code), INTERRUPT_SETTLE_MS);
 }
+
+/** The exit code exitNow() chose, which wins over the one main() returns. */
+let forcedExit: number | null = null;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -110,7 +115,7 @@ async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  (code) => process.exit(forcedExit ?? code),
   (error: unknown) => {
     process.stderr.write(`tenantd: ${error instanceof Error ? error.stack : String(error)}\n`);
     process.exit(1);

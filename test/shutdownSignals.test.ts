@@ -53,6 +53,17 @@ const LOADED_HOST_MS = 2_000;
 /** Waits until the server has the call in hand. */
 const settle = (ms = 400) => new Promise((r) => setTimeout(r, ms));
 
+/** Waits until the tenant has a call in flight (its concurrent_requests usage), at most 20 s. */
+async function inFlight(client: TestClient, adminKey: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const usage = await client.call('TenantService', 'GetTenantUsage', { name: 'tenants/busy' }, { key: adminKey });
+    const concurrent = (usage.quotas as { quota: string; current: string }[]).find((q) => q.quota === 'concurrent_requests');
+    if (Number(concurrent?.current ?? 0) > 0) return;
+    await settle(100);
+  }
+  throw new Error('the statement never started');
+}
+
 describe('shutdown', () => {
   it('ends every stream with UNAVAILABLE as the drain begins, long before the drain timeout', async () => {
     const { server, client, key } = await start(['--drain-timeout-ms', '8000']);
@@ -97,12 +108,13 @@ describe('shutdown', () => {
   it('logs a second signal before exiting at once', async () => {
     const { server, client, key } = await start(['--drain-timeout-ms', '20000']);
     void client.call('SqlService', 'Execute', { sql: FOREVER }, { key }).catch(() => undefined);
-    await settle();
+    // Running for sure: a server with nothing in flight would finish its shutdown before the second signal.
+    await inFlight(client, server.adminKey);
     server.child.kill('SIGTERM');
     await settle(300);
     const second = performance.now();
     server.child.kill('SIGINT');
-    expect(await server.exited).toBe(130);
+    expect(await server.exited, server.output()).toBe(130);
     expect(performance.now() - second).toBeLessThan(1_000 + LOADED_HOST_MS);
     expect(server.output()).toMatch(/second signal during shutdown/);
   }, 240_000);
