@@ -18,8 +18,10 @@ const keys = new Map<string, string>();
 const keysMovedAlone = new Set<string>();
 const TENANTS = Array.from({ length: 300 }, (_, i) => `tenant-${String(i).padStart(3, '0')}`);
 
+/** Where the placement puts the tenant, as a live node sees it. */
 async function owner(tenantId: string): Promise<string> {
-  const placement = await cluster.nodes[0]!.client.call('ClusterService', 'GetPlacement', { tenant_id: tenantId }, { key: cluster.adminKey });
+  const live = cluster.live();
+  const placement = await retrying(() => live.client.call('ClusterService', 'GetPlacement', { tenant_id: tenantId }, { key: cluster.adminKey }));
   return placement.owner as string;
 }
 

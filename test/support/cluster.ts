@@ -152,6 +152,11 @@ export class LoopbackCluster {
     return node;
   }
 
+  /** A node whose process runs. */
+  live(): Node {
+    return this.nodes.find((n) => n.child.exitCode === null && n.child.signalCode === null)!;
+  }
+
   node(id: string): Node {
     return this.nodes.find((n) => n.id === id)!;
   }
@@ -195,7 +200,7 @@ export class LoopbackCluster {
   }
 
   /** Runs `tenantd cluster ...` against a node; resolves with its exit code and output. */
-  cli(args: string[], address = `127.0.0.1:${this.nodes[0]!.port}`): Promise<{ code: number | null; out: string; err: string }> {
+  cli(args: string[], address = `127.0.0.1:${this.live().port}`): Promise<{ code: number | null; out: string; err: string }> {
     const child = spawn(process.execPath, [BIN, 'cluster', ...args, '--address', address], {
       env: { ...process.env, TENANTD_ADMIN_KEY: this.adminKey },
       stdio: ['ignore', 'pipe', 'pipe'],
