@@ -19,6 +19,7 @@ import { packageDefinition } from '../protos.ts';
 import { createLogger } from '../log.ts';
 import { Placement } from './placement.ts';
 import { ProxySync } from './haproxySync.ts';
+import type { ProtoProgress } from './clusterService.ts';
 
 export const CLUSTER_USAGE = `usage: tenantd cluster <command> [--address 127.0.0.1:7070] [--admin-key-file ./data/admin.key]
   status [<tenant>]
@@ -31,16 +32,6 @@ export const CLUSTER_USAGE = `usage: tenantd cluster <command> [--address 127.0.
              [--backends 8] [--write-files] [--once]`;
 
 class UsageError extends Error {}
-
-interface ProgressLine {
-  subject: string;
-  stage: string;
-  message: string;
-  bytes: string;
-  write_pause_ms: string;
-  slots_done: number;
-  slots_total: number;
-}
 
 function clusterClient(address: string): grpc.Client & Record<string, (...args: unknown[]) => unknown> {
   const loaded = grpc.loadPackageDefinition(packageDefinition()) as unknown as {
@@ -63,8 +54,8 @@ function stream(client: grpc.Client & Record<string, (...args: unknown[]) => unk
   const metadata = new grpc.Metadata();
   metadata.set('authorization', `Bearer ${key}`);
   return new Promise((resolve) => {
-    const call = client[method]!(request, metadata) as grpc.ClientReadableStream<ProgressLine>;
-    call.on('data', (p: ProgressLine) => {
+    const call = client[method]!(request, metadata) as grpc.ClientReadableStream<ProtoProgress>;
+    call.on('data', (p: ProtoProgress) => {
       const parts = [p.subject, p.stage];
       if (p.slots_total > 0) parts.push(`${p.slots_done}/${p.slots_total} slots`);
       if (p.bytes !== '0') parts.push(`${p.bytes} bytes`);

@@ -19,7 +19,8 @@ import type { Placement } from './placement.ts';
 import type { Rebalancer } from './rebalance.ts';
 import { SLOT_COUNT, slotOf } from './slots.ts';
 
-interface ProtoProgress {
+/** A MoveProgress line as proto-loader gives it (also what `tenantd cluster` prints). */
+export interface ProtoProgress {
   subject: string;
   stage: string;
   message: string;
