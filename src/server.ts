@@ -69,6 +69,8 @@ export interface StartedServer {
   health: HealthState;
   /** Re-reads the TLS files (SIGHUP); false if they were bad (the old ones stay) or TLS is off. */
   reloadCertificates(): boolean;
+  /** How many RPCs the server has received and not yet answered: unary calls and server or client streams (Transaction streams are counted apart, by the open transactions). */
+  callsInFlight(): number;
   shutdown(): Promise<void>;
   /**
    * Interrupts every statement running in the process (an exit that cannot
@@ -385,5 +387,5 @@ export async function startServer(
   };
 
   const reloadCertificates = (): boolean => certs?.reload('SIGHUP') ?? false;
-  return { port, httpPort, adminKey, router, registry, health, reloadCertificates, shutdown, interruptAll };
+  return { port, httpPort, adminKey, router, registry, health, reloadCertificates, callsInFlight: () => observer.calls.size, shutdown, interruptAll };
 }

@@ -72,7 +72,8 @@ describe('cancelled calls', () => {
     const first = cancellable(t, key, FOREVER);
     await running(t, 'queued');
     const second = cancellable(t, key, 'INSERT INTO marks VALUES (1)');
-    await new Promise((r) => setTimeout(r, 100));
+    await t.untilCallsInFlight(2);
+    await new Promise((r) => setTimeout(r, 50));
     second.cancel();
     expect((await second.status)?.code).toBe(grpc.status.CANCELLED);
     const firstStatus = await first.status;

@@ -13,8 +13,9 @@ describe('drain timeout', () => {
     try {
       const key = await t.createTenant('draining', { quotas: { query_timeout_ms: '6000', shard_ms_per_second: '-1' } });
       const call = t.client.failure('SqlService', 'Execute', { sql: ENDLESS }, { key, deadlineMs: 20_000 });
-      // The statement is running (a call answered after it would say so otherwise).
-      await new Promise((r) => setTimeout(r, 300));
+      // The server has the call (its statement runs, or is about to).
+      await t.untilCallsInFlight(1);
+      await new Promise((r) => setTimeout(r, 100));
       const started = performance.now();
       const stopping = t.server.shutdown();
       const failure = await call;

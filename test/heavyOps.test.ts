@@ -219,9 +219,10 @@ describe('heavy operator work on one tenant', () => {
 
     // The VACUUM holds the tenant's calls on its shard; the restore's swap waits behind it.
     const vacuum = t.client.stream('TenantService', 'RunMaintenance', { name: 'tenants/busy', operation: 'VACUUM' }, admin());
-    await new Promise((r) => setTimeout(r, 30));
+    await t.untilCallsInFlight(1);
     const restore = t.client.clientStream('TenantService', 'RestoreTenant', [{ header: { tenant_id: 'busy', sha256: createHash('sha256').update(backup).digest('hex') } }, { chunk: backup }], admin());
-    // The upload is a few KiB: by now the restore is waiting for the VACUUM.
+    // The upload is a few KiB: soon after the server has the call, the restore is waiting for the VACUUM.
+    await t.untilCallsInFlight(2);
     await new Promise((r) => setTimeout(r, 80));
     const refused = await t.client.failure('TenantService', 'DeleteTenant', { name: 'tenants/busy' }, admin());
     expect(refused.code).toBe(status.ABORTED);

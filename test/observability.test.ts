@@ -237,7 +237,7 @@ describe('/readyz', () => {
     // Without an installed exporter there is no /metrics.
     expect((await get(d.server.httpPort, '/metrics')).status).toBe(404);
     const slow = d.sql(slowKey, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) SELECT count(*) FROM c');
-    await new Promise((r) => setTimeout(r, 50));
+    await d.untilCallsInFlight(1);
     const stopping = d.server.shutdown();
     let readyz = await get(d.server.httpPort, '/readyz');
     for (let i = 0; i < 50 && readyz.status !== 503; i++) readyz = await get(d.server.httpPort, '/readyz');

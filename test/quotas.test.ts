@@ -157,7 +157,7 @@ describe('concurrent_requests', () => {
   it('refuses calls past the limit and never drifts across successes, errors, cancellations and a dead worker', async () => {
     const key = await t.createTenant('conc', { plan: 'tiny', quotas: { requests_per_second: '-1', write_bytes_per_second: '-1' } });
     const slow = [t.sql(key, SLOW), t.sql(key, SLOW)];
-    await new Promise((r) => setTimeout(r, 30));
+    await t.untilCallsInFlight(2);
     const refused = await t.client.failure('SqlService', 'Execute', { sql: 'SELECT 1' }, { key });
     expect(refused.code).toBe(status.RESOURCE_EXHAUSTED);
     expect(refused.errorMetadata).toMatchObject({ quota: 'concurrent_requests', current: '2', limit: '2' });

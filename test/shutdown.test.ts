@@ -39,7 +39,7 @@ describe('graceful shutdown', () => {
     await t.sql(key, 'CREATE TABLE t (n)');
     await t.sql(key, 'INSERT INTO t VALUES (1)');
     const slow = t.sql(key, 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) SELECT count(*) FROM c');
-    await new Promise((r) => setTimeout(r, 50));
+    await t.untilCallsInFlight(1);
     const stopping = t.server.shutdown();
     expect(t.server.health.isServing).toBe(false);
     const late = await t.client.failure('SqlService', 'Execute', { sql: 'SELECT 1' }, { key, deadlineMs: 5_000 });

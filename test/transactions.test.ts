@@ -189,8 +189,10 @@ describe('writers that wait for a transaction', () => {
     const tx = TxStream.open(t.client, { key });
     await tx.begin('IMMEDIATE');
     await tx.exec("INSERT INTO notes VALUES ('first')");
+    const open = t.server.callsInFlight();
     const waiting = t.sql(key, "INSERT INTO notes VALUES ('second')");
-    await new Promise((r) => setTimeout(r, 100));
+    await t.untilCallsInFlight(open + 1);
+    await new Promise((r) => setTimeout(r, 50));
     await tx.commit();
     await waiting;
     expect(await count(key, "SELECT count(*) FROM notes WHERE body IN ('first', 'second')")).toBe(2n);

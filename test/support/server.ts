@@ -170,6 +170,8 @@ export interface TestServer {
   createTenant(tenantId: string, tenant?: Record<string, unknown>): Promise<string>;
   /** Execute on behalf of a tenant key. */
   sql(key: string, sql: string, params?: unknown[], extra?: Record<string, unknown>): Promise<any>;
+  /** Resolves once the server has received at least `count` calls it has not answered yet (a call sent is not yet a call received). */
+  untilCallsInFlight(count: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -225,6 +227,13 @@ export async function startTestServer(overrides: Partial<Config> = {}, options: 
     },
     sql(key, sql, params = [], extra = {}) {
       return client.call('SqlService', 'Execute', { sql, params, ...extra }, { key });
+    },
+    async untilCallsInFlight(count) {
+      const giveUpAt = Date.now() + 10_000;
+      while (server.callsInFlight() < count) {
+        if (Date.now() > giveUpAt) throw new Error(`the server has ${server.callsInFlight()} call(s) in flight after 10 s, not ${count}`);
+        await new Promise((r) => setTimeout(r, 5));
+      }
     },
     async stop() {
       client.close();
