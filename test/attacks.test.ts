@@ -254,6 +254,43 @@ describe('memory one tenant can take (10.5)', () => {
     }
     expect(rowsOf(await t.sql(key, 'SELECT length(zeroblob(4000000))'))).toEqual([[4000000n]]);
   });
+
+  it('bounds a whole result row while SQLite builds it, not just each value', async () => {
+    const key = await t.createTenant('atk-row', FREE);
+    await t.sql(key, 'CREATE TABLE big (b BLOB)');
+    await t.sql(key, 'INSERT INTO big VALUES (randomblob(3000000))');
+    const times = (n: number, value: string) => Array.from({ length: n }, () => value).join(', ');
+    const queryFailure = async (sql: string) => {
+      try {
+        await t.client.stream('SqlService', 'Query', { sql }, { key });
+      } catch (error) {
+        return (error as { status: { code: number; reason: string; errorMetadata: Record<string, string> } }).status;
+      }
+      throw new Error(`Query ${sql.slice(0, 40)} succeeded`);
+    };
+    const rssBefore = process.memoryUsage().rss;
+    // Each value is under the call's 10 MiB; the rows are 320 MB, 64 MB, 96 MB and 80 MB.
+    const wide = [`SELECT ${times(32, 'zeroblob(10000000)')}`, `SELECT ${times(32, 'randomblob(2000000)')}`, `SELECT ${times(32, 'b')} FROM big`];
+    for (const sql of wide) {
+      for (const failure of [await t.client.failure('SqlService', 'Execute', { sql }, { key }), await queryFailure(sql)]) {
+        expect(failure.code, sql.slice(0, 40)).toBe(status.INVALID_ARGUMENT);
+        expect(failure.reason).toBe('SQLITE_TOOBIG');
+        // 32 MiB shared by 32 columns.
+        expect(failure.errorMetadata).toMatchObject({ limit_bytes: String(1024 * 1024) });
+      }
+    }
+    const returning = await t.client.failure('SqlService', 'Execute', { sql: `INSERT INTO big VALUES (zeroblob(5000000)) RETURNING ${times(16, 'b')}` }, { key });
+    expect(returning.reason).toBe('SQLITE_TOOBIG');
+    expect(rowsOf(await t.sql(key, 'SELECT count(*) FROM big'))).toEqual([[1n]]);
+    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(200 * 1024 * 1024);
+
+    // Narrow statements keep the call's whole limit, in the same Batch after a wide one too;
+    // a wide row of small values is served.
+    const batch = await t.client.call('SqlService', 'Batch', { statements: [{ sql: `SELECT ${times(64, '1')}` }, { sql: 'SELECT length(b), length(zeroblob(9000000)) FROM big' }] }, { key });
+    expect(rowsOf(batch.results[1])).toEqual([[3000000n, 9000000n]]);
+    const chunks = await t.client.stream('SqlService', 'Query', { sql: `SELECT ${times(32, 'zeroblob(100000)')}` }, { key });
+    expect(chunks.length).toBeGreaterThan(0);
+  });
 });
 
 describe('statements SQLite cannot interrupt while it prepares them (10.5)', () => {

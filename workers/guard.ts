@@ -55,6 +55,7 @@ export class Guard {
   private readonly lastDenialStmt: Database.Statement<[Buffer], string | null>;
   private armCallStmt: Database.Statement<[Buffer, number, number, number], number> | null = null;
   private policyStmt: Database.Statement<[Buffer, number], number> | null = null;
+  private lengthStmt: Database.Statement<[Buffer, number], number> | null = null;
 
   private constructor(
     private readonly db: Database.Database,
@@ -173,6 +174,17 @@ export class Guard {
     this.policyStmt ??= this.db.prepare<[Buffer, number], number>('SELECT tenantd_policy(?, ?)').pluck().safeIntegers(false);
     const stmt = this.policyStmt;
     this.retryInterrupted(() => stmt.get(this.token, on ? 1 : 0));
+  }
+
+  /**
+   * Sets SQLITE_LIMIT_LENGTH for the rest of the armed call (clamped to
+   * 1 KiB..64 MiB; {@link Guard.disarm} puts the service's own back).
+   */
+  setMaxLength(bytes: number): void {
+    this.lengthStmt ??= this.db.prepare<[Buffer, number], number>('SELECT tenantd_length(?, ?)').pluck().safeIntegers(false);
+    const stmt = this.lengthStmt;
+    const limit = Math.max(0, Math.floor(bytes));
+    this.retryInterrupted(() => stmt.get(this.token, limit));
   }
 
   /**

@@ -28,6 +28,9 @@ export interface FailureContext {
   fullCause?: () => 'quota' | 'disk';
   /** The database file, to tell an I/O error on a full disk from others. */
   path?: string;
+  /** SQLITE_LIMIT_LENGTH of the failed statement, and the row budget when that limit was its share of one. */
+  valueLimitBytes?: number;
+  rowLimitBytes?: number;
 }
 
 function wire(code: Status, reason: string, message: string, ctx: FailureContext, bad = false): WireError {
@@ -139,6 +142,16 @@ export function toWireError(error: unknown, ctx: FailureContext): WireError {
     // SQLITE_BUSY_SNAPSHOT too: an interactive transaction's snapshot is stale (transactions.ts makes it a conflict).
     if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) return wire(Status.UNAVAILABLE, code, text, ctx);
     if (code.startsWith('SQLITE_ABORT') || code === 'SQLITE_SCHEMA') return wire(Status.ABORTED, code, text, ctx);
+    if (code === 'SQLITE_TOOBIG' && ctx.valueLimitBytes !== undefined) {
+      const shared =
+        ctx.rowLimitBytes === undefined
+          ? ''
+          : ` (a row this statement returns may take ${ctx.rowLimitBytes} bytes while it is built, shared between its columns: return fewer columns, or the large value on its own)`;
+      return {
+        ...wire(Status.INVALID_ARGUMENT, code, `${text}: a string or blob in this statement may take at most ${ctx.valueLimitBytes} bytes${shared}`, ctx, true),
+        metadata: { limit_bytes: String(ctx.valueLimitBytes) },
+      };
+    }
     if (code === 'SQLITE_TOOBIG' || code === 'SQLITE_RANGE' || code === 'SQLITE_MISMATCH' || code.startsWith('SQLITE_ERROR')) {
       return wire(Status.INVALID_ARGUMENT, code, text, ctx, true);
     }

@@ -72,6 +72,15 @@ const ROLLBACK_JOURNAL_MODE = Buffer.from([1, 1]);
  */
 const MAX_VALUE_BYTES = 10 * 1024 * 1024;
 const MIN_VALUE_BYTES = 1024 * 1024;
+/**
+ * The most a result row may take while SQLite builds it. SQLite computes
+ * every value of a row, each up to the length limit, before better-sqlite3
+ * copies the row out: 2,000 columns of 10 MiB would be 20 GB. So a
+ * statement that returns rows runs with the call's length limit shared
+ * between its columns (a row over 16 MiB could not be sent anyway: that is
+ * the largest gRPC message).
+ */
+export const ROW_BUILD_BYTES = 32 * 1024 * 1024;
 /** A migration step's time limit when the step carries none (the server's --migration-timeout-ms default). */
 export const DEFAULT_MIGRATION_TIMEOUT_MS = 60_000;
 
@@ -152,6 +161,9 @@ export class TenantDb {
   private wrote = false;
   /** Bytes of rows the current call has produced so far. */
   private resultBytes = 0;
+  /** SQLITE_LIMIT_LENGTH of the call being run, and the one now in force (narrowed per statement). */
+  private callLength = 0;
+  private lengthInForce = 0;
   /** The request field of the statement running now, for error details. */
   private currentField: string | null = null;
 
@@ -585,6 +597,7 @@ export class TenantDb {
   query(input: StatementInput, limits: CallLimits, rowsPerChunk: number, emit: (chunk: QueryChunk) => void): number {
     return this.guarded(limits, 'sql', () => {
       const statement = this.prepare(input.sql, limits, 'sql');
+      this.fitLength(statement);
       if (!statement.reader) {
         throw new ShardError({
           code: Status.INVALID_ARGUMENT,
@@ -631,6 +644,7 @@ export class TenantDb {
   private runOne(input: StatementInput, limits: CallLimits, field: string): ExecuteResult {
     this.currentField = field;
     const statement = this.prepare(input.sql, limits, field);
+    this.fitLength(statement);
     const args = bindArgs(input);
     if (!statement.readonly) {
       this.sizeChanged = true;
@@ -760,7 +774,9 @@ export class TenantDb {
   private guarded<T>(limits: CallLimits, field: string, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);
     this.resultBytes = 0;
-    this.guard.armCall(limits.timeoutMs, 'tenant', callMaxLength(limits), limits.callId ?? 0);
+    this.callLength = callMaxLength(limits);
+    this.lengthInForce = this.callLength;
+    this.guard.armCall(limits.timeoutMs, 'tenant', this.callLength, limits.callId ?? 0);
     let denial: string | null = null;
     try {
       return body();
@@ -775,6 +791,9 @@ export class TenantDb {
     } finally {
       this.currentField = null;
       this.guard.disarm();
+      // disarm put the service's own length limit back.
+      this.callLength = 0;
+      this.lengthInForce = 0;
     }
   }
 
@@ -787,6 +806,8 @@ export class TenantDb {
       timeoutMs: limits.timeoutMs,
       storageLimitBytes: limits.storageLimitBytes,
       path: this.db.name,
+      valueLimitBytes: this.lengthInForce > 0 ? this.lengthInForce : undefined,
+      rowLimitBytes: this.lengthInForce < this.callLength ? ROW_BUILD_BYTES : undefined,
       fullCause: () => storageFullCause(this.db.name, limits.storageLimitBytes, () => this.sizeBytes()),
     };
   }
@@ -837,6 +858,15 @@ export class TenantDb {
     return null;
   }
 
+  /** The statement's length limit: the call's, or for one that returns rows, its share of ROW_BUILD_BYTES per column when smaller. */
+  private fitLength(statement: Database.Statement): void {
+    const columns = statement.reader ? this.describe(statement).length : 0;
+    const wanted = columns === 0 ? this.callLength : Math.min(this.callLength, rowValueLimit(columns));
+    if (wanted === this.lengthInForce) return;
+    this.guard.setMaxLength(wanted);
+    this.lengthInForce = wanted;
+  }
+
   private describe(statement: Database.Statement): ColumnInfo[] {
     let columns = this.columnsOf.get(statement);
     if (!columns) {
@@ -867,6 +897,11 @@ function tooComplex(field: string, what: string): ShardError {
 function callMaxLength(limits: CallLimits): number {
   if (limits.storageLimitBytes < 0) return MAX_VALUE_BYTES;
   return Math.max(MIN_VALUE_BYTES, Math.min(MAX_VALUE_BYTES, limits.storageLimitBytes));
+}
+
+/** The largest value a statement returning `columns` columns may make or read. */
+export function rowValueLimit(columns: number): number {
+  return Math.floor(ROW_BUILD_BYTES / Math.max(1, columns));
 }
 
 /** Writes that cannot change the schema; anything else (or a leading comment) clears the column cache. */

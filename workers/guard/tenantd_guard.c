@@ -4,7 +4,7 @@
 **
 ** better-sqlite3 exposes no authorizer, progress handler, interrupt or limits
 ** API, so everything the service needs to contain tenant SQL lives here and
-** is driven from JavaScript through four token-protected SQL functions:
+** is driven from JavaScript through token-protected SQL functions:
 **
 **   tenantd_guard_init(token)       set the 128-bit token (once)
 **   tenantd_arm(token, timeout_ms)  guard ON, optional deadline
@@ -14,6 +14,9 @@
 **                                   tenantd_arm with a choice of policy and a
 **                                   per-call SQLITE_LIMIT_LENGTH
 **   tenantd_policy(token, on)       tenant policy on/off, deadline kept
+**   tenantd_length(token, max_length)
+**                                   SQLITE_LIMIT_LENGTH for the rest of the
+**                                   call (the next statement), until disarm
 **   tenantd_arm(token, timeout_ms, call_id) and
 **   tenantd_arm_call(token, timeout_ms, flags, max_length, call_id)
 **                                   the same, for a call tenantd_cancel names
@@ -446,6 +449,25 @@ static void fnPolicy(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   sqlite3_result_int(ctx, 1);
 }
 
+/* tenantd_length(token, max_length): SQLITE_LIMIT_LENGTH from now until
+** tenantd_disarm, clamped as tenantd_arm_call's; the service narrows it for
+** a statement whose result row would otherwise be built from many values of
+** the call's full length. Returns the limit now in force. */
+static void fnLength(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
+  sqlite3_int64 maxLength;
+  (void)argc;
+  if( !tokenMatches(p, argv[0]) ){
+    sqlite3_result_error(ctx, zNotPermitted, -1);
+    return;
+  }
+  maxLength = sqlite3_value_int64(argv[1]);
+  if( maxLength<MIN_CALL_LENGTH ) maxLength = MIN_CALL_LENGTH;
+  if( maxLength>MAX_CALL_LENGTH ) maxLength = MAX_CALL_LENGTH;
+  sqlite3_limit(p->db, SQLITE_LIMIT_LENGTH, (int)maxLength);
+  sqlite3_result_int64(ctx, sqlite3_limit(p->db, SQLITE_LIMIT_LENGTH, -1));
+}
+
 static void fnDisarm(sqlite3_context *ctx, int argc, sqlite3_value **argv){
   GuardCtx *p = (GuardCtx*)sqlite3_user_data(ctx);
   int fired;
@@ -743,6 +765,7 @@ static const char *const azFunctions[] = {
   ** them may be re-prepared while the guard is on; the token protects them */
   "tenantd_guard_init", "tenantd_arm", "tenantd_disarm",
   "tenantd_last_denial", "tenantd_arm_call", "tenantd_policy",
+  "tenantd_length",
   0
 };
 
@@ -1036,6 +1059,7 @@ int sqlite3_tenantdguard_init(
     { "tenantd_last_denial", 1, fnLastDenial },
     { "tenantd_arm_call",    4, fnArmCall    },
     { "tenantd_policy",      2, fnPolicy     },
+    { "tenantd_length",      2, fnLength     },
     { "tenantd_arm",         3, fnArmWithId  },
     { "tenantd_arm_call",    5, fnArmCallWithId },
     { "tenantd_cancel",      2, fnCancel     },
