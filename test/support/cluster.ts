@@ -61,6 +61,18 @@ export interface Node {
   log: string[];
 }
 
+/** Every process the clusters of this test file started: killed when the file's process exits, however it ends. */
+const children = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of children) child.kill('SIGKILL');
+});
+
+function tracked(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
 export class LoopbackCluster {
   readonly dir = freshDataDir();
   readonly adminKey = randomBytes(32).toString('base64');
@@ -90,7 +102,7 @@ export class LoopbackCluster {
     }
     const dataDir = join(this.dir, 'etcd');
     const url = this.etcdUrl;
-    this.etcd = spawn(
+    this.etcd = tracked(spawn(
       ETCD,
       [
         '--data-dir', dataDir,
@@ -102,7 +114,7 @@ export class LoopbackCluster {
         '--log-level', 'error',
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
+    ));
     await waitFor('etcd', async () => (await fetch(`${url}/health`)).ok);
   }
 
@@ -110,8 +122,10 @@ export class LoopbackCluster {
     const etcd = this.etcd;
     if (!etcd) return;
     this.etcd = null;
+    if (etcd.exitCode !== null || etcd.signalCode !== null) return;
+    const exited = new Promise((r) => etcd.once('exit', r));
     etcd.kill('SIGKILL');
-    await new Promise((r) => etcd.once('exit', r));
+    await exited;
   }
 
   async startNode(id: string, extra: string[] = []): Promise<Node> {
@@ -131,7 +145,7 @@ export class LoopbackCluster {
       '--move-grace-ms', '1000',
       ...extra,
     ];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = tracked(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     const log: string[] = [];
     child.stderr!.on('data', (d) => log.push(String(d)));
     await new Promise<void>((resolve, reject) => {
@@ -189,27 +203,34 @@ export class LoopbackCluster {
     writeFileSync(join(dir, 'tenants.map'), '');
     const check = spawnSync(HAPROXY, ['-c', '-f', join(dir, 'haproxy.cfg')], { encoding: 'utf8' });
     if (check.status !== 0) throw new Error(`haproxy -c refused the configuration:\n${check.stdout}${check.stderr}`);
-    this.haproxy = spawn(HAPROXY, ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.syncProxy = spawn(
+    this.haproxy = tracked(spawn(HAPROXY, ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'ignore', 'pipe'] }));
+    this.syncProxy = tracked(spawn(
       process.execPath,
       [BIN, 'cluster', 'sync-proxy', '--etcd', this.etcdUrl, '--haproxy-socket', `127.0.0.1:${this.runtimePort}`,
         '--slots-map', join(dir, 'slots.map'), '--tenants-map', join(dir, 'tenants.map'), '--write-files'],
       { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    ));
     this.proxy = new TestClient(`127.0.0.1:${this.proxyPort}`);
   }
 
   /** Runs `tenantd cluster ...` against a node; resolves with its exit code and output. */
   cli(args: string[], address = `127.0.0.1:${this.live().port}`): Promise<{ code: number | null; out: string; err: string }> {
-    const child = spawn(process.execPath, [BIN, 'cluster', ...args, '--address', address], {
+    const child = tracked(spawn(process.execPath, [BIN, 'cluster', ...args, '--address', address], {
       env: { ...process.env, TENANTD_ADMIN_KEY: this.adminKey },
       stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    }));
     let out = '';
     let err = '';
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (err += d));
-    return new Promise((resolve) => child.on('exit', (code) => resolve({ code, out, err })));
+    // A command that hangs fails its test instead of holding the suite.
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    return new Promise((resolve) =>
+      child.on('exit', (code) => {
+        clearTimeout(timer);
+        resolve({ code, out, err });
+      }),
+    );
   }
 
   /** Which nodes hold the tenant's database file. */
