@@ -176,6 +176,8 @@ export async function startServer(
   const fileChecks = new FileChecks(config.sync, config.cluster.etcd.length > 0);
   const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
   const hub = new EventHub();
+  // Query results and events waiting for slow clients: one budget, server-wide.
+  const unread = new UnreadBudget(config.queryUnreadLimits);
   const openTransactions = new OpenTransactions();
   const manager = new TenantManager(catalog, registry, router, auth, dataDir, fileChecks, hub);
   manager.onOrphan = (tenantId, error) =>
@@ -267,11 +269,11 @@ export async function startServer(
       ...usageService(access, manager, table, admitter, dataDir, tenantObserver),
       ...backupService(access, manager, backups, tenantObserver),
     },
-    SqlService: sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), new UnreadBudget(config.queryUnreadLimits), {
+    SqlService: sqlService(access, admit, router, migrator, observer.service('tenantd.v1.SqlService'), unread, {
       open: openTransactions,
       idleMs: config.transactionIdleMs,
     }),
-    EventService: eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService')),
+    EventService: eventService(access, admit, router, hub, observer.service('tenantd.v1.EventService'), unread),
     SchemaService: schemaService(access, migrator, catalog, observer.service('tenantd.v1.SchemaService')),
     Health: health.handlers(observer.service('grpc.health.v1.Health')),
   };

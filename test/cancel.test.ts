@@ -16,14 +16,19 @@ afterEach(async () => {
   t = null;
 });
 
-/** An Execute that the test can cancel: resolves with its final status. */
-function cancellable(server: TestServer, key: string, sql: string): { cancel(): void; status: Promise<grpc.ServiceError | null> } {
-  const client = server.client.channel.client('SqlService') as unknown as Record<string, Function>;
+/** A unary call that the test can cancel: resolves with its final status. */
+function cancellableCall(server: TestServer, key: string, service: string, method: string, request: object): { cancel(): void; status: Promise<grpc.ServiceError | null> } {
+  const client = server.client.channel.client(service) as unknown as Record<string, Function>;
   let call!: grpc.ClientUnaryCall;
   const status = new Promise<grpc.ServiceError | null>((resolve) => {
-    call = client.Execute!.call(client, { sql }, server.client.metadata({ key }), {}, (error: grpc.ServiceError | null) => resolve(error));
+    call = client[method]!.call(client, request, server.client.metadata({ key }), {}, (error: grpc.ServiceError | null) => resolve(error));
   });
   return { cancel: () => call.cancel(), status };
+}
+
+/** An Execute that the test can cancel. */
+function cancellable(server: TestServer, key: string, sql: string): { cancel(): void; status: Promise<grpc.ServiceError | null> } {
+  return cancellableCall(server, key, 'SqlService', 'Execute', { sql });
 }
 
 /** Waits until the shard has taken the call: its tenant shows one request in flight. */
@@ -80,6 +85,24 @@ describe('cancelled calls', () => {
     expect(firstStatus?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
     const count = await t.sql(key, 'SELECT count(*) FROM marks');
     expect(count.rows[0].values[0].integer_value).toBe('0');
+  });
+});
+
+describe('cancelled event calls', () => {
+  it('drops a cancelled Append queued behind another call: its events are never written', async () => {
+    t = await startTestServer({ shards: 1 });
+    const key = await t.createTenant('events-queued', { quotas: { ...quotas, query_timeout_ms: '1500' } });
+    const first = cancellable(t, key, FOREVER);
+    await running(t, 'events-queued');
+    const open = t.server.callsInFlight();
+    const append = cancellableCall(t, key, 'EventService', 'Append', { events: [{ type: 'never', data: Buffer.from('x'), metadata: {} }] });
+    await t.untilCallsInFlight(open + 1);
+    await new Promise((r) => setTimeout(r, 50));
+    append.cancel();
+    expect((await append.status)?.code).toBe(grpc.status.CANCELLED);
+    expect((await first.status)?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    const read = await t.client.call('EventService', 'Read', { from_position: '1' }, { key });
+    expect(read.events).toEqual([]);
   });
 });
 

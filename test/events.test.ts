@@ -43,6 +43,43 @@ async function failure(promise: Promise<unknown>): Promise<DecodedStatus> {
 }
 
 /** Collects a subscription's events until `count` arrived; `then` runs once it is streaming. */
+/**
+ * A Subscribe whose client really stops reading: plain HTTP/2, the stream
+ * paused, so flow control holds the server's writes back (grpc-js clients
+ * keep reading into their own memory). readToEnd() reads what was sent
+ * until the server ends the call, and resolves with its trailers.
+ */
+async function stalledSubscriber(server: TestServer, key: string): Promise<{ readToEnd(): Promise<Record<string, unknown>>; close(): void }> {
+  const open = server.server.callsInFlight();
+  const session = connect(`http://127.0.0.1:${server.server.port}`);
+  const method = (packageDefinition()['tenantd.v1.EventService'] as Record<string, { path: string; requestSerialize(v: object): Buffer }>).Subscribe!;
+  const body = method.requestSerialize({ from_position: '1' });
+  const frame = Buffer.concat([Buffer.from([0]), Buffer.from(new Uint32Array([body.length]).buffer).reverse(), body]);
+  const stream = session.request({ ':method': 'POST', ':path': method.path, 'content-type': 'application/grpc', te: 'trailers', authorization: `Bearer ${key}` });
+  // A call ended before its first message answers trailers-only: the status comes in the response headers.
+  const trailers = new Promise<Record<string, unknown>>((resolve) => {
+    stream.once('trailers', (headers) => resolve(headers));
+    stream.once('response', (headers) => {
+      if (headers['grpc-status'] !== undefined) resolve(headers);
+    });
+  });
+  stream.end(frame);
+  stream.pause();
+  // The server has the call; a moment more and it has subscribed.
+  await server.untilCallsInFlight(open + 1);
+  await new Promise((r) => setTimeout(r, 100));
+  return {
+    async readToEnd() {
+      stream.on('data', () => undefined);
+      stream.resume();
+      const ended = await trailers;
+      session.close();
+      return ended;
+    },
+    close: () => session.destroy(),
+  };
+}
+
 function collect(stream: grpc.ClientReadableStream<any>, count: number): Promise<any[]> {
   const got: any[] = [];
   return new Promise((resolve, reject) => {
@@ -221,57 +258,57 @@ describe('Subscribe limits', () => {
 
   it('ends a subscriber that stops reading before the events waiting for it pass 8 MiB', async () => {
     const key = await t.createTenant('firehose', UNLIMITED);
-    // A client that really stops reading: plain HTTP/2, the stream paused, so flow control
-    // holds the server's writes back (grpc-js clients keep reading into their own memory).
-    const session = connect(`http://127.0.0.1:${t.server.port}`);
-    const method = (packageDefinition()['tenantd.v1.EventService'] as Record<string, { path: string; requestSerialize(v: object): Buffer }>).Subscribe!;
-    const body = method.requestSerialize({ from_position: '1' });
-    const frame = Buffer.concat([Buffer.from([0]), Buffer.from(new Uint32Array([body.length]).buffer).reverse(), body]);
-    const stream = session.request({
-      ':method': 'POST',
-      ':path': method.path,
-      'content-type': 'application/grpc',
-      te: 'trailers',
-      authorization: `Bearer ${key}`,
-    });
-    const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once('trailers', (headers) => resolve(headers)));
-    stream.end(frame);
-    stream.pause();
-    await new Promise((r) => setTimeout(r, 200));
+    const stalled = await stalledSubscriber(t, key);
     const mib = Buffer.alloc(1024 * 1024 - 64, 7);
     for (let i = 0; i < 6; i++) await append(key, Array.from({ length: 8 }, () => ({ type: 'big', data: mib, metadata: {} })));
-    // Read what was sent until the server ends the call.
-    stream.on('data', () => undefined);
-    stream.resume();
-    const ended = await trailers;
+    const ended = await stalled.readToEnd();
     expect(ended['grpc-status']).toBe(String(status.RESOURCE_EXHAUSTED));
     expect(decodeURIComponent(String(ended['grpc-message']))).toContain('waited for this subscriber');
-    session.close();
   });
+
+  it('ends subscribers once the server-wide budget for unread data runs out, and gives their share back', async () => {
+    // 3 MiB for everything waiting for slow clients, server-wide; each subscriber alone may hold 8 MiB.
+    const small = await startTestServer({ shards: 2, queryUnreadLimits: { perTenant: 64 * 1024 * 1024, total: 3 * 1024 * 1024 } });
+    try {
+      const a = await small.createTenant('budget-a', UNLIMITED);
+      const b = await small.createTenant('budget-b', UNLIMITED);
+      const [stalledA, stalledB] = [await stalledSubscriber(small, a), await stalledSubscriber(small, b)];
+      const chunk = Buffer.alloc(64 * 1024, 3);
+      // 4 MiB to each tenant: far under one subscriber's 8 MiB, more than the server's 3 MiB together.
+      for (let i = 0; i < 8; i++) {
+        for (const key of [a, b]) await small.client.call('EventService', 'Append', { events: Array.from({ length: 8 }, () => ({ type: 'big', data: chunk, metadata: {} })) }, { key });
+      }
+      // One of them at least is ended; the other may read on.
+      const ended = await Promise.race([stalledA.readToEnd(), stalledB.readToEnd()]);
+      expect(ended['grpc-status']).toBe(String(status.RESOURCE_EXHAUSTED));
+      expect(decodeURIComponent(String(ended['grpc-message']))).toContain('budget for data waiting');
+      stalledA.close();
+      stalledB.close();
+      // Whatever waited was given back: a new subscriber gets live events.
+      const { positions } = await small.client.call('EventService', 'Append', { events: [event('before', 'x')] }, { key: a });
+      const live = small.client.openStream('EventService', 'Subscribe', { from_position: String(BigInt(positions[0]) + 1n) }, { key: a });
+      const first = new Promise((resolve) => live.once('data', resolve));
+      await new Promise((r) => setTimeout(r, 200));
+      await small.client.call('EventService', 'Append', { events: [event('after', 'x')] }, { key: a });
+      expect(await first).toMatchObject({ type: 'after' });
+      live.on('error', () => undefined);
+      live.cancel();
+    } finally {
+      await small.stop();
+    }
+  }, 60_000);
 });
 
 describe('Subscribe bounds and ends', () => {
   it('ends a subscriber that stops reading before more than 10,000 events wait for it (small events, far under 8 MiB)', async () => {
     const key = await t.createTenant('eventflood', UNLIMITED);
-    // A client that really stops reading (see the 8 MiB test above).
-    const session = connect(`http://127.0.0.1:${t.server.port}`);
-    const method = (packageDefinition()['tenantd.v1.EventService'] as Record<string, { path: string; requestSerialize(v: object): Buffer }>).Subscribe!;
-    const body = method.requestSerialize({ from_position: '1' });
-    const frame = Buffer.concat([Buffer.from([0]), Buffer.from(new Uint32Array([body.length]).buffer).reverse(), body]);
-    const stream = session.request({ ':method': 'POST', ':path': method.path, 'content-type': 'application/grpc', te: 'trailers', authorization: `Bearer ${key}` });
-    const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once('trailers', (headers) => resolve(headers)));
-    stream.end(frame);
-    stream.pause();
-    await new Promise((r) => setTimeout(r, 200));
+    const stalled = await stalledSubscriber(t, key);
     // 20,000 events of 100 bytes: 2 MB in all, a quarter of the byte bound.
     const small = Buffer.alloc(100, 1);
     for (let i = 0; i < 20; i++) await append(key, Array.from({ length: 1000 }, () => ({ type: 'small', data: small, metadata: {} })));
-    stream.on('data', () => undefined);
-    stream.resume();
-    const ended = await trailers;
+    const ended = await stalled.readToEnd();
     expect(ended['grpc-status']).toBe(String(status.RESOURCE_EXHAUSTED));
     expect(decodeURIComponent(String(ended['grpc-message']))).toMatch(/10,?000 events/);
-    session.close();
   }, 60_000);
 
   it('ends a subscription with NOT_FOUND when its tenant is deleted', async () => {

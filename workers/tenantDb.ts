@@ -412,14 +412,17 @@ export class TenantDb {
   private eventsCall<T>(limits: CallLimits, body: () => T): T {
     this.applyStorageLimit(limits.storageLimitBytes);
     const ownTransaction = !this.db.inTransaction;
-    this.guard.armCall(limits.timeoutMs, 'service');
+    // With the call's id: a client that cancels interrupts its append or read too.
+    this.guard.armCall(limits.timeoutMs, 'service', 0, limits.callId ?? 0);
     try {
       return body();
     } catch (error) {
       if (error instanceof ShardError) throw error;
       const denial = this.guard.lastDenial();
-      const timedOut = this.guard.disarm();
-      throw new ShardError(toWireError(error, this.failure('events', limits, denial, timedOut)));
+      const ended = this.guard.disarmAs();
+      const failure = this.failure('events', limits, denial, ended === 'timedOut');
+      failure.cancelled = ended === 'cancelled';
+      throw new ShardError(toWireError(error, failure));
     } finally {
       this.guard.disarm();
       // The log's own ROLLBACK may itself have been interrupted past the deadline.

@@ -100,6 +100,17 @@ const SQL_CORPUS: string[] = [
   'SELECT ?', 'SELECT :a, @b, $c', 'SELECT ?999999', 'SELECT 1; SELECT 2', '', ';', '\u0000', 'SELECT "unterminated', "SELECT 'x' || ", '/* only a comment */',
   `SELECT ${'('.repeat(5000)}1${')'.repeat(5000)}`, `SELECT ${Array.from({ length: 3000 }, (_, i) => `${i}`).join(',')}`, `SELECT 1 ${'UNION ALL SELECT 1 '.repeat(1000)}`,
   `WITH ${Array.from({ length: 200 }, (_, i) => `c${i}(x) AS (SELECT ${i})`).join(',')} SELECT 1`, 'SELECT sqlite_version(), sqlite_source_id(), sqlite_compileoption_used(\'ENABLE_FTS3\')',
+  // A pointer chosen by the tenant (a bound 8-byte blob), then a table that would use it.
+  "SELECT fts3_tokenizer('x', ?)", "SELECT fts3_tokenizer('simple', ?)", 'CREATE VIRTUAL TABLE fx USING fts3(a, tokenize=x)', 'CREATE VIRTUAL TABLE fx4 USING fts4(a, tokenize=x)',
+  'CREATE VIRTUAL TABLE tk USING fts3tokenize(simple)', 'CREATE VIRTUAL TABLE v5 USING fts5vocab(f5, row)', 'CREATE VIRTUAL TABLE aux USING fts4aux(f)', "SELECT * FROM json_tree('{\"a\":[1,2]}')",
+  'SELECT * FROM pragma_function_list', 'SELECT * FROM pragma_module_list', "SELECT sqlite_rename_table('main', 'table', 't', 'x', 'y', 0, 0)", 'PRAGMA legacy_alter_table = ON',
+  // The reserved namespace in other spellings and through renames, triggers and views.
+  'CREATE TABLE ev (position INTEGER PRIMARY KEY, type, data)', 'ALTER TABLE ev RENAME TO "_TENANTD_EVENTS"', 'ALTER TABLE ev RENAME TO [_TeNaNtD_events]', 'ALTER TABLE t RENAME COLUMN a TO _tenantd_a',
+  "CREATE TRIGGER trx AFTER INSERT ON ev BEGIN INSERT INTO _tenantd_meta VALUES ('k', 'v'); END", 'CREATE VIEW vm AS SELECT * FROM "_TENANTD_meta"', 'CREATE INDEX ix ON _tenantd_events (type)',
+  'CREATE TRIGGER ts AFTER INSERT ON sqlite_master BEGIN SELECT 1; END', 'INSERT INTO ev (type, data) VALUES (1, 2)', 'DROP TRIGGER IF EXISTS trx',
+  // Memory: whole rows of large values, each under the length limit.
+  `SELECT ${Array.from({ length: 32 }, () => 'zeroblob(10000000)').join(', ')}`, `SELECT ${Array.from({ length: 300 }, () => 'randomblob(1000000)').join(', ')}`,
+  `SELECT ${Array.from({ length: 8 }, () => "printf('%.*c', 9000000, 'x')").join(', ')}`,
 ];
 
 function rawBody(rand: () => number, method: Method): Buffer {

@@ -13,6 +13,7 @@ import type { LogEvent, NewEvent } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
 import type { Access, TenantCall } from './access.ts';
 import type { Admit } from './admit.ts';
+import type { UnreadBudget } from './queryOutlet.ts';
 import { serverStream, unary, whenWritable, type Handlers } from './handlers.ts';
 import { callLimits } from './limits.ts';
 import type { ObservedCall, ServiceObserver } from './rpcObserver.ts';
@@ -108,11 +109,18 @@ const ENDED: Record<SubscriptionEnd, () => TenantdError> = {
     new TenantdError(
       Status.RESOURCE_EXHAUSTED,
       'SUBSCRIBER_TOO_SLOW',
-      `more than ${MAX_PENDING_EVENTS} events or ${MAX_PENDING_BYTES} bytes waited for this subscriber; subscribe again from the next position`,
+      `more than ${MAX_PENDING_EVENTS} events or ${MAX_PENDING_BYTES} bytes waited for this subscriber, or the server's budget for data waiting for slow clients ran out; subscribe again from the next position`,
     ),
 };
 
-export function eventService(access: Access, admit: Admit, router: ShardRouter, hub: EventHub, service: ServiceObserver): Handlers {
+/** What an event waiting for a subscriber costs besides its data (the object, its type and metadata): an estimate. */
+const EVENT_OVERHEAD_BYTES = 256;
+
+/**
+ * `unread`: the server-wide budget for data waiting for slow clients, which
+ * Query results share; every subscriber's waiting events count against it.
+ */
+export function eventService(access: Access, admit: Admit, router: ShardRouter, hub: EventHub, service: ServiceObserver, unread: UnreadBudget): Handlers {
   function tenantFor(call: { metadata: ServerUnaryCall<unknown, unknown>['metadata'] }, rpc: ObservedCall): TenantCall {
     const tenantCall = access.tenant(call.metadata);
     const tenantId = tenantCall.tenant.record.tenantId;
@@ -137,7 +145,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         const limits = callLimits(tenantCall, call);
         const requestId = checkRequestId(call.request.request_id);
         const { positions, replayed } = await admit(tenantCall, bytes, trailer, () =>
-          router.forTenant(tenantId).call({ op: 'appendEvents', tenantId, limits, events, expectedPosition, retentionMs: retentionMs(tenantCall), ...(requestId === null ? {} : { requestId }) }),
+          router.forTenant(tenantId).call({ op: 'appendEvents', tenantId, limits, events, expectedPosition, retentionMs: retentionMs(tenantCall), ...(requestId === null ? {} : { requestId }) }, undefined, rpc.signal),
         );
         // A retry of an Append that already committed: its subscribers had these events.
         if (replayed) return { positions: positions.map(String) };
@@ -167,7 +175,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
             limit: requested || DEFAULT_READ_LIMIT,
             types,
             retentionMs: retentionMs(tenantCall),
-          }),
+          }, undefined, rpc.signal),
         );
         return { events: read.events.map(toProto), next_position: read.nextPosition.toString() };
       },
@@ -188,16 +196,20 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         }
 
         let pending: LogEvent[] = [];
+        // Bytes of `pending`, and of the batch being written, taken from `unread`:
+        // given back once the batch is in gRPC's hands, or when the call ends.
         let pendingBytes = 0;
+        let sendingBytes = 0;
         let ended = null as SubscriptionEnd | null;
         let wake = null as (() => void) | null;
         const subscriber: Subscriber = {
           offer(events) {
-            for (const event of events) {
-              if (wanted.size > 0 && !wanted.has(event.type)) continue;
-              pending.push(event);
-              pendingBytes += event.data.length;
-            }
+            let bytes = 0;
+            const kept = wanted.size > 0 ? events.filter((event) => wanted.has(event.type)) : events;
+            for (const event of kept) bytes += event.data.length + EVENT_OVERHEAD_BYTES;
+            if (!unread.take(tenantId, bytes)) return false;
+            for (const event of kept) pending.push(event);
+            pendingBytes += bytes;
             wake?.();
             return pending.length <= MAX_PENDING_EVENTS && pendingBytes <= MAX_PENDING_BYTES;
           },
@@ -219,7 +231,7 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
           for (;;) {
             const limits = callLimits(tenantCall, call);
             const page = await admit(tenantCall, 0, null, () =>
-              router.forTenant(tenantId).call({ op: 'readEvents', tenantId, limits, fromPosition: from, limit: BACKLOG_PAGE, types, retentionMs: retentionMs(tenantCall) }),
+              router.forTenant(tenantId).call({ op: 'readEvents', tenantId, limits, fromPosition: from, limit: BACKLOG_PAGE, types, retentionMs: retentionMs(tenantCall) }, undefined, rpc.signal),
             );
             for (const event of page.events) {
               if (call.cancelled || ended) break;
@@ -232,11 +244,14 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
             if (ended) throw ENDED[ended]();
             const batch = pending;
             pending = [];
+            sendingBytes = pendingBytes;
             pendingBytes = 0;
             for (const event of batch) {
               if (call.cancelled) return;
               await send(event);
             }
+            unread.give(tenantId, sendingBytes);
+            sendingBytes = 0;
             if (pending.length === 0 && !ended && !call.cancelled) {
               await new Promise<void>((resolve) => (wake = resolve));
               wake = null;
@@ -245,6 +260,9 @@ export function eventService(access: Access, admit: Admit, router: ShardRouter, 
         } finally {
           call.off('cancelled', onCancel);
           hub.remove(tenantId, subscriber);
+          unread.give(tenantId, pendingBytes + sendingBytes);
+          pendingBytes = 0;
+          sendingBytes = 0;
         }
       },
     ),
