@@ -5,6 +5,12 @@
  */
 // Everything is imported when used: the operator's commands must not pay
 // for loading the server.
+import module from 'node:module';
+
+// Node 22.1 and later keep the compiled code of the modules loaded from here
+// on (in the OS temp dir; NODE_DISABLE_COMPILE_CACHE=1 turns it off): a CLI
+// command starts ~50 ms sooner. Node 20 has no such cache.
+(module as { enableCompileCache?: () => unknown }).enableCompileCache?.();
 
 /** What shutdown may take past the drain timeout: closing shards and catalog, flushing telemetry. */
 const SHUTDOWN_GRACE_MS = 600;

@@ -173,7 +173,7 @@ export async function startServer(
   }
   shardsForPages = shards;
   const router = new ShardRouter(shards);
-  const fileChecks = new FileChecks(config.sync, config.cluster.etcd.length > 0);
+  const fileChecks = new FileChecks(config.sync, config.cluster.etcd.length > 0, canceller);
   const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
   const hub = new EventHub();
   // Query results and events waiting for slow clients: one budget, server-wide.
@@ -377,6 +377,8 @@ export async function startServer(
       await migrator.stopped();
       await cluster?.stop().catch((error: unknown) => logger.warn('leaving the cluster failed', { error: String(error) }));
       await router.stop();
+      // A VACUUM or integrity check still running would hold the exit for as long as it takes.
+      fileChecks.interruptRunning();
       await fileChecks.close();
       metrics?.close();
       catalog.close();

@@ -22,9 +22,9 @@ export type FileTask =
   /** A restore's upload: sound, usable, and migrated to `migrations`, where it lies. */
   | { op: 'checkRestore'; file: string; tenantId: string; sync: SyncMode; migrations: MigrationStep[] }
   /** A copy of a live database: what integrity_check finds in it. */
-  | { op: 'integrity'; file: string; tenantId: string }
+  | { op: 'integrity'; file: string; tenantId: string; callId: number }
   /** A live database that its shard has closed and holds the calls of. */
-  | { op: 'rewrite'; file: string; tenantId: string; sync: SyncMode; operation: RewriteOperation }
+  | { op: 'rewrite'; file: string; tenantId: string; sync: SyncMode; operation: RewriteOperation; callId: number }
   /** A new migration, run after every earlier one on a scratch database, as a tenant would run it. */
   | { op: 'validateMigration'; steps: MigrationStep[]; step: MigrationStep };
 
@@ -40,7 +40,7 @@ export default function run(task: FileTask): FileTaskResult {
       case 'checkRestore':
         return checkRestore(task);
       case 'integrity':
-        return { ok: true, problems: integrityProblems(task.file, task.tenantId) };
+        return { ok: true, problems: integrityProblems(task.file, task.tenantId, task.callId) };
       case 'rewrite':
         return { ok: true, message: rewrite(task) };
       case 'validateMigration':
@@ -132,11 +132,11 @@ function withTenantDb<T>(path: string, tenantId: string, sync: SyncMode, body: (
  * The copy is ours alone, but its schema is the tenant's (CHECK expressions
  * run during the check): opened like a tenant, under the guard's limits.
  */
-function integrityProblems(file: string, tenantId: string): string[] {
-  return withTenantDb(file, tenantId, 'normal', (copy) => copy.integrityProblems(MAX_PROBLEMS));
+function integrityProblems(file: string, tenantId: string, callId: number): string[] {
+  return withTenantDb(file, tenantId, 'normal', (copy) => copy.integrityProblems(MAX_PROBLEMS, callId));
 }
 
 /** VACUUM, ANALYZE or OPTIMIZE of the live file, which its shard has closed. */
 function rewrite(task: Extract<FileTask, { op: 'rewrite' }>): string {
-  return withTenantDb(task.file, task.tenantId, task.sync, (db) => db.maintain(task.operation).message);
+  return withTenantDb(task.file, task.tenantId, task.sync, (db) => db.maintain(task.operation, task.callId).message);
 }

@@ -430,18 +430,43 @@ export class TenantDb {
     }
   }
 
-  /** What PRAGMA integrity_check finds, at most `limit` lines; empty when the database is sound. */
-  integrityProblems(limit = 20): string[] {
-    const rows = this.db.prepare(`PRAGMA integrity_check(${Math.max(1, Math.floor(limit))})`).pluck().all() as string[];
+  /** What PRAGMA integrity_check finds, at most `limit` lines; empty when the database is sound. `callId`: see {@link TenantDb.interruptible}. */
+  integrityProblems(limit = 20, callId = 0): string[] {
+    const rows = this.interruptible(callId, () => this.db.prepare(`PRAGMA integrity_check(${Math.max(1, Math.floor(limit))})`).pluck().all() as string[]);
     return rows.length === 1 && rows[0] === 'ok' ? [] : rows;
   }
 
   /**
    * An operator's maintenance, with the guard off and no deadline (it is not
    * tenant SQL), and a line to report. Run by the file-task pool
-   * (fileTasks.ts) while the tenant's shard holds its calls.
+   * (fileTasks.ts) while the tenant's shard holds its calls. `callId`: see
+   * {@link TenantDb.interruptible}.
    */
-  maintain(operation: RewriteOperation): { ok: boolean; message: string } {
+  maintain(operation: RewriteOperation, callId = 0): { ok: boolean; message: string } {
+    return this.interruptible(callId, () => this.rewrite(operation));
+  }
+
+  /**
+   * Runs one of the service's own long statements (maintenance, an integrity
+   * check) armed under `callId` (0: not armed), with no deadline: a cancel of
+   * that id (CallCanceller), or the interrupt of everything at exit, stops
+   * it at once, and it ends CANCELLED. Trigger and view code it reaches is
+   * checked as the tenant's.
+   */
+  private interruptible<T>(callId: number, body: () => T): T {
+    if (callId === 0) return body();
+    this.guard.armCall(0, 'service', 0, callId);
+    try {
+      return body();
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== 'SQLITE_INTERRUPT') throw error;
+      throw new ShardError({ code: Status.CANCELLED, reason: 'CALL_CANCELLED', message: 'interrupted: its call was cancelled, or the server is stopping' });
+    } finally {
+      this.guard.disarm();
+    }
+  }
+
+  private rewrite(operation: RewriteOperation): { ok: boolean; message: string } {
     switch (operation) {
       case 'VACUUM': {
         const before = this.sizeBytes();

@@ -4,21 +4,8 @@
  * RFC 3339, bytes as base64, default values and unset fields left out, no
  * oneof discriminators. Walks the grpc-js message with the type from proto/.
  */
-import { join } from 'node:path';
 import protobuf from 'protobufjs';
-import { PROTO_DIR, SERVICE_FILES } from '../protos.ts';
-
-let root: protobuf.Root | undefined;
-
-function types(): protobuf.Root {
-  if (!root) {
-    const loaded = new protobuf.Root();
-    loaded.resolvePath = (_origin, target) => (target.startsWith('google/protobuf/') ? target : join(PROTO_DIR, target));
-    root = loaded.loadSync(SERVICE_FILES, { keepCase: true });
-    root.resolveAll();
-  }
-  return root;
-}
+import { apiTypes as types } from '../protoRoot.ts';
 
 const camel = (name: string) => name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { packageDefinition } from '../protos.ts';
+import { serviceDefinition } from '../protoRoot.ts';
 import { fromServiceError } from './errors.ts';
 
 /** TLS to the server: PEM contents or file paths. `true`: the system's roots, no client certificate. */
@@ -52,19 +52,22 @@ type Method = (...args: unknown[]) => grpc.Call;
 type ServiceClient = grpc.Client & Record<string, Method>;
 type ServiceConstructor = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => ServiceClient;
 
-let constructors: Record<string, ServiceConstructor> | undefined;
+const constructors = new Map<string, ServiceConstructor>();
 
+/** Only the service asked for is built: a CLI command pays for one service, not the whole API. */
 function serviceConstructor(service: string): ServiceConstructor {
-  if (!constructors) {
-    const loaded = grpc.loadPackageDefinition(packageDefinition()) as unknown as {
-      tenantd: { v1: Record<string, ServiceConstructor> };
-      grpc: { health: { v1: { Health: ServiceConstructor } } };
-    };
-    constructors = { ...loaded.tenantd.v1, Health: loaded.grpc.health.v1.Health };
+  const fullName = service.startsWith('grpc.') ? 'grpc.health.v1.Health' : `tenantd.v1.${service}`;
+  let found = constructors.get(fullName);
+  if (!found) {
+    let definition: grpc.ServiceDefinition;
+    try {
+      definition = serviceDefinition(fullName);
+    } catch {
+      throw new TypeError(`unknown service ${JSON.stringify(service)}`);
+    }
+    found = grpc.makeGenericClientConstructor(definition, fullName.slice(fullName.lastIndexOf('.') + 1)) as unknown as ServiceConstructor;
+    constructors.set(fullName, found);
   }
-  const name = service.startsWith('grpc.') ? 'Health' : service;
-  const found = constructors[name];
-  if (!found) throw new TypeError(`unknown service ${JSON.stringify(service)}`);
   return found;
 }
 
@@ -93,7 +96,9 @@ export class Channel {
   constructor(readonly options: ChannelOptions) {
     this.address = options.address;
     this.credentials = channelCredentials(options.tls);
-    this.grpcOptions = typeof options.tls === 'object' && options.tls?.serverName ? { 'grpc.ssl_target_name_override': options.tls.serverName } : {};
+    // channelz: grpc-js's own bookkeeping for its admin service, which nothing here reads.
+    this.grpcOptions = { 'grpc.enable_channelz': 0 };
+    if (typeof options.tls === 'object' && options.tls?.serverName) this.grpcOptions['grpc.ssl_target_name_override'] = options.tls.serverName;
   }
 
   /** The grpc-js client of a service (`SqlService`, or `grpc.health.v1.Health`). */

@@ -4,7 +4,7 @@
  * gRPC code, the ErrorInfo reason and the other details the server attached.
  */
 import * as grpc from '@grpc/grpc-js';
-import { rpcTypes } from '../protos.ts';
+import { rpcTypes } from '../protoRoot.ts';
 
 export interface FieldViolation {
   field: string;

@@ -11,7 +11,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { packageDefinition, rpcTypes } from '../protos.ts';
+import { rpcTypes, serviceDefinition } from '../protoRoot.ts';
 
 export type Value = null | bigint | number | string | Uint8Array;
 
@@ -57,8 +57,8 @@ type Stub = grpc.Client & { Transaction(metadata: grpc.Metadata, options?: grpc.
 
 /** A SqlService client for `address`. */
 export function sqlClient(address: string, credentials = grpc.credentials.createInsecure()): Stub {
-  const loaded = grpc.loadPackageDefinition(packageDefinition()) as unknown as { tenantd: { v1: { SqlService: new (a: string, c: grpc.ChannelCredentials) => Stub } } };
-  return new loaded.tenantd.v1.SqlService(address, credentials);
+  const SqlService = grpc.makeGenericClientConstructor(serviceDefinition('tenantd.v1.SqlService'), 'SqlService') as unknown as new (a: string, c: grpc.ChannelCredentials) => Stub;
+  return new SqlService(address, credentials);
 }
 
 // ---- values ----

@@ -15,7 +15,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { etcdClient } from './etcdClient.ts';
-import { packageDefinition } from '../protos.ts';
+import { serviceDefinition } from '../protoRoot.ts';
 import { createLogger } from '../log.ts';
 import { Placement } from './placement.ts';
 import { ProxySync } from './haproxySync.ts';
@@ -34,10 +34,8 @@ export const CLUSTER_USAGE = `usage: tenantd cluster <command> [--address 127.0.
 class UsageError extends Error {}
 
 function clusterClient(address: string): grpc.Client & Record<string, (...args: unknown[]) => unknown> {
-  const loaded = grpc.loadPackageDefinition(packageDefinition()) as unknown as {
-    tenantd: { v1: { ClusterService: new (address: string, credentials: grpc.ChannelCredentials) => grpc.Client } };
-  };
-  return new loaded.tenantd.v1.ClusterService(address, grpc.credentials.createInsecure()) as never;
+  const ClusterService = grpc.makeGenericClientConstructor(serviceDefinition('tenantd.v1.ClusterService'), 'ClusterService');
+  return new ClusterService(address, grpc.credentials.createInsecure()) as never;
 }
 
 function adminKey(file: string): string {

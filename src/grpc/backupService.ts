@@ -177,7 +177,7 @@ export function backupService(access: Access, manager: TenantManager, backups: B
               if (!more) await whenWritable(call);
             });
           },
-          () => call.cancelled,
+          rpc.signal,
         );
         await writes;
       },

@@ -62,10 +62,10 @@ export class Backups {
    * backup copies the pages as they are, so what is wrong in the database is
    * wrong in the copy. Needs room for one copy of the database in tmp/.
    */
-  private async integrityCheck(tenantId: string): Promise<{ ok: boolean; message: string }> {
+  private async integrityCheck(tenantId: string, signal?: AbortSignal): Promise<{ ok: boolean; message: string }> {
     const file = await this.snapshot(tenantId);
     try {
-      const problems = await this.fileChecks.integrityProblems(file, tenantId);
+      const problems = await this.fileChecks.integrityProblems(file, tenantId, signal);
       return problems.length === 0 ? { ok: true, message: 'ok' } : { ok: false, message: problems.join('; ') };
     } finally {
       // Unlinking a large file takes a while: not on the main thread.
@@ -79,11 +79,11 @@ export class Backups {
    * (they run afterwards, in order) while the file-task pool works on it.
    * The shard's other tenants go on meanwhile.
    */
-  private async rewrite(tenantId: string, operation: RewriteOperation, slot: number): Promise<{ ok: boolean; message: string }> {
+  private async rewrite(tenantId: string, operation: RewriteOperation, slot: number, signal?: AbortSignal): Promise<{ ok: boolean; message: string }> {
     const shard = this.router.forTenant(tenantId);
     await shard.call({ op: 'hold', tenantId });
     try {
-      return { ok: true, message: await this.fileChecks.rewrite(tenantDbPath(this.dataDir, tenantId), tenantId, operation) };
+      return { ok: true, message: await this.fileChecks.rewrite(tenantDbPath(this.dataDir, tenantId), tenantId, operation, signal) };
     } finally {
       // A shard that died meanwhile comes back holding nothing.
       await shard.call({ op: 'release', tenantId, slot }).catch(() => undefined);
@@ -94,18 +94,18 @@ export class Backups {
    * Runs `operation` on each tenant (every tenant when
    * `tenantIds` is null), the shards in parallel and each shard's tenants
    * one after another, calling `progress` as each one finishes. Stops
-   * starting new ones once `stopped()` says so.
+   * starting new ones once `signal` aborts, and interrupts the one running.
    */
   async maintain(
     operation: MaintenanceOperation,
     tenantIds: string[] | null,
     progress: (result: MaintenanceResult, done: number, total: number) => void,
-    stopped: () => boolean,
+    signal?: AbortSignal,
   ): Promise<void> {
     const ids = tenantIds ?? Array.from(this.registry.all(), (live) => live.record.tenantId);
     let done = 0;
     await this.router.eachByShard(ids, async (tenantId) => {
-      if (stopped()) return;
+      if (signal?.aborted) return;
       const live = this.registry.get(tenantId);
       let result: MaintenanceResult;
       if (!live || live.deleting) {
@@ -113,7 +113,7 @@ export class Backups {
       } else {
         try {
           const outcome =
-            operation === 'INTEGRITY_CHECK' ? await this.integrityCheck(tenantId) : await this.rewrite(tenantId, operation, live.slot.slot);
+            operation === 'INTEGRITY_CHECK' ? await this.integrityCheck(tenantId, signal) : await this.rewrite(tenantId, operation, live.slot.slot, signal);
           result = { tenantId, ...outcome };
         } catch (error) {
           result = { tenantId, ok: false, message: (error as Error).message };

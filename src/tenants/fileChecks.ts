@@ -14,6 +14,7 @@ import { TenantdError } from '../errors.ts';
 import { PACKAGE_ROOT } from '../paths.ts';
 import type { MigrationStep, RewriteOperation } from '../protocol.ts';
 import type { FileTask, FileTaskResult } from '../../workers/fileTasks.ts';
+import type { CallCanceller } from '../../workers/guard.ts';
 
 const BOOTSTRAP = join(PACKAGE_ROOT, 'workers', 'taskBootstrap.mjs');
 const ENTRY = new URL(`../../workers/fileTasks.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
@@ -24,15 +25,24 @@ const CLOSE_TIMEOUT_MS = 60_000;
 
 export class FileChecks {
   private readonly pool: Piscina<FileTask, FileTaskResult>;
+  /**
+   * Ids of the interruptible tasks running (maintenance, integrity checks),
+   * under which their connections are armed: negative, so they never meet a
+   * shard's call ids (protocol.ts callIdOf).
+   */
+  private readonly running = new Set<number>();
+  private lastCallId = 0;
 
   /**
    * `keepWarm`: keep one thread started. A cluster node does, because a
    * tenant moved to it is checked here while the tenant's writes wait, and
    * starting a thread takes a second or more on a busy host.
    */
+  /** `canceller`: what stops a running maintenance task when its call is cancelled, or at shutdown. */
   constructor(
     private readonly sync: SyncMode,
     keepWarm = false,
+    private readonly canceller: CallCanceller | null = null,
   ) {
     this.pool = new Piscina({
       filename: BOOTSTRAP,
@@ -58,9 +68,9 @@ export class FileChecks {
     return (result as { schemaVersion: number }).schemaVersion;
   }
 
-  /** What integrity_check finds in `file`, a snapshot of `tenantId`; empty when sound. */
-  async integrityProblems(file: string, tenantId: string): Promise<string[]> {
-    const result = this.settle(await this.pool.run({ op: 'integrity', file, tenantId }));
+  /** What integrity_check finds in `file`, a snapshot of `tenantId`; empty when sound. Ends CANCELLED when `signal` aborts. */
+  async integrityProblems(file: string, tenantId: string, signal?: AbortSignal): Promise<string[]> {
+    const result = await this.interruptible(signal, (callId) => this.pool.run({ op: 'integrity', file, tenantId, callId }));
     return (result as { problems: string[] }).problems;
   }
 
@@ -68,9 +78,30 @@ export class FileChecks {
    * VACUUM, ANALYZE or OPTIMIZE of a tenant's database file, which its shard
    * has closed and holds the tenant's calls for; returns the line to report.
    */
-  async rewrite(file: string, tenantId: string, operation: RewriteOperation): Promise<string> {
-    const result = this.settle(await this.pool.run({ op: 'rewrite', file, tenantId, sync: this.sync, operation }));
+  async rewrite(file: string, tenantId: string, operation: RewriteOperation, signal?: AbortSignal): Promise<string> {
+    const result = await this.interruptible(signal, (callId) => this.pool.run({ op: 'rewrite', file, tenantId, sync: this.sync, operation, callId }));
     return (result as { message: string }).message;
+  }
+
+  /** Interrupts every maintenance task and integrity check running (shutdown): each ends CANCELLED. */
+  interruptRunning(): void {
+    for (const callId of this.running) this.canceller?.cancel(callId);
+  }
+
+  /** Runs a task whose connection is armed under a fresh call id, which `signal` and interruptRunning() cancel. */
+  private async interruptible(signal: AbortSignal | undefined, run: (callId: number) => Promise<FileTaskResult>): Promise<FileTaskResult> {
+    if (this.canceller === null) return this.settle(await run(0));
+    const callId = -++this.lastCallId;
+    const cancel = (): void => void this.canceller!.cancel(callId);
+    this.running.add(callId);
+    signal?.addEventListener('abort', cancel, { once: true });
+    try {
+      if (signal?.aborted) cancel();
+      return this.settle(await run(callId));
+    } finally {
+      signal?.removeEventListener('abort', cancel);
+      this.running.delete(callId);
+    }
   }
 
   /** Runs `step` after `steps` on a scratch database in the pool; throws INVALID_ARGUMENT MIGRATION_INVALID when it fails. */
