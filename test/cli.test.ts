@@ -66,6 +66,9 @@ function expectOneLineError(ran: Ran, code: number, prefix: string): void {
 }
 
 // Each CLI run is a fresh Node process (through tsx when dist/ is not current): seconds apiece on a loaded host.
+/** Rows of 1 MiB in the backup the streaming restore test makes. */
+const BIG_BLOBS = 144;
+
 describe('tenantd CLI', { timeout: 400_000 }, () => {
   it('creates a tenant, runs SQL for it, and backs it up to a file and back as another tenant, in canonical proto3 JSON', async () => {
     const created = await tenantd(['tenants', 'create', 'cli-a', '--plan', 'pro', '--display-name', 'From the CLI']);
@@ -222,25 +225,27 @@ describe('tenantd CLI', { timeout: 400_000 }, () => {
     expectOneLineError(await tenantd(['migrations', 'apply', 'cli-m3']), 2, 'tenantd migrations: give the migration as a file or as --sql');
   });
 
-  it('restores by streaming the file: a 48 MiB backup does not take 48 MiB of memory', async () => {
+  it('restores by streaming the file: a 144 MiB backup does not take 144 MiB of memory', async () => {
     const big = join(files, 'big.sqlite');
     const db = new Database(big);
     db.exec('PRAGMA journal_mode = DELETE; CREATE TABLE blobs (b BLOB)');
     const insert = db.prepare('INSERT INTO blobs VALUES (randomblob(1048576))');
-    for (let i = 0; i < 48; i++) insert.run();
+    for (let i = 0; i < BIG_BLOBS; i++) insert.run();
     db.close();
     const size = statSync(big).size;
-    expect(size).toBeGreaterThan(48 * 1024 * 1024);
+    expect(size).toBeGreaterThan(BIG_BLOBS * 1024 * 1024);
 
     const baseline = await tenantd(['tenants', 'get', 'cli-a'], { measure: true });
     const restored = await tenantd(['restore', 'cli-big', big, '--plan', 'pro'], { measure: true });
     expect(restored.code, restored.stderr).toBe(0);
     const grewKiB = restored.maxRssKiB! - baseline.maxRssKiB!;
     // Reading the whole file in (the old CLI) grew it by the file's size at least; streaming
-    // leaves what the garbage collector has not yet taken back (about 30 MiB measured).
-    expect(grewKiB, `baseline ${baseline.maxRssKiB} KiB, restore ${restored.maxRssKiB} KiB`).toBeLessThan((size / 1024) * 0.8);
+    // leaves what the garbage collector has not yet taken back: V8 collects after some tens of
+    // MiB of buffers (about 30 MiB on Node 20, 48 MiB on Node 24, measured), whatever the
+    // file's size, so the file is three times that.
+    expect(grewKiB, `baseline ${baseline.maxRssKiB} KiB, restore ${restored.maxRssKiB} KiB`).toBeLessThan((size / 1024) * 0.5);
     const count = JSON.parse((await tenantd(['sql', 'cli-big', 'SELECT count(*) FROM blobs'])).stdout);
-    expect(count.rows[0].values[0].integerValue).toBe('48');
+    expect(count.rows[0].values[0].integerValue).toBe(String(BIG_BLOBS));
   });
 });
 

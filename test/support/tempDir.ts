@@ -18,12 +18,16 @@ export function setup(): void {
   const tsxCache = join(shared, `tsx-${userInfo().uid}`);
   mkdirSync(tsxCache, { recursive: true });
   if (existsSync(tsxCache)) symlinkSync(tsxCache, join(runDir, `tsx-${userInfo().uid}`));
+  // Node 22+'s module compile cache, which tsx and tenantd's own entry turn on: shared the same way.
+  const compileCache = join(shared, 'node-compile-cache');
+  mkdirSync(compileCache, { recursive: true });
+  symlinkSync(compileCache, join(runDir, 'node-compile-cache'));
   process.env.TMPDIR = runDir;
 }
 
 export function teardown(): void {
-  // tsx's compile cache (tsx-<uid>) is the loader's, kept on purpose: not a test's leftover.
-  const left = readdirSync(runDir).filter((name) => !name.startsWith('tsx-'));
+  // tsx's compile cache (tsx-<uid>) and Node's (node-compile-cache) are the loaders', kept on purpose: not a test's leftover.
+  const left = readdirSync(runDir).filter((name) => !name.startsWith('tsx-') && name !== 'node-compile-cache');
   rmSync(runDir, { recursive: true, force: true });
   if (left.length > 0) {
     // vitest reports an error thrown here but still exits 0: the exit code says it.
