@@ -48,7 +48,8 @@ describe('overload', () => {
     const sampler = setInterval(() => (rssMax = Math.max(rssMax, process.memoryUsage().rss)), 100);
     const outcomes: Promise<string>[] = [];
     const started = performance.now();
-    const LOAD_MS = 6_000;
+    // 6 s in the suite; the issue's full 20 s: TENANTD_OVERLOAD_MS=20000 TENANTD_REPORT=1 npx vitest run test/overload.test.ts
+    const LOAD_MS = Number(process.env.TENANTD_OVERLOAD_MS ?? 6_000);
     // Open loop: calls go out at `rate` whatever happens to the earlier ones.
     while (performance.now() - started < LOAD_MS) {
       const due = Math.floor(((performance.now() - started) / 1000) * rate);
