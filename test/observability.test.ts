@@ -111,14 +111,16 @@ describe('/metrics', () => {
 
   it('adds a tenant label to the call counter only, when --metrics-per-tenant is on', async () => {
     const perTenant = await startTestServer({ metricsPerTenant: true });
+    let body: string;
     try {
       const tenantKey = await perTenant.createTenant('labelled');
       await perTenant.sql(tenantKey, 'SELECT 1');
+      // Both servers record into the process's one meter provider, which this exporter reads
+      // (call counts are observed from the running server, so before it stops).
+      body = (await get(t.server.httpPort, '/metrics')).body;
     } finally {
       await perTenant.stop();
     }
-    // Both servers record into the process's one meter provider, which this exporter reads.
-    const { body } = await get(t.server.httpPort, '/metrics');
     expect(series(body, 'tenantd_rpc_calls_total', { tenantd_tenant_id: 'labelled', rpc_method: 'Execute' })[0]?.value).toBe(1);
     expect(body.split('\n').filter((line) => line.includes('tenantd_tenant_id')).every((line) => line.startsWith('tenantd_rpc_calls_total'))).toBe(true);
   });

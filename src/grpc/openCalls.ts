@@ -7,17 +7,18 @@
  * or goes away aborts its call's signal too.
  */
 import type { EventEmitter } from 'node:events';
+import { CallCancel, type CancelSignal } from './cancelSignal.ts';
 
 /** One open call, as its adapter (handlers.ts) tracks it. */
 export interface OpenCall {
   /** Aborted when the client cancels or disconnects, or the server stops the call. */
-  readonly signal: AbortSignal;
+  readonly signal: CancelSignal;
   /** The call has ended; forget it. */
   done(): void;
 }
 
 interface Entry {
-  controller: AbortController;
+  controller: CallCancel;
   /** Ends a stream early with UNAVAILABLE; null for calls that are not server streams. */
   endStream: (() => void) | null;
 }
@@ -32,7 +33,7 @@ export class OpenCalls {
    * server drains gets an aborted signal and, for a stream, ends at once.
    */
   track(call: EventEmitter & { cancelled?: boolean }, endStream: (() => void) | null = null): OpenCall {
-    const controller = new AbortController();
+    const controller = new CallCancel();
     const entry: Entry = { controller, endStream };
     const onCancelled = (): void => controller.abort();
     call.once('cancelled', onCancelled);
@@ -40,7 +41,7 @@ export class OpenCalls {
     this.entries.add(entry);
     if (this.draining && endStream) queueMicrotask(() => this.endStreamOf(entry));
     return {
-      signal: controller.signal,
+      signal: controller,
       done: () => {
         this.entries.delete(entry);
         call.off('cancelled', onCancelled);

@@ -7,6 +7,7 @@
  *
  * Telemetry never throws: a failure here must not turn into the call's status.
  */
+import type { CancelSignal } from './cancelSignal.ts';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import {
@@ -99,7 +100,7 @@ export class MethodObserver {
 export class ObservedCall {
   readonly requestId = randomUUID();
   /** Aborted when the call is cancelled (client or shutdown); handlers.ts sets it as the call starts. */
-  signal: AbortSignal | undefined = undefined;
+  signal: CancelSignal | undefined = undefined;
   private readonly startedAt = performance.now();
   private readonly span: Span = UNOBSERVED;
   private readonly parent: Context = ROOT_CONTEXT;

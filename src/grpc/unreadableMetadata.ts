@@ -32,8 +32,10 @@ export function watchUnreadableMetadata(): void {
   Metadata.fromHttp2Headers = (headers: IncomingHttpHeaders): Metadata => {
     const { readable, dropped } = withoutUnreadable(headers);
     const metadata = fromHttp2Headers(readable);
-    const names = WATCHED.filter((name) => dropped.has(name));
-    if (names.length > 0) lost.set(metadata, names);
+    if (dropped !== null) {
+      const names = WATCHED.filter((name) => dropped.has(name));
+      if (names.length > 0) lost.set(metadata, names);
+    }
     return metadata;
   };
 }
@@ -47,15 +49,17 @@ const LEGAL_TEXT_VALUE = /^[ -~]*$/;
  * value, which for `authorization` is the caller's key: a secret in the log,
  * and a way for anyone to flood it.
  */
-function withoutUnreadable(headers: IncomingHttpHeaders): { readable: IncomingHttpHeaders; dropped: Set<string> } {
-  const dropped = new Set<string>();
+function withoutUnreadable(headers: IncomingHttpHeaders): { readable: IncomingHttpHeaders; dropped: Set<string> | null } {
+  // Every call passes here: nothing is allocated unless a value is dropped.
+  let dropped: Set<string> | null = null;
   let readable = headers;
-  for (const [name, value] of Object.entries(headers)) {
-    if (name.startsWith(':') || name.endsWith('-bin') || value === undefined) continue;
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || name.startsWith(':') || name.endsWith('-bin')) continue;
+    if (typeof value === 'string' ? LEGAL_TEXT_VALUE.test(value) : value.every((v) => LEGAL_TEXT_VALUE.test(v))) continue;
     const values = Array.isArray(value) ? value : [value];
     const kept = values.filter((v) => LEGAL_TEXT_VALUE.test(v));
-    if (kept.length === values.length) continue;
-    dropped.add(name);
+    (dropped ??= new Set()).add(name);
     if (readable === headers) readable = { ...headers };
     if (kept.length === 0) delete readable[name];
     else readable[name] = Array.isArray(value) ? kept : kept[0];

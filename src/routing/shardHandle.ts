@@ -10,6 +10,7 @@
  * more than the structured clone of a small request, and gRPC hands us the
  * calls that arrived together in one turn (bench/dispatch.ts measures it).
  */
+import type { CancelSignal } from '../grpc/cancelSignal.ts';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { status as Status } from '@grpc/grpc-js';
@@ -152,7 +153,7 @@ export class ShardHandle implements ObservedShard {
    * or the server stops) the call is dropped if it has not run yet, and its
    * statement is interrupted if it runs: it ends CANCELLED at once.
    */
-  call<R extends RequestWithoutId>(request: R, onChunk?: (chunk: QueryChunk) => void, signal?: AbortSignal): Promise<ShardResults[R['op']]> {
+  call<R extends RequestWithoutId>(request: R, onChunk?: (chunk: QueryChunk) => void, signal?: CancelSignal): Promise<ShardResults[R['op']]> {
     if (signal?.aborted) return Promise.reject(cancelledError());
     if (this.stopping) return Promise.reject(unavailable('SHUTTING_DOWN', 'the server is shutting down'));
     if (!this.alive) {

@@ -6,6 +6,7 @@
  * `<data-dir>/tmp/`, which is emptied at start. Checks of whole files run
  * off the shards (fileChecks.ts).
  */
+import type { CancelSignal } from '../grpc/cancelSignal.ts';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
@@ -62,7 +63,7 @@ export class Backups {
    * backup copies the pages as they are, so what is wrong in the database is
    * wrong in the copy. Needs room for one copy of the database in tmp/.
    */
-  private async integrityCheck(tenantId: string, signal?: AbortSignal): Promise<{ ok: boolean; message: string }> {
+  private async integrityCheck(tenantId: string, signal?: CancelSignal): Promise<{ ok: boolean; message: string }> {
     const file = await this.snapshot(tenantId);
     try {
       const problems = await this.fileChecks.integrityProblems(file, tenantId, signal);
@@ -79,7 +80,7 @@ export class Backups {
    * (they run afterwards, in order) while the file-task pool works on it.
    * The shard's other tenants go on meanwhile.
    */
-  private async rewrite(tenantId: string, operation: RewriteOperation, slot: number, signal?: AbortSignal): Promise<{ ok: boolean; message: string }> {
+  private async rewrite(tenantId: string, operation: RewriteOperation, slot: number, signal?: CancelSignal): Promise<{ ok: boolean; message: string }> {
     const shard = this.router.forTenant(tenantId);
     await shard.call({ op: 'hold', tenantId });
     try {
@@ -100,7 +101,7 @@ export class Backups {
     operation: MaintenanceOperation,
     tenantIds: string[] | null,
     progress: (result: MaintenanceResult, done: number, total: number) => void,
-    signal?: AbortSignal,
+    signal?: CancelSignal,
   ): Promise<void> {
     const ids = tenantIds ?? Array.from(this.registry.all(), (live) => live.record.tenantId);
     let done = 0;

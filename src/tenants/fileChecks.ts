@@ -6,6 +6,7 @@
  * are an operator's occasional calls, and they must not take the cores the
  * shards need) and its threads exit when idle, so it costs nothing at rest.
  */
+import type { CancelSignal } from '../grpc/cancelSignal.ts';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Piscina } from 'piscina';
@@ -69,7 +70,7 @@ export class FileChecks {
   }
 
   /** What integrity_check finds in `file`, a snapshot of `tenantId`; empty when sound. Ends CANCELLED when `signal` aborts. */
-  async integrityProblems(file: string, tenantId: string, signal?: AbortSignal): Promise<string[]> {
+  async integrityProblems(file: string, tenantId: string, signal?: CancelSignal): Promise<string[]> {
     const result = await this.interruptible(signal, (callId) => this.pool.run({ op: 'integrity', file, tenantId, callId }));
     return (result as { problems: string[] }).problems;
   }
@@ -78,7 +79,7 @@ export class FileChecks {
    * VACUUM, ANALYZE or OPTIMIZE of a tenant's database file, which its shard
    * has closed and holds the tenant's calls for; returns the line to report.
    */
-  async rewrite(file: string, tenantId: string, operation: RewriteOperation, signal?: AbortSignal): Promise<string> {
+  async rewrite(file: string, tenantId: string, operation: RewriteOperation, signal?: CancelSignal): Promise<string> {
     const result = await this.interruptible(signal, (callId) => this.pool.run({ op: 'rewrite', file, tenantId, sync: this.sync, operation, callId }));
     return (result as { message: string }).message;
   }
@@ -89,7 +90,7 @@ export class FileChecks {
   }
 
   /** Runs a task whose connection is armed under a fresh call id, which `signal` and interruptRunning() cancel. */
-  private async interruptible(signal: AbortSignal | undefined, run: (callId: number) => Promise<FileTaskResult>): Promise<FileTaskResult> {
+  private async interruptible(signal: CancelSignal | undefined, run: (callId: number) => Promise<FileTaskResult>): Promise<FileTaskResult> {
     if (this.canceller === null) return this.settle(await run(0));
     const callId = -++this.lastCallId;
     const cancel = (): void => void this.canceller!.cancel(callId);
