@@ -32,11 +32,17 @@ interface Ran {
 }
 
 /** Runs the CLI; async, because the server answering it lives in this process. */
-function tenantd(args: string[], options: { env?: Record<string, string>; address?: boolean; measure?: boolean; server?: TestServer } = {}): Promise<Ran> {
+function tenantd(args: string[], options: { env?: Record<string, string>; address?: boolean; measure?: boolean; tty?: boolean; server?: TestServer } = {}): Promise<Ran> {
   const server = options.server ?? t;
   const env = options.env ?? { TENANTD_ADMIN_KEY: server.adminKey };
   const argv = [BIN, ...args, ...(options.address === false ? [] : ['--address', `127.0.0.1:${server.server.port}`])];
-  const [command, commandArgs] = options.measure ? ['/usr/bin/time', ['-f', 'maxrss=%M', process.execPath, ...argv]] : [process.execPath, argv];
+  const quoted = (arg: string) => `'${arg.replaceAll("'", `'\\''`)}'`;
+  // tty: under util-linux `script`, on a pseudo-terminal (stdout and stderr both arrive as stdout).
+  const [command, commandArgs] = options.measure
+    ? ['/usr/bin/time', ['-f', 'maxrss=%M', process.execPath, ...argv]]
+    : options.tty
+      ? ['/usr/bin/script', ['-qfec', [process.execPath, ...argv].map(quoted).join(' '), '/dev/null']]
+      : [process.execPath, argv];
   const child = spawn(command, commandArgs, { env: { ...process.env, TENANTD_ADMIN_KEY: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -93,6 +99,12 @@ describe('tenantd CLI', { timeout: 400_000 }, () => {
     const saved = JSON.parse(backup.stdout);
     expect(saved.bytes).toBe(statSync(file).size);
     expect(saved.sha256).toMatch(/^[0-9a-f]{64}$/);
+
+    // On a terminal the same backup draws a progress line (bytes, percent, rate, ETA), redrawn in place.
+    const onTty = await tenantd(['backup', 'cli-a', join(files, 'cli-a-tty.sqlite')], { tty: true });
+    expect(onTty.code, onTty.stdout).toBe(0);
+    expect(onTty.stdout).toContain('\r\x1b[2Kbackup cli-a');
+    expect(onTty.stdout).toMatch(/100% \S+ \S+ of \S+ \S+ {2}\S+ \S+\/s {2}ETA /);
 
     const restored = await tenantd(['restore', 'cli-b', file, '--plan', 'pro']);
     expect(restored.code, restored.stderr).toBe(0);
