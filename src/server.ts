@@ -174,7 +174,9 @@ export async function startServer(
   shardsForPages = shards;
   const router = new ShardRouter(shards);
   const fileChecks = new FileChecks(config.sync, config.cluster.etcd.length > 0, canceller);
-  const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs);
+  // Which shards tenants call: the admission's work-conserving shard time and the migration pass's pacing.
+  const activity = new ShardActivity(config.shards);
+  const migrator = new Migrator(catalog, registry, router, logger, fileChecks, config.migrationTimeoutMs, activity);
   const hub = new EventHub();
   // Query results and events waiting for slow clients: one budget, server-wide.
   const unread = new UnreadBudget(config.queryUnreadLimits);
@@ -262,7 +264,7 @@ export async function startServer(
   addServicesMalformedSafe(server);
   const admitter = new Admitter(table);
   const tenantObserver = observer.service('tenantd.v1.TenantService');
-  const admit = createAdmit(admitter, registry, metrics, { shards: config.shards, tracker: new ShardActivity(config.shards) });
+  const admit = createAdmit(admitter, registry, metrics, { shards: config.shards, tracker: activity });
   const local: Record<string, Handlers> = {
     TenantService: {
       ...tenantService(access, manager, catalog, tenantObserver),

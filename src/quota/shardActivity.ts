@@ -47,4 +47,9 @@ export class ShardActivity {
     this.lastMs[shard] = nowMs;
     return nowMs - otherMs < NEIGHBOUR_WINDOW_MS;
   }
+
+  /** Whether any tenant called `shard` within NEIGHBOUR_WINDOW_MS before `nowMs`. */
+  calledRecently(shard: number, nowMs: number): boolean {
+    return nowMs - this.lastMs[shard]! < NEIGHBOUR_WINDOW_MS;
+  }
 }
