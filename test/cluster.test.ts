@@ -97,7 +97,7 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
   afterAll(() => cluster.stop(), 30_000);
 
   it('gives every slot an owner, evenly', async () => {
-    const placement = await cluster.nodes[1]!.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
+    const placement = await cluster.live().client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
     expect(placement.unassigned_slots).toBe(0);
     const slots = placement.nodes.map((n: { slots: number }) => n.slots);
     expect(slots.reduce((a: number, b: number) => a + b, 0)).toBe(16384);
@@ -191,9 +191,9 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
       before.set(tenantId, { home: home!, ino: stat.ino, mtimeMs: stat.mtimeMs });
     }
     await cluster.startNode('n4');
-    const rebalanced = await cluster.cli(['rebalance', '--parallelism', '4'], `127.0.0.1:${cluster.nodes[1]!.port}`);
+    const rebalanced = await cluster.cli(['rebalance', '--parallelism', '4'], `127.0.0.1:${cluster.live().port}`);
     expect(rebalanced.code, rebalanced.err).toBe(0);
-    const placement = await cluster.nodes[0]!.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
+    const placement = await cluster.live().client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
     const n4 = placement.nodes.find((n: { node_id: string }) => n.node_id === 'n4');
     expect(n4.slots).toBeGreaterThanOrEqual(4095);
     let movedCount = 0;
@@ -231,17 +231,22 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
         .join(' ');
     const before = await count(zombie.client, victim);
     const filesBefore = written();
-    zombie.child.kill('SIGSTOP');
-    await waitFor('n2 to leave the registry', async () => {
-      const p = await cluster.nodes[0]!.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
-      return !p.nodes.some((n: { node_id: string }) => n.node_id === 'n2');
-    }, 20_000);
-    // An operator gives the dead node's slot to n1 (no data can be copied from a stopped node).
+    cluster.pause(zombie);
     const etcd = new Etcd3({ hosts: cluster.etcdUrl });
     const slotKey = `/tenantd/slots/${slotOf(victim)}`;
-    const old = JSON.parse((await etcd.get(slotKey).string())!) as { node: string; epoch: number };
-    await etcd.put(slotKey).value(JSON.stringify({ node: 'n1', epoch: old.epoch + 1 }));
-    zombie.child.kill('SIGCONT');
+    let old: { node: string; epoch: number };
+    try {
+      await waitFor('n2 to leave the registry', async () => {
+        const p = await cluster.live().client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
+        return !p.nodes.some((n: { node_id: string }) => n.node_id === 'n2');
+      }, 20_000);
+      // An operator gives the dead node's slot to n1 (no data can be copied from a stopped node).
+      old = JSON.parse((await etcd.get(slotKey).string())!) as { node: string; epoch: number };
+      await etcd.put(slotKey).value(JSON.stringify({ node: 'n1', epoch: old.epoch + 1 }));
+    } finally {
+      // Whatever happened, the node runs again: a stopped node would hold every later test's calls.
+      cluster.resume(zombie);
+    }
     // Straight to the zombie, at once and for a while: none of these may land in its copy.
     for (let i = 0; i < 20; i++) {
       await zombie.client
@@ -252,7 +257,7 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     expect(written()).toBe(filesBefore);
     // It rejoins with a fresh lease and follows the new placement: the call is passed to n1.
     await waitFor('n2 to rejoin', async () => {
-      const p = await cluster.nodes[0]!.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
+      const p = await cluster.live().client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
       return p.nodes.some((n: { node_id: string }) => n.node_id === 'n2');
     }, 20_000);
     const forwarded = await zombie.client.failure('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (8)' }, { key: keys.get(victim)!, tenantId: victim });
@@ -328,7 +333,7 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     for (const id of killed) await cluster.restartNode(id);
     const drained = await cluster.cli(['drain', 'n4', '--parallelism', '4']);
     expect(drained.code, drained.err).toBe(0);
-    const placement = await cluster.nodes[0]!.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
+    const placement = await cluster.live().client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
     expect(placement.nodes.find((n: { node_id: string }) => n.node_id === 'n4').slots).toBe(0);
     await waitFor('n4 to drop its old copies', () => TENANTS.every((id) => !cluster.homes(id).includes('n4')), 20_000);
     for (const tenantId of TENANTS) {

@@ -61,6 +61,9 @@ export interface Node {
   log: string[];
 }
 
+/** Every call to a node or the proxy that sets no deadline of its own gets this one: a hang becomes a failure naming the call. */
+const CALL_DEADLINE_MS = 15_000;
+
 /** Every process the clusters of this test file started: killed when the file's process exits, however it ends. */
 const children = new Set<ChildProcess>();
 process.once('exit', () => {
@@ -161,14 +164,32 @@ export class LoopbackCluster {
       });
       child.once('exit', (code) => reject(new Error(`node ${id} exited with ${code}: ${log.join('')}`)));
     });
-    const node = { id, port, dataDir, child, client: new TestClient(`127.0.0.1:${port}`), log };
+    const node = { id, port, dataDir, child, client: new TestClient(`127.0.0.1:${port}`, CALL_DEADLINE_MS), log };
     this.nodes.push(node);
     return node;
   }
 
   /** A node whose process runs. */
+  /** Nodes a test has stopped with SIGSTOP (pause()): alive, but they answer nothing. */
+  private readonly paused = new Set<Node>();
+
+  /**
+   * A node that answers: not killed and not paused. The nodes are in the order their starts
+   * finished, which varies: never take `nodes[0]` for one that answers.
+   */
   live(): Node {
-    return this.nodes.find((n) => n.child.exitCode === null && n.child.signalCode === null)!;
+    return this.nodes.find((n) => n.child.exitCode === null && n.child.signalCode === null && !this.paused.has(n))!;
+  }
+
+  /** Stops the node's process (SIGSTOP): its lease runs out while it does nothing, as a zombie's would. */
+  pause(node: Node): void {
+    this.paused.add(node);
+    node.child.kill('SIGSTOP');
+  }
+
+  resume(node: Node): void {
+    node.child.kill('SIGCONT');
+    this.paused.delete(node);
   }
 
   node(id: string): Node {
@@ -210,7 +231,7 @@ export class LoopbackCluster {
         '--slots-map', join(dir, 'slots.map'), '--tenants-map', join(dir, 'tenants.map'), '--write-files'],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     ));
-    this.proxy = new TestClient(`127.0.0.1:${this.proxyPort}`);
+    this.proxy = new TestClient(`127.0.0.1:${this.proxyPort}`, CALL_DEADLINE_MS);
   }
 
   /** Runs `tenantd cluster ...` against a node; resolves with its exit code and output. */

@@ -75,7 +75,11 @@ export interface CallOptions {
 export class TestClient {
   readonly channel: Channel;
 
-  constructor(readonly address: string) {
+  /** `defaultDeadlineMs`: for every call that names none, so that a call nobody answers fails (with its stack) instead of hanging its test. */
+  constructor(
+    readonly address: string,
+    private readonly defaultDeadlineMs: number | null = null,
+  ) {
     this.channel = new Channel({ address });
   }
 
@@ -84,7 +88,7 @@ export class TestClient {
     return {
       key: options.key ?? null,
       tenant: options.tenantId ?? null,
-      ...(withDeadline && options.deadlineMs ? { deadlineMs: options.deadlineMs } : {}),
+      ...(withDeadline && (options.deadlineMs ?? this.defaultDeadlineMs) ? { deadlineMs: options.deadlineMs ?? this.defaultDeadlineMs! } : {}),
       ...(options.metadata ? { metadata: options.metadata } : {}),
     };
   }
