@@ -334,7 +334,9 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     const drained = await cluster.cli(['drain', 'n4', '--parallelism', '4']);
     expect(drained.code, drained.err).toBe(0);
     const placement = await cluster.live().client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
-    expect(placement.nodes.find((n: { node_id: string }) => n.node_id === 'n4').slots).toBe(0);
+    // n4 owns no slot: listed with none, or not listed at all (a node just restarted by this test,
+    // asked under load, may not have seen n4's membership yet; it has seen the slots).
+    expect(placement.nodes.find((n: { node_id: string }) => n.node_id === 'n4')?.slots ?? 0).toBe(0);
     await waitFor('n4 to drop its old copies', () => TENANTS.every((id) => !cluster.homes(id).includes('n4')), 20_000);
     for (const tenantId of TENANTS) {
       expect(await owner(tenantId)).not.toBe('n4');
