@@ -104,6 +104,10 @@ async function main(): Promise<void> {
       const gaps = acks.slice(1).map((t, i) => t - acks[i]!);
       const flipped = /FLIPPED .*writes paused (\d+) ms\s+(.*)/.exec(moved.out);
       console.log(`${String(mb).padStart(7)}  ${String(Math.max(...gaps)).padStart(14)}  ${String(flipped?.[1] ?? 'failed').padStart(23)}  ${flipped?.[2] ?? moved.err.trim()}`);
+      // Two-phase moves: what phase 1 copied unfenced, and what phase 2 sent while fenced.
+      const staged = /STAGED\s+(\d+) bytes\s+(.*)/.exec(moved.out);
+      const sent = /INSTALLED .*?(sent .*)/.exec(moved.out);
+      console.log(`${' '.repeat(9)}phase 1: ${staged ? `${staged[1]} bytes ${staged[2]}` : 'none (one-phase move)'}; ${sent?.[1] ?? ''}`);
     }
 
     console.log(`\n2-3. point reads, ${concurrency} in flight, ${seconds} s per round, 30 tenants`);

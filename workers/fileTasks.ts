@@ -20,7 +20,7 @@ const MAX_PROBLEMS = 20;
 
 export type FileTask =
   /** A restore's upload: sound, usable, and migrated to `migrations`, where it lies. */
-  | { op: 'checkRestore'; file: string; tenantId: string; sync: SyncMode; migrations: MigrationStep[] }
+  | { op: 'checkRestore'; file: string; tenantId: string; sync: SyncMode; migrations: MigrationStep[]; integrity: boolean }
   /** A copy of a live database: what integrity_check finds in it. */
   | { op: 'integrity'; file: string; tenantId: string; callId: number }
   /** A live database that its shard has closed and holds the calls of. */
@@ -79,14 +79,15 @@ function validateMigration(steps: MigrationStep[], step: MigrationStep): number 
 
 /**
  * Opens the upload as the shard would open a tenant (the guard's limits and
- * DEFENSIVE mode apply to this untrusted file too), runs integrity_check and
- * the migrations it predates, and closes it, which checkpoints everything
- * into the file itself. Returns its schema version.
+ * DEFENSIVE mode apply to this untrusted file too), runs integrity_check
+ * (unless the caller checked these bytes already) and the migrations it
+ * predates, and closes it, which checkpoints everything into the file itself.
+ * Returns its schema version.
  */
 function checkRestore(task: Extract<FileTask, { op: 'checkRestore' }>): FileTaskResult {
   const staged = openRestored(task.file, task.tenantId, task.sync);
   try {
-    const problems = staged.integrityProblems(MAX_PROBLEMS);
+    const problems = task.integrity ? staged.integrityProblems(MAX_PROBLEMS) : [];
     if (problems.length > 0) {
       throw new ShardError({
         code: Status.INVALID_ARGUMENT,

@@ -24,6 +24,7 @@ import { GrpcTenantTransport, MoveFences, Mover, type MoveReport } from './moves
 import { Placement, type NodeInfo } from './placement.ts';
 import { Rebalancer, type RemoteMoves } from './rebalance.ts';
 import { ClusterRouter, type HandlerMap } from './route.ts';
+import { StagedCopies } from './staging.ts';
 
 export interface ClusterDeps {
   config: ClusterConfig;
@@ -42,6 +43,7 @@ export interface ClusterDeps {
 
 export class ClusterNode {
   readonly fences = new MoveFences();
+  private readonly staged = new StagedCopies();
   private readonly etcd: Etcd3;
   readonly placement: Placement;
   private membership!: Membership;
@@ -112,6 +114,7 @@ export class ClusterNode {
         manager: this.d.manager,
         backups: this.d.backups,
         fences: this.fences,
+        staged: this.staged,
         onLog: (level, msg, fields = {}) => this.d.logger[level](msg, { node: this.d.config.nodeId, ...fields }),
       },
       observer,
@@ -178,6 +181,7 @@ export class ClusterNode {
 
   async stop(): Promise<void> {
     this.mover.stop();
+    this.staged.stop();
     await this.membership.stop();
     await this.placement.stop();
     this.forwarder.close();

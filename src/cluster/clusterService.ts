@@ -15,8 +15,10 @@ import { tenantToProto, type ProtoTenant } from '../grpc/tenantMessages.ts';
 import type { Backups } from '../tenants/backups.ts';
 import { checkTenantId, type TenantManager } from '../tenants/manager.ts';
 import type { MoveFences, MoveReport, Mover } from './moves.ts';
+import { offsetBytes } from './pageDelta.ts';
 import type { Placement } from './placement.ts';
 import type { Rebalancer } from './rebalance.ts';
+import type { StagedCopies } from './staging.ts';
 import { SLOT_COUNT, slotOf } from './slots.ts';
 
 /** A MoveProgress line as proto-loader gives it (also what `tenantd cluster` prints). */
@@ -30,9 +32,19 @@ export interface ProtoProgress {
   slots_total: number;
 }
 
+interface ReceiveHeader {
+  catalog_json: string;
+  epoch: string;
+  sha256: string;
+  size: string;
+  stage: boolean;
+  base: string;
+}
+
 type ReceivePart =
-  | { part: 'header'; header: { catalog_json: string; epoch: string; sha256: string; size: string } }
-  | { part: 'chunk'; chunk: Buffer };
+  | { part: 'header'; header: ReceiveHeader }
+  | { part: 'chunk'; chunk: Buffer }
+  | { part: 'patch'; patch: { offset: string; data: Buffer } };
 
 export function toProgress(r: MoveReport & { slotsDone?: number; slotsTotal?: number }): ProtoProgress {
   return {
@@ -55,6 +67,8 @@ export interface ClusterServiceDeps {
   manager: TenantManager;
   backups: Backups;
   fences: MoveFences;
+  /** Copies staged here by phase 1 of moves to this node. */
+  staged: StagedCopies;
   onLog: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -134,15 +148,17 @@ export function clusterService(d: ClusterServiceDeps, service: ServiceObserver):
       },
     ),
 
-    ReceiveTenant: clientStream(service, 'ReceiveTenant', async (call: ServerReadableStream<ReceivePart, { tenant: ProtoTenant }>) => {
+    ReceiveTenant: clientStream(service, 'ReceiveTenant', async (call: ServerReadableStream<ReceivePart, { tenant?: ProtoTenant; staged?: string }>) => {
       d.access.admin(call.metadata);
       call.on('cancelled', () => call.destroy(new TenantdError(Status.CANCELLED, 'CANCELLED', 'the sender cancelled the transfer')));
       const started = performance.now();
-      let header: Extract<ReceivePart, { part: 'header' }>['header'] | null = null;
+      let header: ReceiveHeader | null = null;
       let rows: { record: TenantRecord; keys: KeyRecord[] } | null = null;
       const hash = createHash('sha256');
-      const file = d.backups.tmpFile('restore');
+      let file: string | null = null;
+      let kept = false;
       let handle: FileHandle | null = null;
+      let size = 0;
       let bytes = 0;
       try {
         for await (const message of readParts(call)) {
@@ -150,43 +166,88 @@ export function clusterService(d: ClusterServiceDeps, service: ServiceObserver):
             if (message.part !== 'header') throw invalidArgument('header', 'the first message must be the header');
             header = message.header;
             rows = parseCatalog(header.catalog_json);
-            const owner = d.placement.ownerOf(rows.record.tenantId);
+            const tenantId = rows.record.tenantId;
+            const owner = d.placement.ownerOf(tenantId);
             // Never over a copy this node serves: only a tenant owned elsewhere can be sent here.
             if (owner?.node === d.self) {
-              throw new TenantdError(Status.FAILED_PRECONDITION, 'ALREADY_OWNER', `node ${d.self} already owns tenants/${rows.record.tenantId}`);
+              throw new TenantdError(Status.FAILED_PRECONDITION, 'ALREADY_OWNER', `node ${d.self} already owns tenants/${tenantId}`);
             }
-            if (owner && Number(header.epoch) <= owner.epoch) {
+            if (!header.stage && owner && Number(header.epoch) <= owner.epoch) {
               throw new TenantdError(Status.FAILED_PRECONDITION, 'STALE_EPOCH', `epoch ${header.epoch} is not newer than ${owner.epoch}`);
             }
-            handle = await open(file, 'wx+');
+            size = Number(header.size);
+            if (!Number.isSafeInteger(size) || size < 0) throw invalidArgument('header.size', 'the database\'s size in bytes');
+            if (header.base) {
+              if (header.stage) throw invalidArgument('header.base', 'a stage starts from nothing: set stage or base, not both');
+              file = d.staged.take(header.base, tenantId);
+              if (file === null) {
+                throw new TenantdError(Status.FAILED_PRECONDITION, 'STAGE_NOT_FOUND', `node ${d.self} holds no staged copy ${header.base} of tenants/${tenantId}`);
+              }
+              handle = await open(file, 'r+');
+            } else {
+              file = d.backups.tmpFile('restore');
+              handle = await open(file, 'wx+');
+            }
             continue;
           }
-          if (message.part !== 'chunk') throw invalidArgument('header', 'only the first message may be a header');
+          if (header.base) {
+            if (message.part !== 'patch') throw invalidArgument('patch', 'phase 2 of a move sends only patches after its header');
+            const offset = Number(message.patch.offset);
+            const data = message.patch.data;
+            if (!Number.isSafeInteger(offset) || offset < 0 || offset + data.length > size) {
+              throw invalidArgument('patch.offset', `bytes within the database's ${size}; got ${data.length} at ${message.patch.offset}`);
+            }
+            hash.update(offsetBytes(offset));
+            hash.update(data);
+            bytes += data.length;
+            await handle!.write(data, 0, data.length, offset);
+            continue;
+          }
+          if (message.part !== 'chunk') throw invalidArgument('chunk', 'a snapshot is sent as chunks after its header');
           bytes += message.chunk.length;
           hash.update(message.chunk);
           await handle!.write(message.chunk);
         }
         if (header === null || rows === null) throw invalidArgument('header', 'the stream ended before its header');
+        const tenantId = rows.record.tenantId;
+        if (header.base) await handle!.truncate(size);
         await handle!.close();
         handle = null;
         const digest = hash.digest('hex');
-        if (digest !== header.sha256 || String(bytes) !== header.size) {
+        if (digest !== header.sha256 || (!header.base && bytes !== size)) {
           throw invalidArgument('chunk', `received ${bytes} bytes hashing to ${digest}; the sender said ${header.size} bytes, ${header.sha256}`, 'CHECKSUM_MISMATCH');
         }
         const received = performance.now();
-        const live = await d.manager.adopt(rows.record, rows.keys, file);
-        d.fences.noteAdopted(rows.record.tenantId, Number(header.epoch));
+        if (header.stage) {
+          let problems: string[];
+          try {
+            problems = await d.backups.checkCopy(file!, tenantId);
+          } catch (error) {
+            if (error instanceof TenantdError && error.code !== Status.INTERNAL) throw error;
+            throw new TenantdError(Status.INVALID_ARGUMENT, 'BACKUP_UNUSABLE', `the staged copy is not a database tenantd can use: ${(error as Error).message}`);
+          }
+          if (problems.length > 0) {
+            throw new TenantdError(Status.INVALID_ARGUMENT, 'BACKUP_CORRUPT', `the staged copy fails integrity_check: ${problems.slice(0, 5).join('; ')}`);
+          }
+          const staged = d.staged.keep(tenantId, file!);
+          kept = true;
+          d.onLog('info', 'tenant staged', { tenant: tenantId, bytes, transferMs: Math.round(received - started), checkMs: Math.round(performance.now() - received) });
+          return { staged };
+        }
+        const live = await d.manager.adopt(rows.record, rows.keys, file!, Boolean(header.base));
+        d.fences.noteAdopted(tenantId, Number(header.epoch));
         d.onLog('info', 'tenant received', {
-          tenant: rows.record.tenantId,
+          tenant: tenantId,
           bytes,
           epoch: Number(header.epoch),
+          patched: Boolean(header.base),
           transferMs: Math.round(received - started),
           installMs: Math.round(performance.now() - received),
         });
         return { tenant: tenantToProto(live) };
       } finally {
         await handle?.close();
-        await rm(file, { force: true });
+        if (file !== null && !kept) await rm(file, { force: true });
       }
     }),
   };

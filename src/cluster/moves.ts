@@ -2,11 +2,17 @@
  * Moving tenants between nodes, on the node that owns them (the source).
  *
  * A tenant's move:
+ *   0. (two-phase, for a tenant of TWO_PHASE_MIN_BYTES or more) while its
+ *      calls go on as usual, snapshot the database and stream it to the
+ *      target, which checks it (integrity_check) and keeps it staged;
  *   1. fence: new calls are held while the calls in flight finish; then reads
  *      run here again, as READ_ONLY, and writes wait in a bounded queue;
  *   2. snapshot the database (the backup path: the shard's online backup)
  *      and stream it, with the tenant's catalog rows, to the target, which
  *      checks it (integrity_check, migrations) and installs it at epoch + 1;
+ *      in a two-phase move only the pages that differ from the staged copy
+ *      travel (pageDelta.ts), and the target installs its copy patched
+ *      with them, verified by their hash, without checking it again;
  *   3. flip the placement in one etcd transaction guarded by the mod revision
  *      of what this node read, so a placement changed meanwhile fails the move;
  *   4. pass the queued writes, in order, to the new owner;
@@ -23,10 +29,12 @@ import { createHash } from 'node:crypto';
 import { createReadStream, rmSync, statSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
+import { fromServiceError } from '../client/errors.ts';
 import { TenantdError } from '../errors.ts';
 import type { TenantRegistry } from '../tenants/registry.ts';
 import type { TenantManager } from '../tenants/manager.ts';
 import type { Backups } from '../tenants/backups.ts';
+import { pageDelta, readRuns, type PageDelta } from './pageDelta.ts';
 import { OVERRIDES, SLOTS, type NodeInfo, type Placement } from './placement.ts';
 import { slotOf } from './slots.ts';
 
@@ -36,9 +44,18 @@ const MAX_HELD_CALLS = 10_000;
 const DRAIN_WAIT_MS = 10_000;
 /** etcd's default limit is 128 operations per transaction: a compare and a put per slot. */
 const SLOTS_PER_TXN = 60;
+/**
+ * Tenants from this size on move in two phases: a whole copy while writes go
+ * on, then, fenced, only the pages written meanwhile. Below it one copy while
+ * fenced is about as quick as the two (bench:cluster: 176 ms at 1 MB).
+ */
+const TWO_PHASE_MIN_BYTES = 2 * 1024 * 1024;
+/** A delta past this share of the database goes as the whole file instead. */
+const MAX_DELTA_SHARE = 0.5;
 
 export interface MoveFence {
-  state: 'draining' | 'fenced' | 'moved';
+  /** 'copying': phase 1 of a two-phase move, calls run as usual. */
+  state: 'copying' | 'draining' | 'fenced' | 'moved';
   /** The target's gRPC address: calls go there once the state is 'moved'. */
   targetAddress: string;
   held: (() => void)[];
@@ -77,11 +94,11 @@ export class MoveFences {
     return this.slots.has(slot);
   }
 
-  begin(tenantId: string, targetAddress: string): MoveFence {
+  begin(tenantId: string, targetAddress: string, state: 'copying' | 'draining'): MoveFence {
     if (this.fences.has(tenantId)) {
       throw new TenantdError(grpc.status.ABORTED, 'MOVE_IN_PROGRESS', `tenants/${tenantId} is already being moved`);
     }
-    const fence: MoveFence = { state: 'draining', targetAddress, held: [] };
+    const fence: MoveFence = { state, targetAddress, held: [] };
     this.fences.set(tenantId, fence);
     return fence;
   }
@@ -126,7 +143,16 @@ export class MoveFences {
 
 /** How a tenant's data reaches its next owner. */
 export interface TenantTransport {
+  /** The whole snapshot `file`: the target checks it and installs it at `epoch`. */
   send(target: NodeInfo, tenantId: string, catalogJson: string, epoch: number, file: string): Promise<void>;
+  /** Phase 1 of a two-phase move: the target checks `file` and keeps it; returns the staged copy's id. */
+  stage?(target: NodeInfo, tenantId: string, catalogJson: string, file: string): Promise<string>;
+  /**
+   * Phase 2: the target installs its staged copy `base` with `delta`'s runs,
+   * read from the snapshot `file`, written over it. Throws FAILED_PRECONDITION
+   * STAGE_NOT_FOUND when the target no longer holds `base`.
+   */
+  sendDelta?(target: NodeInfo, tenantId: string, catalogJson: string, epoch: number, base: string, file: string, delta: PageDelta): Promise<void>;
 }
 
 export interface MoveReport {
@@ -187,10 +213,26 @@ export class Mover {
       throw new TenantdError(grpc.status.FAILED_PRECONDITION, 'NOT_OWNER', `node ${this.o.self} does not own ${subject}`);
     }
     const target = this.target(targetNode);
-    const fence = this.o.fences.begin(tenantId, target.grpc);
-    const fencedAt = performance.now();
+    const { stage, sendDelta } = this.o.transport;
+    const twoPhase = stage !== undefined && sendDelta !== undefined && this.o.backups.liveBytes(tenantId) >= TWO_PHASE_MIN_BYTES;
+    const fence = this.o.fences.begin(tenantId, target.grpc, twoPhase ? 'copying' : 'draining');
+    let fencedAt = performance.now();
     let file: string | null = null;
+    let base: string | null = null;
+    let staged: string | null = null;
     try {
+      const catalogJson = (): string => {
+        const rows = this.o.manager.exportRows(tenantId);
+        return JSON.stringify({ record: rows.record, keys: rows.keys.map((k) => ({ ...k, hash: k.hash.toString('base64') })) });
+      };
+      if (twoPhase) {
+        const copyStarted = performance.now();
+        base = await this.o.backups.snapshot(tenantId);
+        staged = await stage.call(this.o.transport, target, tenantId, catalogJson(), base);
+        report({ subject, stage: 'STAGED', bytes: statSync(base).size, message: `copied while writes went on, in ${Math.round(performance.now() - copyStarted)} ms` });
+        fence.state = 'draining';
+        fencedAt = performance.now();
+      }
       if (!(await this.o.registry.waitIdle(live, DRAIN_WAIT_MS))) {
         throw new TenantdError(grpc.status.ABORTED, 'MOVE_DRAIN_TIMEOUT', `${subject} still had calls in flight after ${DRAIN_WAIT_MS} ms`);
       }
@@ -201,14 +243,25 @@ export class Mover {
       file = await this.o.backups.snapshot(tenantId);
       const copied = performance.now();
       const bytes = statSync(file).size;
-      const rows = this.o.manager.exportRows(tenantId);
-      const catalogJson = JSON.stringify({
-        record: rows.record,
-        keys: rows.keys.map((k) => ({ ...k, hash: k.hash.toString('base64') })),
-      });
-      await this.o.transport.send(target, tenantId, catalogJson, owner.epoch + 1, file);
+      const rows = catalogJson();
+      let sent: string | null = null;
+      const delta = staged === null || base === null ? null : await pageDelta(base, file, bytes * MAX_DELTA_SHARE);
+      if (delta !== null) {
+        try {
+          await sendDelta!.call(this.o.transport, target, tenantId, rows, owner.epoch + 1, staged!, file, delta);
+          sent = `${delta.bytes} bytes: ${delta.runs.length} runs of pages written since the staged copy`;
+        } catch (error) {
+          // The target lost its staged copy (it restarted): the whole file then, still fenced.
+          if (!(error instanceof TenantdError && error.reason === 'STAGE_NOT_FOUND')) throw error;
+          this.o.onLog('warn', 'the move\'s target lost its staged copy; sending the whole database', { tenant: tenantId, to: target.id });
+        }
+      }
+      if (sent === null) {
+        await this.o.transport.send(target, tenantId, rows, owner.epoch + 1, file);
+        sent = `the whole database`;
+      }
       const installed = performance.now();
-      report({ subject, stage: 'INSTALLED', bytes });
+      report({ subject, stage: 'INSTALLED', bytes, message: `sent ${sent}` });
       // Placement may have changed while the copy travelled: compare what was read.
       const overrideKey = `${OVERRIDES}${tenantId}`;
       const txn = owner.override
@@ -232,7 +285,7 @@ export class Mover {
       this.o.onLog('warn', 'tenant move rolled back', { tenant: tenantId, to: targetNode, error: (error as Error).message });
       throw error;
     } finally {
-      if (file) rmSync(file, { force: true });
+      for (const snapshot of [file, base]) if (snapshot) rmSync(snapshot, { force: true });
     }
   }
 
@@ -316,44 +369,72 @@ export class GrpcTenantTransport implements TenantTransport {
   ) {}
 
   async send(target: NodeInfo, tenantId: string, catalogJson: string, epoch: number, file: string): Promise<void> {
+    const header = { catalog_json: catalogJson, epoch: String(epoch), sha256: await hashFile(file), size: String(statSync(file).size) };
+    await this.transfer(target, tenantId, header, chunksOf(file));
+  }
+
+  async stage(target: NodeInfo, tenantId: string, catalogJson: string, file: string): Promise<string> {
+    const header = { catalog_json: catalogJson, sha256: await hashFile(file), size: String(statSync(file).size), stage: true };
+    const response = await this.transfer(target, tenantId, header, chunksOf(file));
+    if (!response.staged) throw new TenantdError(grpc.status.INTERNAL, 'MOVE_TRANSFER_FAILED', `node ${target.id} staged nothing`);
+    return response.staged;
+  }
+
+  async sendDelta(target: NodeInfo, tenantId: string, catalogJson: string, epoch: number, base: string, file: string, delta: PageDelta): Promise<void> {
+    const header = { catalog_json: catalogJson, epoch: String(epoch), sha256: delta.sha256, size: String(delta.size), base };
+    await this.transfer(target, tenantId, header, patchesOf(file, delta));
+  }
+
+  /** One ReceiveTenant call: the header, then `parts` as the stream takes them. */
+  private async transfer(target: NodeInfo, tenantId: string, header: Record<string, unknown>, parts: AsyncIterable<Record<string, unknown>>): Promise<{ staged?: string }> {
     let client = this.clients.get(target.internal);
     if (!client) {
       client = new grpc.Client(target.internal, this.credentials(), { 'grpc.max_send_message_length': 8 * 1024 * 1024 });
       this.clients.set(target.internal, client);
     }
-    const sha256 = await hashFile(file);
-    const size = statSync(file).size;
     const metadata = new grpc.Metadata();
     metadata.set('authorization', `Bearer ${this.adminKey()}`);
     metadata.set('x-tenant-id', tenantId);
-    await new Promise<void>((resolve, reject) => {
-      const call = client.makeClientStreamRequest(
+    let call!: grpc.ClientWritableStream<unknown>;
+    const answered = new Promise<{ staged?: string }>((resolve, reject) => {
+      call = client.makeClientStreamRequest(
         this.method.path,
         (value: unknown) => this.method.requestSerialize(value),
-        (bytes: Buffer) => bytes,
+        (bytes: Buffer) => this.method.responseDeserialize(bytes) as { staged?: string },
         metadata,
         { deadline: Date.now() + 10 * 60_000 },
-        (error) => (error ? reject(new TenantdError(error.code, 'MOVE_TRANSFER_FAILED', `node ${target.id}: ${error.details}`)) : resolve()),
+        (error, response) => {
+          if (!error) return resolve(response ?? {});
+          const status = fromServiceError(error);
+          reject(new TenantdError(error.code, status.reason || 'MOVE_TRANSFER_FAILED', `node ${target.id}: ${error.details}`));
+        },
       );
-      call.write({ header: { catalog_json: catalogJson, epoch: String(epoch), sha256, size: String(size) } });
-      const stream = createReadStream(file, { highWaterMark: 1024 * 1024 });
-      stream.on('data', (chunk) => {
-        if (!call.write({ chunk })) {
-          stream.pause();
-          call.once('drain', () => stream.resume());
-        }
-      });
-      stream.on('end', () => call.end());
-      stream.on('error', (error) => {
-        call.cancel();
-        reject(error);
-      });
     });
+    try {
+      call.write({ header });
+      for await (const part of parts) {
+        if (!call.write(part)) await new Promise((resolve) => call.once('drain', resolve));
+      }
+      call.end();
+    } catch (error) {
+      call.cancel();
+      answered.catch(() => undefined);
+      throw error;
+    }
+    return answered;
   }
 
   close(): void {
     for (const client of this.clients.values()) client.close();
   }
+}
+
+async function* chunksOf(file: string): AsyncGenerator<{ chunk: Buffer }> {
+  for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 })) yield { chunk: chunk as Buffer };
+}
+
+async function* patchesOf(file: string, delta: PageDelta): AsyncGenerator<{ patch: { offset: string; data: Buffer } }> {
+  for await (const run of readRuns(file, delta.runs)) yield { patch: { offset: String(run.offset), data: run.data } };
 }
 
 async function hashFile(file: string): Promise<string> {

@@ -106,7 +106,8 @@ export class ClusterRouter {
   decide(method: string, metadata: grpc.Metadata, tenantId: string | null): Decision {
     if (tenantId === null || !TENANT_ID_PATTERN.test(tenantId)) return { kind: 'local' };
     const fence = this.o.fences.get(tenantId);
-    if (fence) {
+    // 'copying' (phase 1 of a two-phase move): served here as usual.
+    if (fence && fence.state !== 'copying') {
       if (fence.state === 'draining') return { kind: 'hold' };
       if (fence.state === 'fenced') {
         if (FENCED_READS.has(method)) return { kind: 'fenced-read' };

@@ -8,8 +8,8 @@
  */
 import type { CancelSignal } from '../grpc/cancelSignal.ts';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { copyFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tenantDbPath, type MaintenanceOperation, type RewriteOperation } from '../protocol.ts';
 import type { ShardRouter } from '../routing/shardRouter.ts';
@@ -44,6 +44,35 @@ export class Backups {
   /** A fresh path in the temporary directory (nothing is created). */
   tmpFile(kind: 'backup' | 'restore'): string {
     return join(this.tmpDir, `${kind}-${randomUUID()}.sqlite`);
+  }
+
+  /** The bytes of the tenant's live database and its WAL: what a snapshot of it would about copy. */
+  liveBytes(tenantId: string): number {
+    const path = tenantDbPath(this.dataDir, tenantId);
+    let bytes = 0;
+    for (const file of [path, `${path}-wal`]) {
+      try {
+        bytes += statSync(file).size;
+      } catch {
+        // Not there (yet): nothing to count.
+      }
+    }
+    return bytes;
+  }
+
+  /**
+   * integrity_check of a copy that must stay byte for byte as it came (a
+   * move's staged snapshot): the check opens a database as a tenant, which
+   * writes to it, so it runs on a scratch copy of `file`.
+   */
+  async checkCopy(file: string, tenantId: string): Promise<string[]> {
+    const scratch = this.tmpFile('restore');
+    try {
+      await copyFile(file, scratch);
+      return await this.fileChecks.integrityProblems(scratch, tenantId);
+    } finally {
+      await Promise.all(['', '-wal', '-shm'].map((suffix) => rm(`${scratch}${suffix}`, { force: true })));
+    }
   }
 
   /** A consistent copy of the tenant's database, written by its shard; the caller removes it. */

@@ -64,8 +64,8 @@ export class FileChecks {
    * integrity_check and migrates it where it lies; returns its schema
    * version, or throws the INVALID_ARGUMENT that says what is wrong with it.
    */
-  async checkRestore(file: string, tenantId: string, migrations: MigrationStep[]): Promise<number> {
-    const result = this.settle(await this.pool.run({ op: 'checkRestore', file, tenantId, sync: this.sync, migrations }));
+  async checkRestore(file: string, tenantId: string, migrations: MigrationStep[], integrity = true): Promise<number> {
+    const result = this.settle(await this.pool.run({ op: 'checkRestore', file, tenantId, sync: this.sync, migrations, integrity }));
     return (result as { schemaVersion: number }).schemaVersion;
   }
 

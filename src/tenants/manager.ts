@@ -366,9 +366,11 @@ export class TenantManager {
    * the data directory, taken over by the shard) checked and migrated like a
    * restore, then its catalog rows as they were on the source. A copy left
    * here by an earlier move is replaced: the caller has checked that this
-   * node does not own the tenant yet.
+   * node does not own the tenant yet. `checked`: the file's bytes are known
+   * to be a sound snapshot already (a two-phase move checked its staged copy
+   * and verified the patches), so integrity_check is not run again.
    */
-  async adopt(record: TenantRecord, keys: readonly KeyRecord[], file: string): Promise<LiveTenant> {
+  async adopt(record: TenantRecord, keys: readonly KeyRecord[], file: string, checked = false): Promise<LiveTenant> {
     checkTenantId(record.tenantId, 'header.tenant_id');
     const tenantId = record.tenantId;
     if (this.creating.has(tenantId)) {
@@ -377,7 +379,7 @@ export class TenantManager {
     this.creating.add(tenantId);
     try {
       if (this.registry.get(tenantId)) await this.release(tenantId);
-      const schemaVersion = await this.fileChecks.checkRestore(file, tenantId, toSteps(this.catalog.migrations()));
+      const schemaVersion = await this.fileChecks.checkRestore(file, tenantId, toSteps(this.catalog.migrations()), !checked);
       const shard = this.router.forTenant(tenantId);
       await shard.call({ op: 'restore', tenantId, file });
       const installed: TenantRecord = { ...record, schemaVersion: Math.max(schemaVersion, record.schemaVersion) };
