@@ -90,6 +90,8 @@ export interface ClusterConfig {
   leaseTtlSeconds: number;
   /** How long a move's source keeps its old copy (calls for it are forwarded meanwhile). */
   moveGraceMs: number;
+  /** How long a copy of a tenant that another live node owns stays before it is set aside under orphans/ (cluster/orphans.ts). */
+  orphanGraceMs: number;
   /**
    * CA file the nodes trust for each other's TLS; null: --tls-client-ca. Used
    * only when the node serves TLS (--tls-cert): node-to-node calls then use
@@ -216,7 +218,7 @@ export function defaultConfig(): Config {
     requestReadTimeoutMs: 30_000,
     telemetry: true,
     metricsPerTenant: false,
-    cluster: { etcd: [], nodeId: hostname(), advertise: null, internalAdvertise: null, leaseTtlSeconds: 10, moveGraceMs: 30_000, tlsCa: null },
+    cluster: { etcd: [], nodeId: hostname(), advertise: null, internalAdvertise: null, leaseTtlSeconds: 10, moveGraceMs: 30_000, orphanGraceMs: 600_000, tlsCa: null },
     tlsCert: null,
     tlsKey: null,
     tlsClientCa: null,
@@ -414,6 +416,12 @@ const OPTIONS: ScalarOption[] = [
     apply: (c, r, w) => (c.cluster.moveGraceMs = asInteger(r, w, 0, 3_600_000)),
   },
   {
+    flag: 'orphan-grace-ms',
+    env: 'TENANTD_ORPHAN_GRACE_MS',
+    yaml: 'orphan_grace_ms',
+    apply: (c, r, w) => (c.cluster.orphanGraceMs = asInteger(r, w, 1_000, 86_400_000)),
+  },
+  {
     flag: 'transaction-idle-ms',
     env: 'TENANTD_TRANSACTION_IDLE_MS',
     yaml: 'transaction_idle_ms',
@@ -489,6 +497,21 @@ const OPTION_HELP: Record<string, [value: string, help: string]> = {
   'migration-timeout-ms': ['MS', 'time limit of a migration step on one tenant, and of its validation (default 60000)'],
   telemetry: ['on|off', 'off: no OpenTelemetry SDK, no /metrics, no spans (default on)'],
   'metrics-per-tenant': ['on|off', 'a tenant_id attribute on the call counter: one series per tenant (default off)'],
+  'max-query-timeout-ms': ['MS', 'the longest any statement may run, whatever its quota says; -1 in a quota means up to this (default 60000)'],
+  'tls-cert': ['FILE', 'PEM certificate chain: serve TLS (with --tls-key)'],
+  'tls-key': ['FILE', 'PEM private key of --tls-cert'],
+  'tls-client-ca': ['FILE', 'PEM CA: clients must present a certificate it signed (mutual TLS)'],
+  'metrics-tls': ['on|off', 'serve /metrics and the health endpoints over TLS with the same certificate (default off)'],
+  'cluster-etcd': ['URL,...', 'join a cluster placed in these etcd endpoints (default: no cluster)'],
+  'node-id': ['ID', "this node's id in the cluster (default: the host name)"],
+  advertise: ['HOST:PORT', 'where clients, the proxy and other nodes reach this node (default 127.0.0.1 and the bound port)'],
+  'internal-advertise': ['HOST:PORT', 'where other nodes send moved tenants (default --advertise)'],
+  'lease-ttl-s': ['S', "seconds the node's etcd lease lives unrenewed; it refuses writes after 2/3 of it (default 10)"],
+  'cluster-tls-ca': ['FILE', 'the CA nodes trust for each other (default --tls-client-ca)'],
+  'move-grace-ms': ['MS', "how long a move's source keeps its old copy, forwarding its calls (default 30000)"],
+  'orphan-grace-ms': ['MS', 'how long a copy of a tenant another live node owns stays before it is set aside under <data-dir>/orphans (default 600000)'],
+  'transaction-idle-ms': ['MS', "longest wait for a transaction's next request before it is rolled back (default 5000)"],
+  'idempotency-window-hours': ['H', 'how long an idempotency key is remembered (default 24)'],
 };
 
 /** `tenantd serve --help`: every flag, with its variable and YAML key. */

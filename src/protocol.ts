@@ -141,7 +141,8 @@ export type ShardRequest =
   | (RequestBase & { op: 'hold' })
   /** Runs the held calls before anything received after them; `slot` to record the database's new size. */
   | (RequestBase & { op: 'release'; slot: number })
-  | (RequestBase & { op: 'drop' })
+  /** Closes the tenant's database and removes its directory; with `keepAs`, renames it there instead (a path under the data directory). */
+  | (RequestBase & { op: 'drop'; keepAs?: string })
   /** Closes every database; the worker is terminated after it answers. */
   | (RequestBase & { op: 'shutdown' })
   /** The tenant's event_retention_hours changed (UpdateTenant), in ms, 0 keeps everything; no answer is sent. */

@@ -231,6 +231,7 @@ export async function startServer(
       );
       cluster = await ClusterNode.create({
         config: config.cluster,
+        dataDir: config.dataDir,
         credentials: () => credentials,
         registry,
         manager,

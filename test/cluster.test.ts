@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { slotOf } from '../src/cluster/slots.ts';
+import { emptyOverrides } from '../src/tenants/manager.ts';
 import { LoopbackCluster, missingTools, waitFor } from './support/cluster.ts';
 import { RpcError, type TestClient } from './support/server.ts';
 
@@ -234,6 +235,43 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
       rmSync(dir, { recursive: true, force: true });
     }
     expect(readdirSync(join(target.dataDir, 'tmp'))).toEqual([]);
+  }, 60_000);
+
+  it('sets aside a copy of a tenant that another live node owns once the grace period has passed, and nothing else', async () => {
+    const tenantId = 'left-behind';
+    const from = await owner(tenantId);
+    const stray = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+    // A copy installed on a node that does not own it, never flipped to: what a move leaves
+    // when its target installed the copy and the flip then failed, or a source restarted in its grace period.
+    const dir = mkdtempSync(join(tmpdir(), 'tenantd-orphan-'));
+    let bytes: Buffer;
+    try {
+      const db = new Database(join(dir, 'db.sqlite'));
+      db.exec('CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (42)');
+      db.close();
+      bytes = readFileSync(join(dir, 'db.sqlite'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const now = Date.now();
+    const record = { tenantId, displayName: '', labels: {}, plan: 'free', quotas: emptyOverrides(), state: 'ACTIVE', createTime: now, updateTime: now, etag: '1', schemaVersion: 0 };
+    const header = { catalog_json: JSON.stringify({ record, keys: [] }), epoch: '1000', sha256: createHash('sha256').update(bytes).digest('hex'), size: String(bytes.length) };
+    await stray.client.clientStream('ClusterService', 'ReceiveTenant', [{ header }, { chunk: bytes }], { key: cluster.adminKey });
+    expect(cluster.homes(tenantId)).toEqual([stray.id]);
+    const own = TENANTS.filter((id) => cluster.homes(id).includes(stray.id)).slice(0, 30);
+    const before = own.map((id) => statSync(join(stray.dataDir, 'tenants', id, 'db.sqlite'), { bigint: true }));
+    await waitFor('the stray copy to be set aside', () => !cluster.homes(tenantId).includes(stray.id), 30_000);
+    const aside = readdirSync(join(stray.dataDir, 'orphans')).filter((name) => name.startsWith(`${tenantId}-`));
+    expect(aside).toHaveLength(1);
+    // Set aside, not deleted: the bytes are all there.
+    const kept = new Database(join(stray.dataDir, 'orphans', aside[0]!, 'db.sqlite'), { readonly: true });
+    expect(kept.prepare('SELECT v FROM t').pluck().get()).toBe(42);
+    kept.close();
+    // The node's own tenants are not touched.
+    own.forEach((id, i) => {
+      const after = statSync(join(stray.dataDir, 'tenants', id, 'db.sqlite'), { bigint: true });
+      expect([after.ino, after.mtimeNs]).toEqual([before[i]!.ino, before[i]!.mtimeNs]);
+    });
   }, 60_000);
 
   it('adds a fourth node: only the slots it is given move, and no other tenant’s file is touched', async () => {

@@ -207,11 +207,17 @@ export class DbPool {
   }
 
   /** Closes the tenant's connection and deletes its directory. */
-  remove(tenantId: string): boolean {
+  /** Closes and removes a tenant's files; with `keepAs`, renames its directory there instead. */
+  remove(tenantId: string, keepAs?: string): boolean {
     this.forget(tenantId);
     const dir = dirname(tenantDbPath(this.dataDir, tenantId));
     const existed = existsSync(dir);
-    if (existed) this.discard(dir, tenantId);
+    if (existed && keepAs !== undefined) {
+      mkdirSync(dirname(keepAs), { recursive: true });
+      renameDurably(dir, keepAs);
+    } else if (existed) {
+      this.discard(dir, tenantId);
+    }
     return existed;
   }
 

@@ -148,7 +148,7 @@ function handle(request: Call): ShardResults[Call['op']] {
       return read;
     }
     case 'drop':
-      return { removed: pool.remove(request.tenantId) };
+      return { removed: pool.remove(request.tenantId, request.keepAs) };
     case 'shutdown': {
       transactions.closeAll();
       const closed = pool.closeAll();

@@ -20,6 +20,7 @@ import { clusterService } from './clusterService.ts';
 import { FanOut } from './fanout.ts';
 import { Forwarder, type MethodDefinition } from './forward.ts';
 import { Membership } from './membership.ts';
+import { OrphanSweeper } from './orphans.ts';
 import { GrpcTenantTransport, MoveFences, Mover, type MoveReport } from './moves.ts';
 import { Placement, type NodeInfo } from './placement.ts';
 import { Rebalancer, type RemoteMoves } from './rebalance.ts';
@@ -28,6 +29,7 @@ import { StagedCopies } from './staging.ts';
 
 export interface ClusterDeps {
   config: ClusterConfig;
+  dataDir: string;
   /** How this node reaches the others: TLS when it serves TLS itself. */
   credentials: () => grpc.ChannelCredentials;
   registry: TenantRegistry;
@@ -51,6 +53,7 @@ export class ClusterNode {
   private router!: ClusterRouter;
   private readonly fanout: FanOut;
   private mover!: Mover;
+  private orphans!: OrphanSweeper;
   private transport!: GrpcTenantTransport;
   private self: NodeInfo = { id: '', grpc: '', internal: '' };
 
@@ -99,6 +102,17 @@ export class ClusterNode {
       graceMs: config.moveGraceMs,
       onLog: log,
     });
+    this.orphans = new OrphanSweeper({
+      self: config.nodeId,
+      dataDir: this.d.dataDir,
+      placement: this.placement,
+      membership: this.membership,
+      fences: this.fences,
+      registry,
+      manager,
+      graceMs: config.orphanGraceMs,
+      onLog: log,
+    });
   }
 
   /** ClusterService's handlers. */
@@ -144,6 +158,7 @@ export class ClusterNode {
     this.self.grpc = fill(config.advertise);
     this.self.internal = config.internalAdvertise ? fill(config.internalAdvertise) : this.self.grpc;
     await this.membership.start();
+    this.orphans.start();
   }
 
   private remoteMoves(): RemoteMoves {
@@ -181,6 +196,7 @@ export class ClusterNode {
 
   async stop(): Promise<void> {
     this.mover.stop();
+    this.orphans.stop();
     this.staged.stop();
     await this.membership.stop();
     await this.placement.stop();

@@ -65,21 +65,26 @@ export interface MoveFence {
 export class MoveFences {
   private readonly fences = new Map<string, MoveFence>();
   private readonly slots = new Map<number, (() => void)[]>();
-  /** Tenants moved here whose flip this node's placement may not show yet: tenant → the epoch they came with. */
-  private readonly adopted = new Map<string, number>();
+  /** Tenants moved here whose flip this node's placement may not show yet: tenant → the epoch they came with, and when. */
+  private readonly adopted = new Map<string, { epoch: number; at: number }>();
 
   noteAdopted(tenantId: string, epoch: number): void {
-    this.adopted.set(tenantId, epoch);
+    this.adopted.set(tenantId, { epoch, at: Date.now() });
   }
 
   /** The epoch a tenant was moved here with, while placement has not caught up with it. */
   adoptedEpoch(tenantId: string, ownerEpoch: number, ownedHere: boolean): number | undefined {
-    const epoch = this.adopted.get(tenantId);
-    if (epoch !== undefined && (ownerEpoch >= epoch || ownedHere)) {
+    const adopted = this.adopted.get(tenantId);
+    if (adopted !== undefined && (ownerEpoch >= adopted.epoch || ownedHere)) {
       this.adopted.delete(tenantId);
       return undefined;
     }
-    return epoch;
+    return adopted?.epoch;
+  }
+
+  /** When a tenant whose flip placement has not shown yet was moved here (Date.now()), or undefined. */
+  adoptedAt(tenantId: string): number | undefined {
+    return this.adopted.get(tenantId)?.at;
   }
 
   get(tenantId: string): MoveFence | undefined {

@@ -401,9 +401,11 @@ export class TenantManager {
   /**
    * Removes this node's copy of a tenant that now lives elsewhere (after a
    * move's grace period, or before adopting a newer copy): like a forced
-   * delete, but its calls were already going to the new owner.
+   * delete, but its calls were already going to the new owner. With
+   * `keepAs` (a path under the data directory) the files are set aside
+   * there instead of removed.
    */
-  async release(tenantId: string): Promise<void> {
+  async release(tenantId: string, keepAs?: string): Promise<void> {
     const live = this.registry.get(tenantId);
     if (!live) return;
     live.deleting = true;
@@ -411,7 +413,7 @@ export class TenantManager {
     this.hub?.endAll('moved', tenantId);
     await this.registry.waitIdle(live, DELETE_WAIT_MS);
     try {
-      await this.router.forTenant(tenantId).call({ op: 'drop', tenantId });
+      await this.router.forTenant(tenantId).call({ op: 'drop', tenantId, ...(keepAs === undefined ? {} : { keepAs }) });
     } catch (error) {
       live.deleting = false;
       throw error;

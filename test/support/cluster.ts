@@ -146,6 +146,7 @@ export class LoopbackCluster {
       '--node-id', id,
       '--lease-ttl-s', String(this.leaseTtlSeconds),
       '--move-grace-ms', '1000',
+      '--orphan-grace-ms', '4000',
       ...extra,
     ];
     const child = tracked(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
