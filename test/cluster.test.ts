@@ -419,6 +419,56 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
   }, 120_000);
 
+  it('loses nothing when the move’s target dies after staging its copy, during the fenced phase 2', async () => {
+    const tenantId = TENANTS[41]!;
+    const key = keys.get(tenantId)!;
+    await fill(tenantId, key);
+    const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
+    const from = await owner(tenantId);
+    const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+    // Frozen the moment its staged copy is reported (the source then fences, snapshots and
+    // sends the delta, which the frozen target never answers), then killed.
+    let frozen = false;
+    const move = cluster.cli(['move', tenantId, target.id], undefined, (out) => {
+      if (!frozen && out.includes('STAGED')) {
+        frozen = true;
+        target.child.kill('SIGSTOP');
+        setTimeout(() => target.child.kill('SIGKILL'), 500);
+      }
+    });
+    const result = await move;
+    expect(result.out).toMatch(/STAGED/);
+    await cluster.restartNode(target.id);
+    // Rolled back to the source (or, had the delta won the race with SIGSTOP, moved whole): every row is there.
+    expect(await retrying(() => count(cluster.proxy, tenantId), 60)).toBe(rowsBefore);
+    await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (7)' }, { key, tenantId }), 60);
+    expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
+    if (result.code !== 0) expect(await owner(tenantId)).toBe(from);
+  }, 120_000);
+
+  it('loses nothing when the move’s source is killed once it has fenced the tenant for phase 2', async () => {
+    const tenantId = TENANTS[47]!;
+    const key = keys.get(tenantId)!;
+    await fill(tenantId, key);
+    const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
+    const from = await owner(tenantId);
+    const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+    let killed = false;
+    const move = cluster.cli(['move', tenantId, target.id], `127.0.0.1:${target.port}`, (out) => {
+      if (!killed && out.includes('FENCED')) {
+        killed = true;
+        cluster.node(from).child.kill('SIGKILL');
+      }
+    });
+    const result = await move;
+    expect(result.out).toMatch(/STAGED/);
+    await cluster.restartNode(from);
+    // Whichever side of the flip the kill fell on, the owner has every acknowledged row.
+    expect(await retrying(() => count(cluster.proxy, tenantId), 60)).toBe(rowsBefore);
+    await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (7)' }, { key, tenantId }), 60);
+    expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
+  }, 120_000);
+
   it('drains a node: every slot and tenant moves off it, and every tenant still answers', async () => {
     const killed = cluster.nodes.filter((n) => n.child.exitCode !== null || n.child.signalCode !== null).map((n) => n.id);
     for (const id of killed) await cluster.restartNode(id);

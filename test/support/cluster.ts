@@ -235,15 +235,18 @@ export class LoopbackCluster {
     this.proxy = new TestClient(`127.0.0.1:${this.proxyPort}`, CALL_DEADLINE_MS);
   }
 
-  /** Runs `tenantd cluster ...` against a node; resolves with its exit code and output. */
-  cli(args: string[], address = `127.0.0.1:${this.live().port}`): Promise<{ code: number | null; out: string; err: string }> {
+  /** Runs `tenantd cluster ...` against a node; resolves with its exit code and output. `onOutput` sees stdout so far as it grows. */
+  cli(args: string[], address = `127.0.0.1:${this.live().port}`, onOutput?: (out: string) => void): Promise<{ code: number | null; out: string; err: string }> {
     const child = tracked(spawn(process.execPath, [BIN, 'cluster', ...args, '--address', address], {
       env: { ...process.env, TENANTD_ADMIN_KEY: this.adminKey },
       stdio: ['ignore', 'pipe', 'pipe'],
     }));
     let out = '';
     let err = '';
-    child.stdout!.on('data', (d) => (out += d));
+    child.stdout!.on('data', (d) => {
+      out += d;
+      onOutput?.(out);
+    });
     child.stderr!.on('data', (d) => (err += d));
     // A command that hangs fails its test instead of holding the suite.
     const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
