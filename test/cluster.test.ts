@@ -13,7 +13,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { slotOf } from '../src/cluster/slots.ts';
 import { emptyOverrides } from '../src/tenants/manager.ts';
-import { LoopbackCluster, missingTools, waitFor } from './support/cluster.ts';
+import { LoopbackCluster, missingTools, waitFor, type Node } from './support/cluster.ts';
 import { RpcError, type TestClient } from './support/server.ts';
 
 const cluster = new LoopbackCluster(6);
@@ -62,6 +62,23 @@ async function fill(tenantId: string, key: string): Promise<void> {
   for (let i = 0; i < 6; i++) {
     await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO pad VALUES (randomblob(4000000))' }, { key, tenantId }));
   }
+}
+
+/** A ~24 MB tenant about to move: its key, row count, owner, and a live node to move it to. */
+async function moveCandidate(tenantId: string): Promise<{ tenantId: string; key: string; rowsBefore: number; from: string; target: Node }> {
+  const key = keys.get(tenantId)!;
+  await fill(tenantId, key);
+  const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
+  const from = await owner(tenantId);
+  const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+  return { tenantId, key, rowsBefore, from, target };
+}
+
+/** After a move cut short: the owner, whichever node it is, has every acknowledged row and takes writes. */
+async function nothingLost(tenantId: string, key: string, rowsBefore: number): Promise<void> {
+  expect(await retrying(() => count(cluster.proxy, tenantId), 60)).toBe(rowsBefore);
+  await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (6)' }, { key, tenantId }), 60);
+  expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
 }
 
 /** Resolves the moment a move's upload file appears in the node's tmp directory. */
@@ -379,12 +396,7 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
   }, 90_000);
 
   it('loses nothing when the move’s target is killed in the middle', async () => {
-    const tenantId = TENANTS[23]!;
-    const key = keys.get(tenantId)!;
-    await fill(tenantId, key);
-    const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
-    const from = await owner(tenantId);
-    const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null)!;
+    const { tenantId, key, rowsBefore, from, target } = await moveCandidate(TENANTS[23]!);
     const arrived = copyArrives(target.dataDir);
     const move = cluster.cli(['move', tenantId, target.id]);
     await arrived;
@@ -401,12 +413,7 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
   }, 90_000);
 
   it('loses nothing when the move’s source is killed in the middle', async () => {
-    const tenantId = TENANTS[31]!;
-    const key = keys.get(tenantId)!;
-    await fill(tenantId, key);
-    const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
-    const from = await owner(tenantId);
-    const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+    const { tenantId, key, rowsBefore, from, target } = await moveCandidate(TENANTS[31]!);
     const arrived = copyArrives(target.dataDir);
     const move = cluster.cli(['move', tenantId, target.id], `127.0.0.1:${target.port}`);
     await arrived;
@@ -414,18 +421,11 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     await move;
     await cluster.restartNode(from);
     // Whichever side of the flip the kill fell on, the owner has every acknowledged row.
-    expect(await retrying(() => count(cluster.proxy, tenantId), 60)).toBe(rowsBefore);
-    await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (6)' }, { key, tenantId }), 60);
-    expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
+    await nothingLost(tenantId, key, rowsBefore);
   }, 120_000);
 
   it('loses nothing when the move’s target dies after staging its copy, during the fenced phase 2', async () => {
-    const tenantId = TENANTS[41]!;
-    const key = keys.get(tenantId)!;
-    await fill(tenantId, key);
-    const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
-    const from = await owner(tenantId);
-    const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+    const { tenantId, key, rowsBefore, from, target } = await moveCandidate(TENANTS[41]!);
     // Frozen the moment its staged copy is reported (the source then fences, snapshots and
     // sends the delta, which the frozen target never answers), then killed.
     let frozen = false;
@@ -440,19 +440,12 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     expect(result.out).toMatch(/STAGED/);
     await cluster.restartNode(target.id);
     // Rolled back to the source (or, had the delta won the race with SIGSTOP, moved whole): every row is there.
-    expect(await retrying(() => count(cluster.proxy, tenantId), 60)).toBe(rowsBefore);
-    await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (7)' }, { key, tenantId }), 60);
-    expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
+    await nothingLost(tenantId, key, rowsBefore);
     if (result.code !== 0) expect(await owner(tenantId)).toBe(from);
   }, 120_000);
 
   it('loses nothing when the move’s source is killed once it has fenced the tenant for phase 2', async () => {
-    const tenantId = TENANTS[47]!;
-    const key = keys.get(tenantId)!;
-    await fill(tenantId, key);
-    const rowsBefore = await retrying(() => count(cluster.proxy, tenantId));
-    const from = await owner(tenantId);
-    const target = cluster.nodes.find((n) => n.id !== from && n.child.exitCode === null && n.child.signalCode === null)!;
+    const { tenantId, key, rowsBefore, from, target } = await moveCandidate(TENANTS[47]!);
     let killed = false;
     const move = cluster.cli(['move', tenantId, target.id], `127.0.0.1:${target.port}`, (out) => {
       if (!killed && out.includes('FENCED')) {
@@ -464,9 +457,7 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     expect(result.out).toMatch(/STAGED/);
     await cluster.restartNode(from);
     // Whichever side of the flip the kill fell on, the owner has every acknowledged row.
-    expect(await retrying(() => count(cluster.proxy, tenantId), 60)).toBe(rowsBefore);
-    await retrying(() => cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (7)' }, { key, tenantId }), 60);
-    expect(await count(cluster.proxy, tenantId)).toBe(rowsBefore + 1);
+    await nothingLost(tenantId, key, rowsBefore);
   }, 120_000);
 
   it('drains a node: every slot and tenant moves off it, and every tenant still answers', async () => {
