@@ -1,5 +1,5 @@
 /**
- * npm run bench:sql [-- --quick | --duration 10s] [--concurrency 64] [--tenants 1000]
+ * npm run bench:sql [-- --quick | --duration 10s] [--concurrency 64] [--tenants 1000] [--runtime tsx|node]
  *
  * In one run: (a) a bare grpc-js server answering tenantd.v1.SqlService/Execute
  * with a canned point-read response, and (b) tenantd doing real point reads
@@ -12,7 +12,7 @@ import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageDefinition } from '../src/protos.ts';
 import type { BenchServerArgs } from './lib/benchConfig.ts';
-import { startChild, type ChildServer } from './lib/child.ts';
+import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
 import type { LoopResult } from './lib/closedLoop.ts';
 import { measureFrontEnd } from './lib/frontEndCost.ts';
 import { parseDuration, runLoad } from './lib/loadgen.ts';
@@ -21,7 +21,7 @@ import { formatNanoUnit, type GhzReport } from './lib/report.ts';
 import { compileData } from './lib/template.ts';
 import { createTenants, POINT_READ } from './lib/tenants.ts';
 
-const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data'];
+const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data', '--runtime'];
 
 function parseArgs(argv: string[]): Map<string, string> {
   const out = new Map<string, string>();
@@ -41,6 +41,8 @@ function parseArgs(argv: string[]): Map<string, string> {
 
 const args = parseArgs(process.argv.slice(2));
 const quick = args.has('--quick');
+const runtime = args.get('--runtime') ?? 'tsx';
+if (runtime !== 'tsx' && runtime !== 'node') throw new Error('--runtime: tsx (from source, the default) or node (compiled, as deployed)');
 const durationMs = parseDuration(args.get('--duration') ?? (quick ? '3s' : '10s'), '--duration');
 const warmupMs = Math.min(2000, Math.max(500, durationMs / 5));
 const concurrency = Number(args.get('--concurrency') ?? 64);
@@ -73,9 +75,12 @@ const serverProcessUs: Record<string, number> = {};
 try {
   const profiling = args.has('--profile');
   if (profiling) mkdirSync(profileDir, { recursive: true });
-  const tenantd = await startChild(new URL('./lib/serveTenantd.ts', import.meta.url), serverArgs);
+  // --runtime node: both servers from their compiled copies under dist/ (as deployed), not through tsx.
+  const compiled = runtime === 'node';
+  if (compiled) buildCompiled();
+  const tenantd = await startChild(new URL('./lib/serveTenantd.ts', import.meta.url), serverArgs, [], compiled);
   children.push(tenantd);
-  const echo = await startChild(new URL('./lib/echoServer.ts', import.meta.url), {});
+  const echo = await startChild(new URL('./lib/echoServer.ts', import.meta.url), {}, [], compiled);
   children.push(echo);
 
   const t0 = performance.now();

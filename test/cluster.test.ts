@@ -386,6 +386,17 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
       await cluster.proxy.call('SqlService', 'Execute', { sql: 'INSERT INTO t VALUES (9)' }, { key: keys.get(tenantId)!, tenantId });
     }
     await cluster.startEtcd();
+    // Moves resume once every node holds a lease again: one that lapsed while etcd was down
+    // (on a loaded host the keep-alive may miss its TTL) is granted anew, and until then the
+    // others see that node as not live (a move from it is UNAVAILABLE OWNER_DOWN).
+    const running = cluster.nodes.filter((n) => n.child.exitCode === null && n.child.signalCode === null);
+    await waitFor('every node to be live again after the etcd restart', async () => {
+      for (const node of running) {
+        const placement = await node.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey }).catch(() => null);
+        if (placement === null || placement.nodes.length < running.length) return false;
+      }
+      return true;
+    });
     const from = await retrying(() => owner(tenantId));
     const to = cluster.nodes.map((n) => n.id).find((id) => id !== from)!;
     keysMovedAlone.add(tenantId);

@@ -10,7 +10,7 @@
 import { status as Status, type Metadata } from '@grpc/grpc-js';
 import { TenantdError } from '../errors.ts';
 import type { Catalog } from '../catalog/catalog.ts';
-import { hashKey, sameHash } from './keys.ts';
+import { keyDigest, sameHash } from './keys.ts';
 import type { Principal } from './principal.ts';
 
 const MAX_CACHED_KEYS = 200_000;
@@ -43,10 +43,10 @@ export class Authenticator {
     if (text.length === 0 || text.length > MAX_KEY_LENGTH) {
       throw unauthenticated('INVALID_CREDENTIALS', 'unknown or revoked API key');
     }
-    const hash = hashKey(text);
-    const key = hash.toString('base64');
+    const key = keyDigest(text);
     const cached = this.byKey.get(key);
     if (cached) return cached;
+    const hash = Buffer.from(key, 'base64');
     const record = this.catalog.keyByHash(hash);
     if (!record || record.revokeTime !== null || !sameHash(record.hash, hash)) {
       throw unauthenticated('INVALID_CREDENTIALS', 'unknown or revoked API key');
