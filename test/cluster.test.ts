@@ -390,13 +390,20 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     // (on a loaded host the keep-alive may miss its TTL) is granted anew, and until then the
     // others see that node as not live (a move from it is UNAVAILABLE OWNER_DOWN).
     const running = cluster.nodes.filter((n) => n.child.exitCode === null && n.child.signalCode === null);
-    await waitFor('every node to be live again after the etcd restart', async () => {
-      for (const node of running) {
-        const placement = await node.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey }).catch(() => null);
-        if (placement === null || placement.nodes.length < running.length) return false;
-      }
-      return true;
-    });
+    const seen = new Map<string, string>();
+    try {
+      await waitFor('every node to be live again after the etcd restart', async () => {
+        for (const node of running) {
+          const placement = await node.client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey }).catch((e: unknown) => String(e));
+          seen.set(node.id, typeof placement === 'string' ? placement : placement.nodes.map((n: { node_id: string }) => n.node_id).join(','));
+          if (typeof placement === 'string' || placement.nodes.length < running.length) return false;
+        }
+        return true;
+      });
+    } catch (error) {
+      const logs = running.map((n) => `${n.id} sees [${seen.get(n.id)}]; its log ends:\n${n.log.join('').slice(-1500)}`).join('\n');
+      throw new Error(`${(error as Error).message}\n${logs}`);
+    }
     const from = await retrying(() => owner(tenantId));
     const to = cluster.nodes.map((n) => n.id).find((id) => id !== from)!;
     keysMovedAlone.add(tenantId);

@@ -79,6 +79,7 @@ export class ClusterNode {
   private build(): void {
     const { config, registry, manager, backups, auth, logger, definitions } = this.d;
     const log = (level: 'info' | 'warn', msg: string, fields: Record<string, unknown> = {}) => logger[level](msg, { node: config.nodeId, ...fields });
+    this.placement.on('resync', (why: string) => log('warn', 'placement read again from etcd', { why }));
     this.membership = new Membership(this.etcd, this.placement, this.self, { ttlSeconds: config.leaseTtlSeconds, onLog: log });
     this.router = new ClusterRouter({
       self: config.nodeId,

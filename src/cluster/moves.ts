@@ -415,12 +415,20 @@ export class GrpcTenantTransport implements TenantTransport {
         },
       );
     });
+    // Settles when the call ends, however: a target that dies while the stream waits for
+    // 'drain' never drains, and the wait must end with the call.
+    let ended = false;
+    const over = answered.then(
+      () => void (ended = true),
+      () => void (ended = true),
+    );
     try {
       call.write({ header });
       for await (const part of parts) {
-        if (!call.write(part)) await new Promise((resolve) => call.once('drain', resolve));
+        if (ended) break;
+        if (!call.write(part)) await Promise.race([new Promise((resolve) => call.once('drain', resolve)), over]);
       }
-      call.end();
+      if (!ended) call.end();
     } catch (error) {
       call.cancel();
       answered.catch(() => undefined);

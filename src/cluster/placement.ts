@@ -20,6 +20,8 @@ export const PREFIX = '/tenantd/';
 export const SLOTS = `${PREFIX}slots/`;
 export const OVERRIDES = `${PREFIX}overrides/`;
 export const NODES = `${PREFIX}nodes/`;
+/** How often placement is compared with etcd, in case the watch stopped delivering (Placement.probe). */
+const PROBE_MS = 3_000;
 
 export interface Assignment {
   node: string;
@@ -67,6 +69,8 @@ function parseNode(id: string, kv: IKeyValue): NodeInfo | null {
 export declare interface Placement {
   /** After any change to slots, overrides or nodes. */
   on(event: 'change', listener: () => void): this;
+  /** After placement was read again from etcd because its watch had stopped delivering. */
+  on(event: 'resync', listener: (why: string) => void): this;
 }
 
 export class Placement extends EventEmitter {
@@ -74,6 +78,10 @@ export class Placement extends EventEmitter {
   private readonly overrides = new Map<string, Assignment>();
   private readonly nodes = new Map<string, NodeInfo>();
   private watcher: Watcher | null = null;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private resyncing: Promise<void> | null = null;
+  private staleOnLastProbe = false;
+  private stopped = false;
   /** The last etcd revision this cache reflects. */
   revision = '0';
 
@@ -81,9 +89,15 @@ export class Placement extends EventEmitter {
     super();
   }
 
-  /** Loads everything under the prefix, then follows changes. */
+  /** Loads everything under the prefix, then follows changes, and checks now and then that it still does. */
   async start(): Promise<void> {
     await this.reload();
+    await this.watch();
+    this.probeTimer = setInterval(() => void this.probe(), PROBE_MS);
+    this.probeTimer.unref();
+  }
+
+  private async watch(): Promise<void> {
     const watcher = await this.etcd
       .watch()
       .prefix(PREFIX)
@@ -91,9 +105,61 @@ export class Placement extends EventEmitter {
       .create();
     watcher.on('put', (kv) => this.apply(kv, false));
     watcher.on('delete', (kv) => this.apply(kv, true));
-    // The watcher reconnects by itself and resumes from the last revision it saw.
-    watcher.on('error', () => undefined);
+    // The watcher reconnects by itself and resumes from the last revision it saw; but a watch
+    // that etcd cancels is dropped by the library for good, with this one error: follow anew.
+    watcher.on('error', () => void this.resync('the watch was cancelled'));
     this.watcher = watcher;
+  }
+
+  /** Reads everything again and follows changes from there. */
+  private resync(why: string): Promise<void> {
+    this.resyncing ??= (async () => {
+      const old = this.watcher;
+      this.watcher = null;
+      await old?.cancel().catch(() => undefined);
+      while (!this.stopped) {
+        try {
+          await this.reload();
+          await this.watch();
+          this.emit('resync', why);
+          return;
+        } catch {
+          // etcd unreachable: the cached placement serves meanwhile.
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
+    })().finally(() => (this.resyncing = null));
+    return this.resyncing;
+  }
+
+  /**
+   * A watch can also stop delivering without a word (seen after etcd was
+   * killed and restarted: a node then never learnt that another had come
+   * back). So every PROBE_MS this node asks etcd for the newest change under
+   * the prefix and for the live nodes; when etcd is ahead of what was
+   * applied, or lists other nodes, on two probes in a row (one could be an
+   * event still on its way), it reads everything again.
+   */
+  private async probe(): Promise<void> {
+    if (this.stopped || this.resyncing !== null || this.watcher === null) return;
+    try {
+      const [newest, nodeKeys] = await Promise.all([
+        this.etcd.getAll().prefix(PREFIX).sort('Mod', 'Descend').limit(1).exec(),
+        this.etcd.getAll().prefix(NODES).keys(),
+      ]);
+      const behind = BigInt(newest.kvs[0]?.mod_revision ?? '0') > BigInt(this.revision);
+      const ids = nodeKeys.map((key) => key.slice(NODES.length));
+      const otherNodes = ids.length !== this.nodes.size || ids.some((id) => !this.nodes.has(id));
+      const stale = behind || otherNodes;
+      if (stale && this.staleOnLastProbe) {
+        this.staleOnLastProbe = false;
+        await this.resync(behind ? 'etcd has changes the watch did not deliver' : 'etcd lists other live nodes than the watch did');
+        return;
+      }
+      this.staleOnLastProbe = stale;
+    } catch {
+      // etcd unreachable: nothing to compare with; the cached placement serves.
+    }
   }
 
   /** Reads the whole prefix again (after a lost lease: a zombie must not trust what it cached). */
@@ -108,6 +174,9 @@ export class Placement extends EventEmitter {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.probeTimer) clearInterval(this.probeTimer);
+    await this.resyncing?.catch(() => undefined);
     await this.watcher?.cancel();
     this.watcher = null;
   }
