@@ -44,7 +44,9 @@ export class OrphanSweeper {
   /** Sweeps every `graceMs / 4` (at least every second, at most every minute). */
   start(): void {
     const every = Math.min(60_000, Math.max(1_000, Math.floor(this.o.graceMs / 4)));
-    this.timer = setInterval(() => void this.sweep(), every);
+    this.timer = setInterval(() => {
+      this.sweep().catch((error: unknown) => this.o.onLog('warn', 'the orphan sweep failed', { error: String(error) }));
+    }, every);
     this.timer.unref();
   }
 

@@ -135,20 +135,27 @@ export class Placement extends EventEmitter {
   /**
    * A watch can also stop delivering without a word (seen after etcd was
    * killed and restarted: a node then never learnt that another had come
-   * back). So every PROBE_MS this node asks etcd for the newest change under
-   * the prefix and for the live nodes; when etcd is ahead of what was
-   * applied, or lists other nodes, on two probes in a row (one could be an
-   * event still on its way), it reads everything again.
+   * back). So every PROBE_MS this node reads the live nodes (a few keys,
+   * with etcd's revision); when etcd lists other nodes, or has changes under
+   * the prefix that were not applied, on two probes in a row (one could be an
+   * event still on its way), it reads everything again. Whether a revision
+   * ahead of what was applied is a change under the prefix (and not another
+   * writer's elsewhere in a shared etcd) is asked only then: the newest
+   * change under the prefix is a range sorted over every slot key.
    */
   private async probe(): Promise<void> {
     if (this.stopped || this.resyncing !== null || this.watcher === null) return;
     try {
-      const [newest, nodeKeys] = await Promise.all([
-        this.etcd.getAll().prefix(PREFIX).sort('Mod', 'Descend').limit(1).exec(),
-        this.etcd.getAll().prefix(NODES).keys(),
-      ]);
-      const behind = BigInt(newest.kvs[0]?.mod_revision ?? '0') > BigInt(this.revision);
-      const ids = nodeKeys.map((key) => key.slice(NODES.length));
+      const nodes = await this.etcd.getAll().prefix(NODES).exec();
+      let behind = BigInt(nodes.header.revision) > BigInt(this.revision);
+      if (behind && this.staleOnLastProbe) {
+        const newest = await this.etcd.getAll().prefix(PREFIX).sort('Mod', 'Descend').limit(1).exec();
+        behind = BigInt(newest.kvs[0]?.mod_revision ?? '0') > BigInt(this.revision);
+        // Nothing under the prefix is newer: the revision moved elsewhere (or by a delete,
+        // which the node check covers for nodes). Caught up to it, so as not to ask again.
+        if (!behind) this.revision = nodes.header.revision;
+      }
+      const ids = nodes.kvs.map((kv) => kv.key.toString().slice(NODES.length));
       const otherNodes = ids.length !== this.nodes.size || ids.some((id) => !this.nodes.has(id));
       const stale = behind || otherNodes;
       if (stale && this.staleOnLastProbe) {

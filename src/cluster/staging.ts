@@ -49,7 +49,7 @@ export class StagedCopies {
     if (!copy) return;
     clearTimeout(copy.timer);
     this.copies.delete(id);
-    void rm(copy.file, { force: true });
+    rm(copy.file, { force: true }).catch(() => undefined);
   }
 
   stop(): void {
