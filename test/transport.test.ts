@@ -1,12 +1,14 @@
 /**
  * The transport's own limits: what a connection may hold open, and how long
- * a request may take to arrive. The attacker speaks raw HTTP/2 (node:http2).
+ * a request may take to arrive. The attacker speaks raw HTTP/2 (node:http2,
+ * or frames written on a socket where node:http2's client cannot send them).
  */
 import { spawn } from 'node:child_process';
 import type { ClientHttp2Session } from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import { frame, open, rawCall } from '../bench/lib/rawGrpc.ts';
+import { rapidReset } from '../bench/lib/rawFrames.ts';
 import { packageDefinition } from '../src/protos.ts';
 import { MAX_CONCURRENT_STREAMS } from '../src/grpc/transportOptions.ts';
 import { rowsOf, startTestServer, type TestServer } from './support/server.ts';
@@ -116,4 +118,28 @@ describe('half-open streams', () => {
     session = open(t.server.port);
     expect(rowsOf(await t.sql(key, 'SELECT 3'))).toEqual([[3n]]);
   });
+});
+
+describe('rapid reset (CVE-2023-44487)', () => {
+  it('streams opened and reset in one write: the connection is answered or told to go away, nothing stays in flight, others are served', async () => {
+    const before = process.memoryUsage().rss;
+    const outcomes: string[] = [];
+    // With a key and without; a few hundred (under nghttp2's reset budget) and tens of thousands (over it).
+    for (const [streams, authorization] of [[300, `Bearer ${key}`], [300, ''], [20_000, `Bearer ${key}`]] as const) {
+      const outcome = await rapidReset(t.server.port, { path: execute().path, headers: authorization ? { authorization } : {}, streams, timeoutMs: 10_000 });
+      outcomes.push(`${streams}: ${outcome.ended}`);
+      // The server never leaves the attacker waiting: a PING answered, or a GOAWAY (or the socket closed).
+      expect(outcome.ended, `${streams} streams`).not.toBe('timeout');
+      expect(outcome.received).toBeGreaterThan(0);
+    }
+    // A few hundred are within what a busy client may do: the connection stays usable.
+    expect(outcomes[0]).toBe('300: ping-answered');
+    // No reset stream is left as a call the server thinks it is still serving.
+    const giveUpAt = Date.now() + 5_000;
+    while (t.server.callsInFlight() > 0 && Date.now() < giveUpAt) await new Promise((r) => setTimeout(r, 10));
+    expect(t.server.callsInFlight()).toBe(0);
+    const grown = process.memoryUsage().rss - before;
+    expect(grown, `RSS grew ${(grown / 1e6).toFixed(1)} MB`).toBeLessThan(64 * 1024 * 1024);
+    expect(rowsOf(await t.sql(key, 'SELECT 4'))).toEqual([[4n]]);
+  }, 60_000);
 });

@@ -8,13 +8,14 @@
  *   bad framing);
  * - metadata: hostile headers (unreadable values, bad grpc-timeout,
  *   grpc-encoding, content-type, oversized values);
- * - http2: raw HTTP/2 misuse (unknown paths, RST storms, half-open streams);
+ * - http2: raw HTTP/2 misuse (unknown paths, rapid resets as raw frames, half-open streams);
  * - sql: a corpus of hostile SQL (ATTACH, pragmas, reserved names, huge
  *   CTEs, fts3_tokenizer, load_extension...) through Execute, Batch and Query.
  */
 import type { ClientHttp2Session, OutgoingHttpHeaders } from 'node:http2';
 import { packageDefinition } from '../../src/protos.ts';
 import { frame, open, rawCall, type RawStatus } from './rawGrpc.ts';
+import { rapidReset } from './rawFrames.ts';
 
 export interface FuzzOptions {
   port: number;
@@ -228,18 +229,15 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzReport> {
         return [kind, `path ${path.slice(0, 60)}`, [await rawCall(session(), path, auth, frame(Buffer.alloc(0)), { timeoutMs: callTimeoutMs })]];
       }
       if (which === 1) {
-        // An RST storm: streams opened and reset at once, then a normal call on the same connection.
-        const s = session();
-        for (let i = 0; i < 50; i++) {
-          try {
-            const stream = s.request({ ':method': 'POST', ':path': execute.path, 'content-type': 'application/grpc', te: 'trailers', ...auth }, { endStream: false });
-            stream.on('error', () => {});
-            stream.close();
-          } catch {
-            break;
-          }
-        }
-        return [kind, 'rst storm', [await rawCall(s, execute.path, { authorization: `Bearer ${options.tenantKey}` }, frame(execute.requestSerialize({ sql: 'SELECT 1' })), { timeoutMs: callTimeoutMs })]];
+        // A rapid reset (CVE-2023-44487): streams opened and reset in one write on a new connection,
+        // then a PING the server must still answer, then a normal call. Written as raw frames: the
+        // node:http2 client looped forever inside its own close() when it did this (rawFrames.ts).
+        const streams = 20 + Math.floor(rand() * 400);
+        const storm = await rapidReset(options.port, { path: execute.path, headers: auth.authorization ? { authorization: String(auth.authorization) } : {}, streams, timeoutMs: 5_000 });
+        const stormStatus: RawStatus = { code: null, message: '', reason: '', fields: [], httpStatus: null, received: storm.received, failure: `rapid reset: ${storm.ended}` };
+        if (storm.ended === 'timeout' && report.failures.length < 20) report.failures.push(`rapid reset of ${streams} streams: no PING answer, GOAWAY or close in 5 s`);
+        const after = await rawCall(session(), execute.path, { authorization: `Bearer ${options.tenantKey}` }, frame(execute.requestSerialize({ sql: 'SELECT 1' })), { timeoutMs: callTimeoutMs });
+        return [kind, `rapid reset x${streams}`, [stormStatus, after]];
       }
       if (which === 2) {
         // Half-open: the body never ends. The fuzzer gives up first (the server's own bound is
