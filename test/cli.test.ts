@@ -174,6 +174,11 @@ describe('tenantd CLI', { timeout: 400_000 }, () => {
     const before = await tenantd(['--address', `127.0.0.1:${t.server.port}`, '-o', 'json', 'tenants', 'create', 'cli-global'], { address: false });
     expect(before.code, before.stderr).toBe(0);
     expect(JSON.parse(before.stdout).tenant.tenantId).toBe('cli-global');
+    // The address from the environment, as the admin key can be; a flag wins over it.
+    const fromEnv = await tenantd(['tenants', 'get', 'cli-global', '-o', 'json'], { address: false, env: { TENANTD_ADMIN_KEY: t.adminKey, TENANTD_ADDRESS: `127.0.0.1:${t.server.port}` } });
+    expect(json(fromEnv).tenantId).toBe('cli-global');
+    const flagWins = await tenantd(['tenants', 'get', 'cli-global', '--address', `127.0.0.1:${t.server.port}`], { address: false, env: { TENANTD_ADMIN_KEY: t.adminKey, TENANTD_ADDRESS: '127.0.0.1:1' } });
+    expect(flagWins.code, flagWins.stderr).toBe(0);
 
     const help = await tenantd(['tenants', 'create', '--help', 'cli-not-created']);
     expect(help.code).toBe(0);

@@ -24,7 +24,7 @@ export const GLOBAL_OPTIONS = {
 } as const satisfies OptionSpec;
 
 export const GLOBAL_USAGE = `global flags (anywhere on the line):
-  --address HOST:PORT        the server (default 127.0.0.1:7070); repeat or comma-separate a cluster's
+  --address HOST:PORT        the server (default TENANTD_ADDRESS, else 127.0.0.1:7070); repeat or comma-separate a cluster's
                              nodes for \`tenants list\` and \`maintain -\`
   --admin-key-file FILE      the admin key (default ./data/admin.key; TENANTD_ADMIN_KEY wins)
   -o, --output json|table    canonical proto3 JSON, or a table (the default on a terminal)

@@ -21,7 +21,7 @@ export class Context {
     printer: Printer,
   ) {
     this.printer = printer;
-    const addresses = (parsed.values.address as string[] | undefined) ?? ['127.0.0.1:7070'];
+    const addresses = (parsed.values.address as string[] | undefined) ?? [process.env.TENANTD_ADDRESS || '127.0.0.1:7070'];
     this.addresses = addresses.flatMap((a) => a.split(',')).filter((a) => a !== '');
     const timeout = integerFlag(parsed.values['timeout-ms'], 'timeout-ms', 1);
     this.callOptions = timeout === undefined ? {} : { deadlineMs: timeout };
