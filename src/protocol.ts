@@ -205,6 +205,8 @@ export interface ShardStats {
   commits: number;
   /** Calls whose writes those commits made durable: commits < calls when group commit shares them. */
   committedCalls: number;
+  /** The worker's OS thread id (Linux; null elsewhere): its CPU time is /proc/<pid>/task/<id>/stat. */
+  osThreadId: number | null;
 }
 
 /**

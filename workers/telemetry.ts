@@ -10,6 +10,7 @@
  *
  * Nothing here throws: telemetry must not change a call's answer.
  */
+import { readlinkSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { parentPort } from 'node:worker_threads';
 import type { ShardRequest, ShardResponse, ShardSpan, ShardStats } from '../src/protocol.ts';
@@ -78,7 +79,17 @@ export function reportSweeps(pool: DbPool): void {
   if (changes) post({ id: 0, kind: 'sweeps', ...changes });
 }
 
-const reported: ShardStats = { openDatabases: -1, commits: 0, committedCalls: 0 };
+/** This thread's OS id, from /proc/thread-self (`<pid>/task/<tid>`); null where there is no /proc. */
+function osThreadId(): number | null {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    return Number.isInteger(tid) ? tid : null;
+  } catch {
+    return null;
+  }
+}
+
+const reported: ShardStats = { openDatabases: -1, commits: 0, committedCalls: 0, osThreadId: osThreadId() };
 
 /** Tells the front end the shard's gauges and counters; posts only when something changed. */
 export function reportStats(openDatabases: number): void {

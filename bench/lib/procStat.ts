@@ -11,8 +11,13 @@ const TICK_MS = 10;
 
 /** Milliseconds of CPU the main thread has used, or null where /proc is missing. */
 export function mainThreadCpuMs(): number | null {
+  return threadCpuMs(process.pid);
+}
+
+/** Milliseconds of CPU one thread of this process (by OS thread id) has used, or null where /proc is missing. */
+export function threadCpuMs(tid: number): number | null {
   try {
-    const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (Number(fields[11]) + Number(fields[12])) * TICK_MS;

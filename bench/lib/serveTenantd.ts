@@ -7,6 +7,7 @@ import { startServer } from '../../src/server.ts';
 import { installTelemetry } from '../../src/telemetry/sdk.ts';
 import { benchConfig, type BenchServerArgs } from './benchConfig.ts';
 import { failToParent, serveParent } from './child.ts';
+import { threadCpuMs } from './procStat.ts';
 
 try {
   const args = JSON.parse(process.argv[2]!) as BenchServerArgs;
@@ -20,7 +21,10 @@ try {
     await telemetry?.shutdown();
   }, () => {
     const m = process.memoryUsage();
-    return { rssBytes: m.rss, heapTotalBytes: m.heapTotal, externalBytes: m.external, arrayBuffersBytes: m.arrayBuffers };
+    // The shard threads' CPU apart from the main thread's and the rest (V8's GC and compiler helpers, libuv's pool).
+    let shardThreadsCpuMs = 0;
+    for (const shard of server.router.shards) shardThreadsCpuMs += (shard.osThreadId === null ? null : threadCpuMs(shard.osThreadId)) ?? Number.NaN;
+    return { rssBytes: m.rss, heapTotalBytes: m.heapTotal, externalBytes: m.external, arrayBuffersBytes: m.arrayBuffers, shardThreadsCpuMs };
   });
 } catch (error) {
   failToParent(error);

@@ -129,6 +129,11 @@ export class ShardHandle implements ObservedShard {
     return this.stats?.openDatabases ?? null;
   }
 
+  /** The live worker's OS thread id, as it last reported (Linux); null until it reports, or elsewhere. */
+  get osThreadId(): number | null {
+    return this.stats?.osThreadId ?? null;
+  }
+
   /** Durable commits of writes, across restarts (as of the worker's last report). */
   get commits(): number {
     return this.retiredCommits + (this.stats?.commits ?? 0);
@@ -332,7 +337,7 @@ export class ShardHandle implements ObservedShard {
     if (this.stats !== null) {
       this.retiredCommits += this.stats.commits;
       this.retiredCommittedCalls += this.stats.committedCalls;
-      this.stats = { openDatabases: 0, commits: 0, committedCalls: 0 };
+      this.stats = { openDatabases: 0, commits: 0, committedCalls: 0, osThreadId: null };
     }
     // Calls not yet posted are in `pending` too and fail with the rest.
     this.outbox = [];
