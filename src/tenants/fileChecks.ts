@@ -7,8 +7,10 @@
  * shards need) and its threads exit when idle, so it costs nothing at rest.
  */
 import type { CancelSignal } from '../grpc/cancelSignal.ts';
+import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import type { SyncMode } from '../config.ts';
 import { TenantdError } from '../errors.ts';
@@ -45,6 +47,11 @@ export class FileChecks {
     keepWarm = false,
     private readonly canceller: CallCanceller | null = null,
   ) {
+    // piscina starts a thread again and again when its script is missing and the task waits for
+    // ever: an install (or image) without these files must fail at start, not hang a backup.
+    for (const file of [BOOTSTRAP, fileURLToPath(ENTRY)]) {
+      if (!existsSync(file)) throw new Error(`the file-task worker ${file} is missing: this installation is incomplete`);
+    }
     this.pool = new Piscina({
       filename: BOOTSTRAP,
       workerData: { entry: ENTRY.href },
