@@ -119,9 +119,13 @@ try {
     const after = await server.sample();
     const cpu = cpuDelta(before!, after);
     // tenantd's shard threads apart (their OS ids from the shards' reports); the rest: V8's GC and compiler helpers, libuv.
-    const shardMs = after.counters?.shardThreadsCpuMs !== undefined && before!.counters?.shardThreadsCpuMs !== undefined ? after.counters.shardThreadsCpuMs - before!.counters.shardThreadsCpuMs : null;
+    const [shardsBefore, shardsAfter] = [before!.counters?.shardThreadsCpuMs, after.counters?.shardThreadsCpuMs];
+    const shardMs = shardsBefore !== undefined && shardsAfter !== undefined ? shardsAfter - shardsBefore : null;
     if (profiling) await server.profile('stop', profileDir, name);
     const perCall = (ms: number | null) => (ms === null ? null : (ms * 1000) / report.count);
+    const rest = cpu.mainThreadMs === null ? null : cpu.processMs - cpu.mainThreadMs;
+    const threadSplit =
+      rest === null ? '' : shardMs === null ? `; other threads ${us(perCall(rest))}` : `; shard threads ${us(perCall(shardMs))}, other threads ${us(perCall(rest - shardMs))}`;
     if (cpu.mainThreadMs !== null) serverMainUs[name] = perCall(cpu.mainThreadMs)!;
     serverProcessUs[name] = perCall(cpu.processMs)!;
     mkdirSync(resultsDir, { recursive: true });
@@ -131,7 +135,7 @@ try {
       `${name.padEnd(8)} ${report.rps.toFixed(0).padStart(7)} calls/s  p50 ${formatNanoUnit(pct(report, 50)).padStart(9)}  ` +
         `p99 ${formatNanoUnit(pct(report, 99)).padStart(9)}  ok ${ok}/${report.count}  ` +
         `server CPU/call ${us(perCall(cpu.processMs))} (main thread ${us(perCall(cpu.mainThreadMs))}, ELU ${(cpu.elu * 100).toFixed(0)}%` +
-        `${shardMs !== null && Number.isFinite(shardMs) && cpu.mainThreadMs !== null ? `; shard threads ${us(perCall(shardMs))}, other threads ${us(perCall(cpu.processMs - cpu.mainThreadMs - shardMs))}` : cpu.mainThreadMs !== null ? `; other threads ${us(perCall(cpu.processMs - cpu.mainThreadMs))}` : ''})  ` +
+        `${threadSplit})  ` +
         `load generator main thread ${us(perCall(client.mainThreadMs))}/call (ELU ${(client.elu * 100).toFixed(0)}%)`,
     );
     if (ok !== report.count) line(`  statuses: ${JSON.stringify(report.statusCodeDistribution)} errors: ${JSON.stringify(report.errorDistribution)}`);

@@ -67,7 +67,8 @@ done
 # As the image's `node` user: unprivileged. Running as root here, that is nobody.
 run=()
 if [[ $(id -u) == 0 ]]; then
-  chmod -R a+rX "$stage" "$(dirname "$(command -v node)")/.."
+  # Only the staging tree: node itself must already be runnable by anyone, as in the image.
+  chmod -R a+rX "$stage"
   chown nobody "$stage/data" "$stage/log"
   run=(setpriv --reuid=nobody --regid=nogroup --clear-groups --)
 fi

@@ -21,10 +21,11 @@ try {
     await telemetry?.shutdown();
   }, () => {
     const m = process.memoryUsage();
-    // The shard threads' CPU apart from the main thread's and the rest (V8's GC and compiler helpers, libuv's pool).
-    let shardThreadsCpuMs = 0;
-    for (const shard of server.router.shards) shardThreadsCpuMs += (shard.osThreadId === null ? null : threadCpuMs(shard.osThreadId)) ?? Number.NaN;
-    return { rssBytes: m.rss, heapTotalBytes: m.heapTotal, externalBytes: m.external, arrayBuffersBytes: m.arrayBuffers, shardThreadsCpuMs };
+    const memory = { rssBytes: m.rss, heapTotalBytes: m.heapTotal, externalBytes: m.external, arrayBuffersBytes: m.arrayBuffers };
+    // The shard threads' CPU apart from the main thread's and the rest (V8's GC and compiler helpers, libuv's pool);
+    // left out unless every shard has said which thread it is.
+    const shardCpu = server.router.shards.map((shard) => (shard.osThreadId === null ? null : threadCpuMs(shard.osThreadId)));
+    return shardCpu.includes(null) ? memory : { ...memory, shardThreadsCpuMs: (shardCpu as number[]).reduce((a, b) => a + b, 0) };
   });
 } catch (error) {
   failToParent(error);
