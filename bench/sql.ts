@@ -1,11 +1,14 @@
 /**
- * npm run bench:sql [-- --quick | --duration 10s] [--concurrency 64] [--tenants 1000] [--runtime tsx|node]
+ * npm run bench:sql [-- --quick | --duration 10s] [--concurrency 64] [--tenants 1000] [--runtime tsx|node] [--rps N|0]
  *
  * In one run: (a) a bare grpc-js server answering tenantd.v1.SqlService/Execute
  * with a canned point-read response, and (b) tenantd doing real point reads
  * spread over many tenants, both driven by the same load generator from this
- * process, each server in its own child process. Then the main thread's own
- * cost per call (auth + routing + dispatch) without gRPC.
+ * process, each server in its own child process: first closed loop (as fast
+ * as the client goes), then both at one fixed rate (--rps; by default 60 % of
+ * the slower server's closed-loop rate; 0 skips it), so that the CPU per call
+ * of the two is compared at the same load. Then the main thread's own cost
+ * per call (auth + routing + dispatch) without gRPC.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
@@ -21,7 +24,7 @@ import { formatNanoUnit, type GhzReport } from './lib/report.ts';
 import { compileData } from './lib/template.ts';
 import { createTenants, POINT_READ } from './lib/tenants.ts';
 
-const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data', '--runtime'];
+const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data', '--runtime', '--rps'];
 
 function parseArgs(argv: string[]): Map<string, string> {
   const out = new Map<string, string>();
@@ -95,12 +98,13 @@ try {
   const data = compileData({ sql: POINT_READ, params: [{ integer_value: `{{randomInt 1 ${rows + 1}}}` }] });
   const metadata = compileData(tenants.map((t) => ({ authorization: `Bearer ${t.key}` })));
 
-  const run = async (name: string, server: ChildServer) => {
+  const run = async (name: string, server: ChildServer, rps = 0) => {
+    const key = rps > 0 ? `${name}@rate` : name;
     let before: CpuSample | undefined;
     let clientBefore: CpuSample | undefined;
     const { report } = await runLoad({
       beforeMeasure: async () => {
-        if (profiling) await server.profile('start', profileDir, name);
+        if (profiling) await server.profile('start', profileDir, key);
         before = await server.sample();
         clientBefore = cpuSample();
       },
@@ -114,6 +118,7 @@ try {
       data,
       metadata,
       name,
+      ...(rps > 0 ? { rps } : {}),
     });
     const client = cpuDelta(clientBefore!, cpuSample());
     const after = await server.sample();
@@ -121,15 +126,15 @@ try {
     // tenantd's shard threads apart (their OS ids from the shards' reports); the rest: V8's GC and compiler helpers, libuv.
     const [shardsBefore, shardsAfter] = [before!.counters?.shardThreadsCpuMs, after.counters?.shardThreadsCpuMs];
     const shardMs = shardsBefore !== undefined && shardsAfter !== undefined ? shardsAfter - shardsBefore : null;
-    if (profiling) await server.profile('stop', profileDir, name);
+    if (profiling) await server.profile('stop', profileDir, key);
     const perCall = (ms: number | null) => (ms === null ? null : (ms * 1000) / report.count);
     const rest = cpu.mainThreadMs === null ? null : cpu.processMs - cpu.mainThreadMs;
     const threadSplit =
       rest === null ? '' : shardMs === null ? `; other threads ${us(perCall(rest))}` : `; shard threads ${us(perCall(shardMs))}, other threads ${us(perCall(rest - shardMs))}`;
-    if (cpu.mainThreadMs !== null) serverMainUs[name] = perCall(cpu.mainThreadMs)!;
-    serverProcessUs[name] = perCall(cpu.processMs)!;
+    if (cpu.mainThreadMs !== null) serverMainUs[key] = perCall(cpu.mainThreadMs)!;
+    serverProcessUs[key] = perCall(cpu.processMs)!;
     mkdirSync(resultsDir, { recursive: true });
-    writeFileSync(new URL(`sql-${name}.json`, resultsDir), `${JSON.stringify(report, null, 2)}\n`);
+    if (rps === 0) writeFileSync(new URL(`sql-${name}.json`, resultsDir), `${JSON.stringify(report, null, 2)}\n`);
     const ok = report.statusCodeDistribution.OK ?? 0;
     line(
       `${name.padEnd(8)} ${report.rps.toFixed(0).padStart(7)} calls/s  p50 ${formatNanoUnit(pct(report, 50)).padStart(9)}  ` +
@@ -164,6 +169,20 @@ try {
     `note: ${availableParallelism()} cores shared by the load generator, the server and its shard workers; the echo figure is ` +
       'mostly bounded by the client (one grpc-js event loop), so the ratio understates what tenantd alone would do on a separate box.',
   );
+
+  // Closed loop, the faster server also batches more calls per event-loop turn and per syscall, which
+  // lowers its CPU per call: at one fixed rate both see the same arrivals, so their CPU per call compares.
+  const fixedRps = Number(args.get('--rps') ?? Math.floor((0.6 * Math.min(echoReport.rps, tenantdReport.rps)) / 100) * 100);
+  if (fixedRps > 0) {
+    line();
+    line(`at one fixed rate (${fixedRps} calls/s started, -c ${concurrency}), both servers:`);
+    const echoFixed = await run('echo', echo, fixedRps);
+    const tenantdFixed = await run('tenantd', tenantd, fixedRps);
+    line(
+      `server CPU per call at ${fixedRps} calls/s tenantd/echo: ${(serverProcessUs['tenantd@rate']! / serverProcessUs['echo@rate']!).toFixed(2)}x ` +
+        `(${us(serverProcessUs['tenantd@rate']!)} vs ${us(serverProcessUs['echo@rate']!)}; achieved ${tenantdFixed.rps.toFixed(0)} and ${echoFixed.rps.toFixed(0)} calls/s)`,
+    );
+  }
 
   await Promise.all(children.splice(0).map((c) => c.stop()));
   if (profiling) line(`CPU profiles of both servers' threads over the measured window (main, shard workers): ${profileDir}`);
