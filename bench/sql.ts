@@ -1,5 +1,5 @@
 /**
- * npm run bench:sql [-- --quick | --duration 10s] [--concurrency 64] [--tenants 1000] [--runtime tsx|node] [--rps N|0]
+ * npm run bench:sql [-- --quick | --duration 10s] [--concurrency 64] [--tenants 1000] [--runtime tsx|node] [--rps N|0] [--write]
  *
  * In one run: (a) a bare grpc-js server answering tenantd.v1.SqlService/Execute
  * with a canned point-read response, and (b) tenantd doing real point reads
@@ -24,7 +24,8 @@ import { formatNanoUnit, type GhzReport } from './lib/report.ts';
 import { compileData } from './lib/template.ts';
 import { createTenants, POINT_READ } from './lib/tenants.ts';
 
-const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data', '--runtime', '--rps'];
+const UPDATE = 'UPDATE accounts SET balance = balance + 1 WHERE id = ?';
+const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data', '--runtime', '--rps', '--write'];
 
 function parseArgs(argv: string[]): Map<string, string> {
   const out = new Map<string, string>();
@@ -32,7 +33,7 @@ function parseArgs(argv: string[]): Map<string, string> {
     const arg = argv[i]!;
     const [name, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
     if (!KNOWN.includes(name!)) throw new Error(`unknown flag ${name}; known: ${KNOWN.join(' ')}`);
-    if (['--quick', '--profile', '--keep-data'].includes(name!)) out.set(name!, 'true');
+    if (['--quick', '--profile', '--keep-data', '--write'].includes(name!)) out.set(name!, 'true');
     else {
       const value = inline ?? argv[++i];
       if (value === undefined) throw new Error(`${name} needs a value`);
@@ -95,7 +96,8 @@ try {
 
   // Same request stream for both servers: point reads with a random id, the
   // tenant key round-robined per request through ghz-style array metadata.
-  const data = compileData({ sql: POINT_READ, params: [{ integer_value: `{{randomInt 1 ${rows + 1}}}` }] });
+  // --write: single-row UPDATEs instead (the echo server still answers with its canned read).
+  const data = compileData({ sql: args.has('--write') ? UPDATE : POINT_READ, params: [{ integer_value: `{{randomInt 1 ${rows + 1}}}` }] });
   const metadata = compileData(tenants.map((t) => ({ authorization: `Bearer ${t.key}` })));
 
   const run = async (name: string, server: ChildServer, rps = 0) => {
