@@ -1,12 +1,12 @@
 /**
- * npm run bench:peer [-- --quick | --duration 10s] [--rounds 2] [--tenants 1000] [--rows 100] [--concurrency 64]
+ * npm run bench:peer [-- --quick | --duration 10s] [--rounds 2] [--tenants 1000] [--rows 100] [--concurrency 64] [--sync-flush shared|per-commit]
  *
  * tenantd against the peer most users would pick instead: one PostgreSQL
  * with a schema per tenant. Same client process, same load for both: 64
  * calls in flight, a random tenant and id per call; point reads, then
  * single-row durable UPDATEs; rounds alternate which server goes first.
  *
- * - tenantd: a child process (`--sync full`, 1,000 open databases), the
+ * - tenantd: a child process (`--sync full`, `--sync-flush` as given: shared by default, 1,000 open databases), the
  *   telemetry SDK installed as main.ts does, over grpc-js on one channel.
  * - PostgreSQL: a throwaway cluster (lib/postgres.ts: initdb into a temp
  *   dir, run as `postgres`, fsync and synchronous_commit on), a `pg.Pool`
@@ -41,6 +41,7 @@ const { values: flags } = parseArgs({
     rows: { type: 'string', default: '100' },
     concurrency: { type: 'string', default: '64' },
     shards: { type: 'string' },
+    'sync-flush': { type: 'string', default: 'shared' },
   },
   strict: true,
 });
@@ -253,13 +254,14 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 line(`machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${availableParallelism()} cores, Node ${process.version}, load average ${loadavg()[0]!.toFixed(1)} at start`);
-line(`plan: ${tenantCount} tenants x ${rows} rows; -c ${concurrency}, random tenant and id per call; ${rounds} round(s) of ${durationMs / 1000} s per server and kind, order alternated`);
+line(`plan: tenantd --sync full --sync-flush ${flags['sync-flush']}; ${tenantCount} tenants x ${rows} rows; -c ${concurrency}, random tenant and id per call; ${rounds} round(s) of ${durationMs / 1000} s per server and kind, order alternated`);
 
 try {
   const serverArgs: BenchServerArgs = {
     dataDir: mkdtempSync(join(tmpdir(), 'tenantd-peer-')),
     shards: Number(flags.shards ?? availableParallelism()),
     sync: 'full',
+    syncFlush: flags['sync-flush'] === 'per-commit' ? 'per-commit' : 'shared',
     maxOpenDbs: Math.max(1000, tenantCount),
   };
   cleanups.push(async () => rmSync(serverArgs.dataDir, { recursive: true, force: true }));

@@ -1,5 +1,5 @@
 /**
- * npm run bench:sql [-- --quick | --duration 10s] [--concurrency 64] [--tenants 1000] [--runtime tsx|node] [--rps N|0] [--write]
+ * npm run bench:sql [-- --quick | --duration 10s] [--concurrency 64] [--tenants 1000] [--runtime tsx|node] [--rps N|0] [--write] [--sync full|normal] [--sync-flush shared|per-commit]
  *
  * In one run: (a) a bare grpc-js server answering tenantd.v1.SqlService/Execute
  * with a canned point-read response, and (b) tenantd doing real point reads
@@ -25,7 +25,7 @@ import { compileData } from './lib/template.ts';
 import { createTenants, POINT_READ } from './lib/tenants.ts';
 
 const UPDATE = 'UPDATE accounts SET balance = balance + 1 WHERE id = ?';
-const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data', '--runtime', '--rps', '--write'];
+const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data', '--runtime', '--rps', '--write', '--sync-flush'];
 
 function parseArgs(argv: string[]): Map<string, string> {
   const out = new Map<string, string>();
@@ -57,6 +57,7 @@ const serverArgs: BenchServerArgs = {
   dataDir: mkdtempSync(join(tmpdir(), 'tenantd-bench-')),
   shards: Number(args.get('--shards') ?? availableParallelism()),
   sync: (args.get('--sync') ?? 'normal') as BenchServerArgs['sync'],
+  ...(args.has('--sync-flush') ? { syncFlush: args.get('--sync-flush') as NonNullable<BenchServerArgs['syncFlush']> } : {}),
   maxOpenDbs: Number(args.get('--max-open-dbs') ?? 1000),
 };
 const resultsDir = new URL('./results/', import.meta.url);

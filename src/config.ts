@@ -105,6 +105,12 @@ export interface Config {
   dataDir: string;
   shards: number;
   sync: SyncMode;
+  /**
+   * Under --sync full, how commits reach the disk: `shared` (Linux), one syncfs of the data directory's
+   * filesystem for all the commits a shard makes before it answers; `per-commit`, SQLite's fsync of the
+   * tenant's WAL at each commit. Either way no write is acknowledged before it is on disk.
+   */
+  syncFlush: 'shared' | 'per-commit';
   maxOpenDbs: number;
   /** null when metrics and the HTTP health endpoints are disabled (`--metrics-listen off`). */
   metricsListen: string | null;
@@ -198,6 +204,7 @@ export function defaultConfig(): Config {
     dataDir: './data',
     shards: Math.max(1, availableParallelism()),
     sync: 'full',
+    syncFlush: 'shared',
     // About 215 KiB of SQLite memory each (page cache, lookaside, statements): 256 are ~55 MB.
     maxOpenDbs: 256,
     metricsListen: '127.0.0.1:9464',
@@ -298,6 +305,7 @@ const OPTIONS: ScalarOption[] = [
   { flag: 'data-dir', env: 'TENANTD_DATA_DIR', yaml: 'data_dir', apply: (c, r, w) => (c.dataDir = asString(r, w)) },
   { flag: 'shards', env: 'TENANTD_SHARDS', yaml: 'shards', apply: (c, r, w) => (c.shards = asInteger(r, w, 1, 256)) },
   { flag: 'sync', env: 'TENANTD_SYNC', yaml: 'sync', apply: (c, r, w) => (c.sync = asEnum(r, w, ['full', 'normal'])) },
+  { flag: 'sync-flush', env: 'TENANTD_SYNC_FLUSH', yaml: 'sync_flush', apply: (c, r, w) => (c.syncFlush = asEnum(r, w, ['shared', 'per-commit'])) },
   {
     flag: 'max-open-dbs',
     env: 'TENANTD_MAX_OPEN_DBS',
@@ -486,6 +494,7 @@ const OPTION_HELP: Record<string, [value: string, help: string]> = {
   'data-dir': ['DIR', 'catalog, tenant databases and admin.key (default ./data)'],
   shards: ['N', 'worker threads that run SQL (default: one per CPU)'],
   sync: ['full|normal', 'full: a commit is on disk before it is acknowledged (default full)'],
+  'sync-flush': ['shared|per-commit', 'with --sync full: one syncfs for a shard\'s commits before it answers, or an fsync per commit (default shared)'],
   'max-open-dbs': ['N', 'open tenant databases kept, least recently used closed first (default 256)'],
   'metrics-listen': ['HOST:PORT|off', 'Prometheus /metrics and /healthz, /readyz (default 127.0.0.1:9464)'],
   'log-level': ['debug|info|warn|error|silent', 'JSON log lines on stderr (default info)'],

@@ -205,6 +205,11 @@ export interface ShardStats {
   commits: number;
   /** Calls whose writes those commits made durable: commits < calls when group commit shares them. */
   committedCalls: number;
+  /**
+   * Syncs that made commits durable: under --sync full one per commit, or, with the shared flush
+   * (Linux), one syncfs of the data directory's filesystem for all the commits before an answer.
+   */
+  syncs: number;
   /** The worker's OS thread id (Linux; null elsewhere): its CPU time is /proc/<pid>/task/<id>/stat. */
   osThreadId: number | null;
 }
@@ -313,6 +318,8 @@ export interface ShardWorkerData {
   shardIndex: number;
   dataDir: string;
   sync: SyncMode;
+  /** --sync-flush per-commit: SQLite's fsync at each commit rather than the shared flush (workers/sharedFlush.ts). */
+  syncPerCommit: boolean;
   maxOpenDbs: number;
   /** The shared quota pages that exist when the worker starts. */
   quotaPages: QuotaPageBuffers[];

@@ -12,8 +12,9 @@ afterEach(() => {
 });
 
 /** `tenantd serve` as a child process; resolves once it prints its port. */
-function serveChild(dataDir: string, sync: 'full' | 'normal'): Promise<{ child: ChildProcess; port: number; adminKey: string }> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--metrics-listen', 'off', '--sync', sync, '--shards', '2', '--log-level', 'warn'], {
+function serveChild(dataDir: string, sync: 'full' | 'normal', syncFlush: 'shared' | 'per-commit' = 'shared'): Promise<{ child: ChildProcess; port: number; adminKey: string }> {
+  const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--metrics-listen', 'off', '--sync', sync, '--sync-flush', syncFlush, '--shards', '2', '--log-level', 'warn'];
+  const child = spawn(process.execPath, [BIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -59,11 +60,18 @@ describe('durability', () => {
     }
   });
 
-  for (const sync of ['full', 'normal'] as const) {
-    it(`loses no acknowledged write when the process is killed with SIGKILL (--sync ${sync})`, async () => {
+  // --sync full commits with NORMAL on the tenant's connection under the shared flush (one syncfs before
+  // the shard answers, workers/sharedFlush.ts), with FULL under --sync-flush per-commit.
+  const modes = [
+    { sync: 'full', syncFlush: 'shared', pragma: 1n },
+    { sync: 'full', syncFlush: 'per-commit', pragma: 2n },
+    { sync: 'normal', syncFlush: 'shared', pragma: 1n },
+  ] as const;
+  for (const { sync, syncFlush, pragma } of modes) {
+    it(`loses no acknowledged write when the process is killed with SIGKILL (--sync ${sync} --sync-flush ${syncFlush})`, async () => {
       const dataDir = freshDataDir();
       dirs.push(dataDir);
-      const { child, port, adminKey } = await serveChild(dataDir, sync);
+      const { child, port, adminKey } = await serveChild(dataDir, sync, syncFlush);
       const client = new TestClient(`127.0.0.1:${port}`);
       const keys: string[] = [];
       for (let i = 0; i < 4; i++) {
@@ -78,9 +86,9 @@ describe('durability', () => {
       }
       // The mode is applied where it matters, on the tenant's connection in its
       // shard, as the tenant itself reads it (FULL = 2, NORMAL = 1): without
-      // this both runs would be the same test.
+      // this the runs would be the same test.
       const mode = await client.call('SqlService', 'Execute', { sql: 'PRAGMA synchronous' }, { key: keys[0]! });
-      expect(rowsOf(mode)).toEqual([[sync === 'full' ? 2n : 1n]]);
+      expect(rowsOf(mode)).toEqual([[pragma]]);
       const acked: number[][] = keys.map(() => []);
       let stop = false;
       // Several writers per tenant, so that writes share commits (group commit).
@@ -120,7 +128,7 @@ describe('durability', () => {
       catalog.close();
 
       // And the service comes back with all of it.
-      const again = await serveChild(dataDir, sync);
+      const again = await serveChild(dataDir, sync, syncFlush);
       const client2 = new TestClient(`127.0.0.1:${again.port}`);
       const count = await client2.call('SqlService', 'Execute', { sql: 'SELECT count(*) FROM w' }, { key: keys[0]! });
       expect(Number(rowsOf(count)[0]![0])).toBeGreaterThanOrEqual(acked[0]!.length);

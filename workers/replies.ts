@@ -8,7 +8,10 @@
  * ≥ 0.5 ms, once its oldest answer has waited 0.5 ms, at 64 answers, and
  * whenever the worker has nothing left to run. Answers of calls that wrote,
  * errors and every other op are posted at once, so a worker that dies never
- * takes an acknowledged write's answer with it.
+ * takes an acknowledged write's answer with it; except with the shared flush
+ * (sharedFlush.ts), where a write's answer is held too, so that one sync
+ * serves the writes of many tenants: `beforePost` runs before anything is
+ * posted, and makes every commit so far durable.
  */
 import { performance } from 'node:perf_hooks';
 import type { MessagePort } from 'node:worker_threads';
@@ -30,7 +33,10 @@ export class Replies {
    */
   private readonly recentRunMs = new WeakMap<TenantDb, number>();
 
-  constructor(private readonly port: Pick<MessagePort, 'postMessage'>) {}
+  constructor(
+    private readonly port: Pick<MessagePort, 'postMessage'>,
+    private readonly beforePost: () => void = () => undefined,
+  ) {}
 
   /** Notes how long a call of `db`'s tenant ran (`db` undefined: its database is not open). */
   ran(db: TenantDb | undefined, ms: number): void {
@@ -51,9 +57,18 @@ export class Replies {
     if (this.held.length >= MAX_HELD) this.flush();
   }
 
+  /** Holds several answers (a group commit's, with the shared flush), posted with the rest. */
+  holdAll(answers: readonly Answer[]): void {
+    if (answers.length === 0) return;
+    if (this.held.length === 0) this.heldSince = performance.now();
+    for (const answer of answers) this.held.push(answer);
+    if (this.held.length >= MAX_HELD) this.flush();
+  }
+
   /** Posts `answer` now, after whatever is held (so that answers keep their order). */
   post(answer: Answer): void {
     if (this.held.length === 0) {
+      this.beforePost();
       this.port.postMessage(answer);
       return;
     }
@@ -69,6 +84,7 @@ export class Replies {
 
   flush(): void {
     if (this.held.length === 0) return;
+    this.beforePost();
     this.port.postMessage(this.held);
     this.held = [];
   }

@@ -35,7 +35,8 @@ import { DbPool } from './dbPool.ts';
 import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from './groupCommit.ts';
 import { Replies } from './replies.ts';
 import { encodeBatchResponse, encodeExecuteResponse } from './resultWire.ts';
-import { countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, shardClock, withShardSpan } from './telemetry.ts';
+import { SharedFlush } from './sharedFlush.ts';
+import { commitStats, countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, setSyncPerCommit, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
 import { diskFull, hostFault } from './sqlErrors.ts';
 import Database from 'better-sqlite3';
@@ -47,7 +48,37 @@ import { afterCommit } from './requestLog.ts';
 
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
-const pool = new DbPool(data.dataDir, data.sync, data.maxOpenDbs, data.closedSweeps);
+/**
+ * --sync full: one syncfs for the commits of many tenants before their answers (sharedFlush.ts), the
+ * tenants' connections committing with synchronous=NORMAL; where that cannot work, a sync per commit.
+ */
+const sharedFlush = data.sync === 'full' && !data.syncPerCommit ? SharedFlush.open(data.dataDir) : null;
+if (sharedFlush !== null && sharedFlush.flush === null) {
+  process.stderr.write(
+    `${JSON.stringify({ level: 'warn', msg: 'shared flush unavailable: a sync per commit instead', shard: data.shardIndex, reason: sharedFlush.reason })}\n`,
+  );
+}
+const flush = sharedFlush?.flush ?? null;
+setSyncPerCommit(data.sync === 'full' && flush === null);
+const pool = new DbPool(data.dataDir, flush === null ? data.sync : 'normal', data.maxOpenDbs, data.closedSweeps);
+
+/**
+ * Before anything leaves for the front end: every commit so far durable. A sync that fails leaves
+ * commits that a power loss may undo: none of them may be acknowledged, so the shard stops here and
+ * the front end answers its calls UNAVAILABLE (as for any shard that dies) and starts it again.
+ */
+function beforeAnswer(): void {
+  if (flush === null) return;
+  try {
+    flush.beforeAnswer();
+  } catch (error) {
+    process.stderr.write(
+      `${JSON.stringify({ level: 'fatal', msg: 'shared flush failed: the shard stops without answering', shard: data.shardIndex, error: (error as Error).message })}\n`,
+    );
+    process.exit(70);
+  }
+  commitStats.syncs = flush.syncs;
+}
 const quotaPages: QuotaPage[] = data.quotaPages.map(viewPage);
 setRequestWindow(data.idempotencyWindowMs);
 
@@ -110,6 +141,7 @@ function handle(request: Call): ShardResults[Call['op']] {
       const db = pool.get(request.tenantId);
       const rowCount = db.query(request.statement, request.limits, request.rowsPerChunk, (chunk) => {
         // Transferred, not copied: the chunk's bytes exist once on each side of the port.
+        beforeAnswer();
         port.postMessage({ id, kind: 'chunk', chunk } satisfies ShardResponse, [chunk.bytes.buffer as ArrayBuffer]);
       });
       record(db, request.limits.slot, rowCount, 0);
@@ -184,7 +216,7 @@ function toWire(request: ShardRequest, error: unknown): WireError {
   return { code: Status.INTERNAL, reason: 'INTERNAL', message: 'internal error in the shard; see the server log' };
 }
 
-const replies = new Replies(port);
+const replies = new Replies(port, beforeAnswer);
 
 const transactions = new Transactions({
   pool,
@@ -236,15 +268,19 @@ function answer(request: Call): void {
   const wrote = db !== undefined && isWrite(request) && db.takeWrote();
   if (wrote) countCommit(1);
   if (request.op !== 'execute') replies.post({ id: request.id, kind: 'ok', result });
-  else if (wrote || db === undefined) replies.post(packResult(request.id, result as EncodedMessage));
+  // With the shared flush a write's answer waits too, for the one sync that covers the turn's writes.
+  else if ((wrote && flush === null) || db === undefined) replies.post(packResult(request.id, result as EncodedMessage));
   else replies.hold(packResult(request.id, result as EncodedMessage));
 }
 
-/** A group's answers: the group committed (or not) as a whole, so they go at once. */
+/**
+ * A group's answers: the group committed (or not) as a whole, so they go at once; with the shared
+ * flush they wait with the turn's other answers for the one sync that covers them all.
+ */
 function answerGroup(db: TenantDb, outcomes: Outcome[]): void {
   const succeeded = outcomes.filter((o) => o.error === undefined).length;
   if (db.takeWrote() && succeeded > 0) countCommit(succeeded);
-  replies.postAll(
+  (flush === null ? replies.postAll : replies.holdAll).call(replies,
     outcomes.map(({ request, result, error }): PackedResult | ShardResponse => {
       if (error !== undefined) return { id: request.id, kind: 'error', error: toWire(request, error) };
       recordResults(db, request.limits.slot, result!);
@@ -545,6 +581,12 @@ function runWaiting(): void {
       runTurn(request);
       endTurn(request.tenantId, performance.now() - started);
     }
+  } catch (error) {
+    // A bug (or an injected crash) ends the worker. Answers held for the turn's sync include writes
+    // that committed: they go out first (after the sync), so that a committed write is never
+    // reported failed. Nothing else is held outside this loop.
+    replies.flush();
+    throw error;
   } finally {
     running = false;
   }

@@ -65,12 +65,20 @@ export function reportGroupSpans(outcomes: readonly { request: ShardRequest }[],
 }
 
 /** Counted by the shard as it commits; read by reportStats. */
-export const commitStats = { commits: 0, committedCalls: 0 };
+export const commitStats = { commits: 0, committedCalls: 0, syncs: 0 };
+
+/** Whether each commit syncs (--sync full without the shared flush); the shared flush counts its own syncs. */
+let syncPerCommit = false;
+
+export function setSyncPerCommit(on: boolean): void {
+  syncPerCommit = on;
+}
 
 /** Notes one commit that made `calls` calls' writes durable. */
 export function countCommit(calls: number): void {
   commitStats.commits++;
   commitStats.committedCalls += calls;
+  if (syncPerCommit) commitStats.syncs++;
 }
 
 /** Tells the front end how the pool's notes of closed tenants' event sweeps changed, for the catalog. */
@@ -89,13 +97,14 @@ function osThreadId(): number | null {
   }
 }
 
-const reported: ShardStats = { openDatabases: -1, commits: 0, committedCalls: 0, osThreadId: osThreadId() };
+const reported: ShardStats = { openDatabases: -1, commits: 0, committedCalls: 0, syncs: 0, osThreadId: osThreadId() };
 
 /** Tells the front end the shard's gauges and counters; posts only when something changed. */
 export function reportStats(openDatabases: number): void {
-  if (openDatabases === reported.openDatabases && commitStats.commits === reported.commits) return;
+  if (openDatabases === reported.openDatabases && commitStats.commits === reported.commits && commitStats.syncs === reported.syncs) return;
   reported.openDatabases = openDatabases;
   reported.commits = commitStats.commits;
   reported.committedCalls = commitStats.committedCalls;
+  reported.syncs = commitStats.syncs;
   post({ id: 0, kind: 'stats', stats: { ...reported } });
 }

@@ -32,6 +32,8 @@ export interface BenchServerArgs {
   dataDir: string;
   shards: number;
   sync: SyncMode;
+  /** --sync-flush; the server's default (shared) when absent. */
+  syncFlush?: Config['syncFlush'];
   maxOpenDbs: number;
 }
 
@@ -43,6 +45,7 @@ export function benchConfig(args: BenchServerArgs): Config {
     dataDir: args.dataDir,
     shards: args.shards,
     sync: args.sync,
+    ...(args.syncFlush ? { syncFlush: args.syncFlush } : {}),
     maxOpenDbs: args.maxOpenDbs,
     // Metrics on, as deployed (serveTenantd installs the SDK); port 0 so benches never collide.
     metricsListen: '127.0.0.1:0',

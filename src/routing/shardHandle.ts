@@ -93,6 +93,7 @@ export class ShardHandle implements ObservedShard {
   /** Commit counts of the workers before this one. */
   private retiredCommits = 0;
   private retiredCommittedCalls = 0;
+  private retiredSyncs = 0;
   /** Requests of this event-loop turn, posted together by flush(). */
   private outbox: (ShardRequest | PackedExecute)[] = [];
   private flushScheduled = false;
@@ -142,6 +143,11 @@ export class ShardHandle implements ObservedShard {
   /** Calls whose writes those commits carried; `committedCalls / commits` is the mean group size. */
   get committedCalls(): number {
     return this.retiredCommittedCalls + (this.stats?.committedCalls ?? 0);
+  }
+
+  /** Syncs that made those commits durable: one per commit, or one shared by many (the shared flush). */
+  get syncs(): number {
+    return this.retiredSyncs + (this.stats?.syncs ?? 0);
   }
 
   get restartCount(): number {
@@ -337,7 +343,8 @@ export class ShardHandle implements ObservedShard {
     if (this.stats !== null) {
       this.retiredCommits += this.stats.commits;
       this.retiredCommittedCalls += this.stats.committedCalls;
-      this.stats = { openDatabases: 0, commits: 0, committedCalls: 0, osThreadId: null };
+      this.retiredSyncs += this.stats.syncs;
+      this.stats = { openDatabases: 0, commits: 0, committedCalls: 0, syncs: 0, osThreadId: null };
     }
     // Calls not yet posted are in `pending` too and fail with the rest.
     this.outbox = [];

@@ -41,6 +41,7 @@ export const METRIC_SHARD_OPEN_DATABASES = 'tenantd.shard.open_databases';
 export const METRIC_SHARD_COMMITS = 'tenantd.shard.commits';
 /** Counter: calls whose writes those commits carried; more than commits when group commit shares them. */
 export const METRIC_SHARD_COMMITTED_CALLS = 'tenantd.shard.committed_calls';
+export const METRIC_SHARD_SYNCS = 'tenantd.shard.syncs';
 /** Gauge, bytes: the size of every tenant database together, as the shards last measured it. */
 export const METRIC_STORAGE_BYTES = 'tenantd.storage.bytes';
 

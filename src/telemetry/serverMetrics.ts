@@ -28,6 +28,7 @@ import {
   METRIC_SHARD_BUSY_TIME,
   METRIC_SHARD_COMMITS,
   METRIC_SHARD_COMMITTED_CALLS,
+  METRIC_SHARD_SYNCS,
   METRIC_SHARD_OPEN_DATABASES,
   METRIC_SHARD_QUEUE_DEPTH,
   METRIC_STORAGE_BYTES,
@@ -47,6 +48,7 @@ export interface ObservedShard {
   /** Durable commits of writes, and the calls they carried, across restarts. */
   readonly commits: number;
   readonly committedCalls: number;
+  readonly syncs: number;
 }
 
 export interface MetricSources {
@@ -143,6 +145,10 @@ export class ServerMetrics {
       description: 'Calls whose writes those commits carried; committed_calls / commits is the mean group-commit size',
       unit: '{call}',
     });
+    const syncs = meter.createObservableCounter(METRIC_SHARD_SYNCS, {
+      description: 'Syncs that made commits durable: one per commit, or one syncfs shared by the commits before an answer (the shared flush)',
+      unit: '{sync}',
+    });
     const storage = meter.createObservableGauge(METRIC_STORAGE_BYTES, {
       description: 'Size of all tenant databases, as the shards last measured them',
       unit: 'By',
@@ -166,6 +172,7 @@ export class ServerMetrics {
           if (shard.openDatabases !== null) result.observe(openDatabases, shard.openDatabases, attributes);
           result.observe(commits, shard.commits, attributes);
           result.observe(committedCalls, shard.committedCalls, attributes);
+          result.observe(syncs, shard.syncs, attributes);
         });
         result.observe(storage, sources.storageBytes());
         for (const [source, attributes] of sourceAttributes) result.observe(internalErrors, internalErrorCount(source), attributes);
@@ -173,7 +180,7 @@ export class ServerMetrics {
         // Telemetry never throws; a missed observation shows as a gap.
       }
     };
-    this.observables = [inFlight, calls, queueDepth, busyTime, openDatabases, commits, committedCalls, storage, internalErrors];
+    this.observables = [inFlight, calls, queueDepth, busyTime, openDatabases, commits, committedCalls, syncs, storage, internalErrors];
     meter.addBatchObservableCallback(this.observe, this.observables);
   }
 

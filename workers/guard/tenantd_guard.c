@@ -33,15 +33,22 @@
 ** process, while SQLite dlclose()s an extension whenever the connection that
 ** loaded it closes.
 */
+/* syncfs(2) */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "sqlite3ext.h"
 SQLITE_EXTENSION_INIT1
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define TOKEN_BYTES 16
 
@@ -1040,6 +1047,91 @@ static int authorizer(
 }
 
 /* ---------------------------------------------------------------------------
+** Shared flush (--sync full on Linux). Tenant connections then commit with
+** synchronous=NORMAL: their WAL is written but not synced at each commit.
+** Every commit on a guarded connection marks the calling thread dirty (a
+** commit hook, so no path that writes can be missed), and the shard, before
+** it posts any answer, calls tenantd_sync(dir, 0) on a private connection
+** of its own: if the thread is dirty, one syncfs(2) of the data directory's
+** filesystem makes every commit so far durable at once, instead of one
+** fsync per tenant file and commit. The flag is per thread: a shard's
+** commits all run on its own thread.
+*/
+static __thread int threadDirty = 0;
+
+static int onCommit(void *pArg){
+  (void)pArg;
+  threadDirty = 1;
+  return 0;  /* never vetoes the commit */
+}
+
+/* tenantd_sync(DIR, FORCE): syncs DIR's filesystem when this thread committed
+** since the last sync, or FORCE; returns 1 when it synced, 0 when there was
+** nothing to sync. An error (open or syncfs failing) is raised as an SQL error
+** and leaves the thread dirty. */
+static void fnSync(sqlite3_context *ctx, int argc, sqlite3_value **argv){
+  const char *zDir = (const char*)sqlite3_value_text(argv[0]);
+  int force = sqlite3_value_int(argv[1]);
+  (void)argc;
+  if( zDir==0 ){
+    sqlite3_result_error(ctx, "tenantd_sync: no directory", -1);
+    return;
+  }
+  if( !threadDirty && !force ){
+    sqlite3_result_int(ctx, 0);
+    return;
+  }
+#ifdef __linux__
+  {
+    int wasDirty = threadDirty;
+    int fd, rc, err;
+    threadDirty = 0;
+    fd = open(zDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if( fd<0 ){
+      err = errno;
+      threadDirty = wasDirty;
+      {
+        char *zMsg = sqlite3_mprintf("tenantd_sync: open: %s", strerror(err));
+        sqlite3_result_error(ctx, zMsg ? zMsg : "tenantd_sync: open failed", -1);
+        sqlite3_free(zMsg);
+      }
+      return;
+    }
+    rc = syncfs(fd);
+    err = errno;
+    close(fd);
+    if( rc!=0 ){
+      threadDirty = 1;
+      {
+        char *zMsg = sqlite3_mprintf("tenantd_sync: syncfs: %s", strerror(err));
+        sqlite3_result_error(ctx, zMsg ? zMsg : "tenantd_sync: syncfs failed", -1);
+        sqlite3_free(zMsg);
+      }
+      return;
+    }
+    sqlite3_result_int(ctx, 1);
+  }
+#else
+  sqlite3_result_error(ctx, "tenantd_sync: syncfs is Linux only", -1);
+#endif
+}
+
+#ifdef _WIN32
+__declspec(dllexport)
+#endif
+int sqlite3_tenantdflush_init(
+  sqlite3 *db, char **pzErrMsg, const sqlite3_api_routines *pApi
+){
+  int rc;
+  SQLITE_EXTENSION_INIT2(pApi);
+  rc = sqlite3_create_function_v2(db, "tenantd_sync", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, 0, fnSync, 0, 0, 0);
+  if( rc!=SQLITE_OK && pzErrMsg ){
+    *pzErrMsg = sqlite3_mprintf("tenantd_flush: cannot register tenantd_sync: %s", sqlite3_errstr(rc));
+  }
+  return rc;
+}
+
+/* ---------------------------------------------------------------------------
 ** Entry point.
 */
 #ifdef _WIN32
@@ -1147,5 +1239,6 @@ int sqlite3_tenantdguard_init(
   }
 
   sqlite3_set_authorizer(db, authorizer, p);
+  sqlite3_commit_hook(db, onCommit, 0);
   return SQLITE_OK;
 }
