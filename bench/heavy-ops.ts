@@ -1,5 +1,5 @@
 /**
- * npm run bench:heavy [-- --mb 256] [--runtime node|tsx]
+ * npm run bench:heavy [-- --mb 256] [--runtime node|tsx] [--neighbour read|write] [--sync-flush shared|per-commit]
  *
  * What an operator's heavy work on one tenant costs the other tenants of its
  * shard. A real tenantd in a child process with one shard; a tenant of
@@ -18,6 +18,9 @@
  *                 free plan's): how much of the shard it gets
  *
  * For each phase: its duration and the neighbour's latency (p50, p99, max).
+ * `--neighbour write`: the neighbour's calls are durable single-row UPDATEs
+ * instead, to see what the heavy work's disk writes cost its commits (under
+ * --sync-flush shared, one syncfs writes back all the filesystem's dirty data).
  * When the work ran on the shard itself (before), the neighbour's longest
  * call was about the whole duration.
  */
@@ -30,7 +33,9 @@ import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
 import { decodeFailure, fmtMs, line, loadLine, machineLine, numberFlag, parseFlags, percentile, RawClient, sortedCopy, UNLIMITED_QUOTAS } from './quota/common.ts';
 import type { ServerArgs, ServerReady } from './quota/server.ts';
 
-const flags = parseFlags(process.argv.slice(2), ['--mb', '--runtime'], []);
+const flags = parseFlags(process.argv.slice(2), ['--mb', '--runtime', '--neighbour', '--sync-flush'], []);
+const neighbourWrites = (flags.get('--neighbour') ?? 'read') === 'write';
+const syncFlush = flags.get('--sync-flush') === 'shared' ? 'shared' : 'per-commit';
 const megabytes = Math.round(numberFlag(flags, '--mb', 256));
 const runtime = flags.get('--runtime') ?? 'node';
 if (runtime !== 'node' && runtime !== 'tsx') throw new Error('--runtime: node or tsx');
@@ -50,7 +55,7 @@ let child: ChildServer | null = null;
 let client: RawClient | null = null;
 
 try {
-  child = await startChild(new URL('./quota/server.ts', import.meta.url), { dataDir, shards: 1 } satisfies ServerArgs, [], runtime === 'node');
+  child = await startChild(new URL('./quota/server.ts', import.meta.url), { dataDir, shards: 1, syncFlush } satisfies ServerArgs, [], runtime === 'node');
   const ready = child.ready as ServerReady;
   client = new RawClient(`127.0.0.1:${ready.port}`);
   const createTenant = client.method('TenantService', 'CreateTenant');
@@ -85,7 +90,7 @@ try {
   const smallKey = await newTenant('small');
   await must('CREATE TABLE', execute({ sql: 'CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)' }, smallKey));
   await must('INSERT', execute({ sql: "INSERT INTO kv VALUES (1, 'one')" }, smallKey));
-  line(`server: compiled=${runtime === 'node'}, 1 shard, --sync full; tenant "big" filled with ${megabytes} MiB in ${((performance.now() - f0) / 1000).toFixed(1)} s`);
+  line(`server: compiled=${runtime === 'node'}, 1 shard, --sync full --sync-flush ${syncFlush}, neighbour ${neighbourWrites ? 'writes' : 'reads'}; tenant "big" filled with ${megabytes} MiB in ${((performance.now() - f0) / 1000).toFixed(1)} s`);
 
   /** Runs `work`, reading the small tenant one call at a time until it is done. */
   const phase = async (name: string, work: () => Promise<string>) => {
@@ -95,7 +100,8 @@ try {
     const latencies: number[] = [];
     while (!finished) {
       const t0 = performance.now();
-      await must('neighbour read', execute({ sql: 'SELECT v FROM kv WHERE k = 1' }, smallKey));
+      const sql = neighbourWrites ? "UPDATE kv SET v = 'one' WHERE k = 1" : 'SELECT v FROM kv WHERE k = 1';
+      await must('neighbour call', execute({ sql }, smallKey));
       latencies.push(performance.now() - t0);
     }
     const note = await outcome;
@@ -108,7 +114,7 @@ try {
   };
 
   line();
-  line('| phase | duration | neighbour reads | p50 | p99 | max | max / duration | result |');
+  line(`| phase | duration | neighbour ${neighbourWrites ? 'writes' : 'reads'} | p50 | p99 | max | max / duration | result |`);
   line('| --- | --- | --- | --- | --- | --- | --- | --- |');
   await phase('idle', async () => {
     await new Promise((r) => setTimeout(r, 1_000));

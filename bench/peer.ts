@@ -6,7 +6,7 @@
  * calls in flight, a random tenant and id per call; point reads, then
  * single-row durable UPDATEs; rounds alternate which server goes first.
  *
- * - tenantd: a child process (`--sync full`, `--sync-flush` as given: shared by default, 1,000 open databases), the
+ * - tenantd: a child process (`--sync full`, `--sync-flush` as given: per-commit, the server's default, 1,000 open databases), the
  *   telemetry SDK installed as main.ts does, over grpc-js on one channel.
  * - PostgreSQL: a throwaway cluster (lib/postgres.ts: initdb into a temp
  *   dir, run as `postgres`, fsync and synchronous_commit on), a `pg.Pool`
@@ -41,7 +41,7 @@ const { values: flags } = parseArgs({
     rows: { type: 'string', default: '100' },
     concurrency: { type: 'string', default: '64' },
     shards: { type: 'string' },
-    'sync-flush': { type: 'string', default: 'shared' },
+    'sync-flush': { type: 'string', default: 'per-commit' },
   },
   strict: true,
 });
@@ -261,7 +261,7 @@ try {
     dataDir: mkdtempSync(join(tmpdir(), 'tenantd-peer-')),
     shards: Number(flags.shards ?? availableParallelism()),
     sync: 'full',
-    syncFlush: flags['sync-flush'] === 'per-commit' ? 'per-commit' : 'shared',
+    syncFlush: flags['sync-flush'] === 'shared' ? 'shared' : 'per-commit',
     maxOpenDbs: Math.max(1000, tenantCount),
   };
   cleanups.push(async () => rmSync(serverArgs.dataDir, { recursive: true, force: true }));

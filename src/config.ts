@@ -204,7 +204,8 @@ export function defaultConfig(): Config {
     dataDir: './data',
     shards: Math.max(1, availableParallelism()),
     sync: 'full',
-    syncFlush: 'shared',
+    // Not shared by default: one tenant's heavy writes would slow every neighbour's commits (README).
+    syncFlush: 'per-commit',
     // About 215 KiB of SQLite memory each (page cache, lookaside, statements): 256 are ~55 MB.
     maxOpenDbs: 256,
     metricsListen: '127.0.0.1:9464',
@@ -494,7 +495,7 @@ const OPTION_HELP: Record<string, [value: string, help: string]> = {
   'data-dir': ['DIR', 'catalog, tenant databases and admin.key (default ./data)'],
   shards: ['N', 'worker threads that run SQL (default: one per CPU)'],
   sync: ['full|normal', 'full: a commit is on disk before it is acknowledged (default full)'],
-  'sync-flush': ['shared|per-commit', 'with --sync full: one syncfs for a shard\'s commits before it answers, or an fsync per commit (default shared)'],
+  'sync-flush': ['shared|per-commit', 'with --sync full: an fsync per commit, or one syncfs for a shard\'s commits before it answers (default per-commit)'],
   'max-open-dbs': ['N', 'open tenant databases kept, least recently used closed first (default 256)'],
   'metrics-listen': ['HOST:PORT|off', 'Prometheus /metrics and /healthz, /readyz (default 127.0.0.1:9464)'],
   'log-level': ['debug|info|warn|error|silent', 'JSON log lines on stderr (default info)'],

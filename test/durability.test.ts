@@ -12,7 +12,7 @@ afterEach(() => {
 });
 
 /** `tenantd serve` as a child process; resolves once it prints its port. */
-function serveChild(dataDir: string, sync: 'full' | 'normal', syncFlush: 'shared' | 'per-commit' = 'shared'): Promise<{ child: ChildProcess; port: number; adminKey: string }> {
+function serveChild(dataDir: string, sync: 'full' | 'normal', syncFlush: 'shared' | 'per-commit' = 'per-commit'): Promise<{ child: ChildProcess; port: number; adminKey: string }> {
   const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--metrics-listen', 'off', '--sync', sync, '--sync-flush', syncFlush, '--shards', '2', '--log-level', 'warn'];
   const child = spawn(process.execPath, [BIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -49,8 +49,9 @@ import { afterCommit } from './requestLog.ts';
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
 /**
- * --sync full: one syncfs for the commits of many tenants before their answers (sharedFlush.ts), the
- * tenants' connections committing with synchronous=NORMAL; where that cannot work, a sync per commit.
+ * --sync full --sync-flush shared: one syncfs for the commits of many tenants before their answers
+ * (sharedFlush.ts), the tenants' connections committing with synchronous=NORMAL; where that cannot
+ * work, and by default, a sync per commit.
  */
 const sharedFlush = data.sync === 'full' && !data.syncPerCommit ? SharedFlush.open(data.dataDir) : null;
 if (sharedFlush !== null && sharedFlush.flush === null) {

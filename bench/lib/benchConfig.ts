@@ -32,7 +32,7 @@ export interface BenchServerArgs {
   dataDir: string;
   shards: number;
   sync: SyncMode;
-  /** --sync-flush; the server's default (shared) when absent. */
+  /** --sync-flush; the server's default (per-commit) when absent. */
   syncFlush?: Config['syncFlush'];
   maxOpenDbs: number;
 }

@@ -15,6 +15,7 @@ export interface ServerArgs {
   dataDir: string;
   shards?: number;
   sync?: SyncMode;
+  syncFlush?: 'shared' | 'per-commit';
   maxOpenDbs?: number;
 }
 
@@ -44,6 +45,7 @@ try {
     dataDir: args.dataDir,
     shards: args.shards ?? base.shards,
     sync: args.sync ?? base.sync,
+    syncFlush: args.syncFlush ?? base.syncFlush,
     maxOpenDbs: args.maxOpenDbs ?? base.maxOpenDbs,
     metricsListen: null,
     logLevel: 'warn',
