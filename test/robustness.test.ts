@@ -5,7 +5,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { status } from '@grpc/grpc-js';
 import { packageDefinition, PROTO_DIR } from '../src/protos.ts';
 import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
-import { decodeExecuteResponse } from './support/wire.ts';
+import { writeThenCrash } from './support/shardCrash.ts';
 
 let t: TestServer;
 let key: string;
@@ -175,29 +175,12 @@ describe('shard workers', () => {
     await t.sql(key, 'CREATE TABLE w (x)');
     // Enough quick calls that the shard counts the reader as quick (its open was not).
     for (let i = 0; i < 12; i++) await t.sql(readerKey, 'SELECT 1');
-    const shard = shards[1]!;
-    const exited = new Promise((r) => shard.thread.once('exit', r));
-    const limitsOf = (tenantId: string) => ({ readOnly: false, timeoutMs: 5_000, storageLimitBytes: -1, slot: t.server.registry.get(tenantId)!.slot.slot });
-    const statement = (sql: string) => ({ sql, params: [], named: null });
-    // One message to the worker: a write, another tenant's read, then the crash.
-    const write = shard.call({ op: 'execute', tenantId: id!, limits: limitsOf(id!), statement: statement('INSERT INTO w VALUES (1)') });
-    const read = shard.call({ op: 'execute', tenantId: reader!, limits: limitsOf(reader!), statement: statement('SELECT 1') }).catch((e: unknown) => e);
-    const crash = shard.call({ op: 'crash', tenantId: '' }).catch(() => undefined);
-    // The write's answer went out as soon as it committed: a committed write is
-    // never reported as failed. (The read's may be lost with the worker; reads are safe to retry.)
-    expect(decodeExecuteResponse(await write).rows_affected).toBe('1');
-    await Promise.all([read, crash]);
-    await exited;
-    let rows: unknown[][] | null = null;
-    for (let attempt = 0; attempt < 50 && rows === null; attempt++) {
-      try {
-        rows = rowsOf(await t.sql(key, 'SELECT count(*) FROM w'));
-      } catch {
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    }
+    // One message to the worker: a write, another tenant's read, then the crash. The write's answer
+    // went out as soon as it committed: a committed write is never reported as failed.
+    const { rowsAffected, rowsAfterRestart } = await writeThenCrash(t, shards[1]!, { id: id!, key }, reader!);
+    expect(rowsAffected).toBe('1');
     // And it is there, once, after the restart.
-    expect(rows).toEqual([[1n]]);
+    expect(rowsAfterRestart).toEqual([[1n]]);
   });
 });
 

@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import type { Config } from '../src/config.ts';
 import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
-import { decodeExecuteResponse } from './support/wire.ts';
+import { writeThenCrash } from './support/shardCrash.ts';
 
 const UNLIMITED = { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1', concurrent_requests: '-1', shard_ms_per_second: '-1' } };
 const TENANTS = 24;
@@ -79,25 +79,10 @@ describe('--sync full, shared flush', () => {
     for (let i = 0; i < 12; i++) await t.sql(readerKey, 'SELECT 1');
     const shard = t.server.router.shards[0]!;
     const syncsBefore = shard.syncs;
-    const exited = new Promise((r) => shard.thread.once('exit', r));
-    const limitsOf = (tenantId: string) => ({ readOnly: false, timeoutMs: 5_000, storageLimitBytes: -1, slot: t.server.registry.get(tenantId)!.slot.slot });
-    const statement = (sql: string) => ({ sql, params: [], named: null });
     // One message to the worker: a write (its answer held for the turn's sync), a read, then the crash.
-    const write = shard.call({ op: 'execute', tenantId: 'held', limits: limitsOf('held'), statement: statement('INSERT INTO w VALUES (1)') });
-    const read = shard.call({ op: 'execute', tenantId: 'reader', limits: limitsOf('reader'), statement: statement('SELECT 1') }).catch((e: unknown) => e);
-    const crash = shard.call({ op: 'crash', tenantId: '' }).catch(() => undefined);
-    expect(decodeExecuteResponse(await write).rows_affected).toBe('1');
-    await Promise.all([read, crash]);
-    await exited;
-    let rows: unknown[][] | null = null;
-    for (let attempt = 0; attempt < 50 && rows === null; attempt++) {
-      try {
-        rows = rowsOf(await t.sql(key, 'SELECT count(*) FROM w'));
-      } catch {
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    }
-    expect(rows).toEqual([[1n]]);
+    const { rowsAffected, rowsAfterRestart } = await writeThenCrash(t, shard, { id: 'held', key }, 'reader');
+    expect(rowsAffected).toBe('1');
+    expect(rowsAfterRestart).toEqual([[1n]]);
     // The counters survive the restart; the dying worker's last sync may not have been reported.
     expect(shard.syncs).toBeGreaterThanOrEqual(syncsBefore);
   }, 60_000);
