@@ -29,13 +29,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { status as Status } from '@grpc/grpc-js';
+import { syncFlushFlag } from './lib/benchConfig.ts';
 import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
 import { decodeFailure, fmtMs, line, loadLine, machineLine, numberFlag, parseFlags, percentile, RawClient, sortedCopy, UNLIMITED_QUOTAS } from './quota/common.ts';
 import type { ServerArgs, ServerReady } from './quota/server.ts';
 
 const flags = parseFlags(process.argv.slice(2), ['--mb', '--runtime', '--neighbour', '--sync-flush'], []);
-const neighbourWrites = (flags.get('--neighbour') ?? 'read') === 'write';
-const syncFlush = flags.get('--sync-flush') === 'shared' ? 'shared' : 'per-commit';
+const neighbour = flags.get('--neighbour') ?? 'read';
+if (neighbour !== 'read' && neighbour !== 'write') throw new Error('--neighbour: read or write');
+const neighbourWrites = neighbour === 'write';
+const syncFlush = syncFlushFlag(flags.get('--sync-flush'));
 const megabytes = Math.round(numberFlag(flags, '--mb', 256));
 const runtime = flags.get('--runtime') ?? 'node';
 if (runtime !== 'node' && runtime !== 'tsx') throw new Error('--runtime: node or tsx');

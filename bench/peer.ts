@@ -25,12 +25,12 @@ import * as grpc from '@grpc/grpc-js';
 import type { MethodDefinition } from '@grpc/proto-loader';
 import pg from 'pg';
 import { packageDefinition } from '../src/protos.ts';
-import type { BenchServerArgs } from './lib/benchConfig.ts';
+import { syncFlushFlag, type BenchServerArgs } from './lib/benchConfig.ts';
 import { startChild, type ChildServer } from './lib/child.ts';
 import { parseDuration } from './lib/loadgen.ts';
 import { startPostgres, type PostgresCluster } from './lib/postgres.ts';
 import { cpuStealMs } from './lib/procStat.ts';
-import { createTenants, POINT_READ, type BenchTenant } from './lib/tenants.ts';
+import { createTenants, POINT_READ, POINT_UPDATE, type BenchTenant } from './lib/tenants.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -51,7 +51,6 @@ const rounds = Number(flags.rounds ?? (quick ? 1 : 2));
 const tenantCount = Number(flags.tenants);
 const rows = Number(flags.rows);
 const concurrency = Number(flags.concurrency);
-const UPDATE = 'UPDATE accounts SET balance = balance + 1 WHERE id = ?';
 
 const line = (s = '') => process.stdout.write(`${s}\n`);
 const def = packageDefinition();
@@ -85,7 +84,7 @@ function tenantdTarget(child: ChildServer, tenants: BenchTenant[]): Target {
           m.path,
           m.requestSerialize as (v: object) => Buffer,
           m.responseDeserialize as (b: Buffer) => object,
-          { sql: kind === 'read' ? POINT_READ : UPDATE, params: [{ integer_value: String(id) }] },
+          { sql: kind === 'read' ? POINT_READ : POINT_UPDATE, params: [{ integer_value: String(id) }] },
           metadata[t]!,
           (error) => (error ? reject(error) : resolve()),
         ),
@@ -261,7 +260,7 @@ try {
     dataDir: mkdtempSync(join(tmpdir(), 'tenantd-peer-')),
     shards: Number(flags.shards ?? availableParallelism()),
     sync: 'full',
-    syncFlush: flags['sync-flush'] === 'shared' ? 'shared' : 'per-commit',
+    syncFlush: syncFlushFlag(flags['sync-flush']),
     maxOpenDbs: Math.max(1000, tenantCount),
   };
   cleanups.push(async () => rmSync(serverArgs.dataDir, { recursive: true, force: true }));
@@ -350,7 +349,7 @@ try {
   writeFileSync(
     new URL(`peer-${stamp}.md`, resultsDir),
     `# bench:peer ${new Date().toISOString()}\n\n${cpus()[0]?.model ?? ''}, ${availableParallelism()} cores, Node ${process.version}; ` +
-      `${tenantCount} tenants x ${rows} rows, -c ${concurrency}, ${rounds} round(s) x ${durationMs / 1000} s${quick ? ' (--quick)' : ''}\n\n` +
+      `tenantd --sync full --sync-flush ${flags['sync-flush']}; ${tenantCount} tenants x ${rows} rows, -c ${concurrency}, ${rounds} round(s) x ${durationMs / 1000} s${quick ? ' (--quick)' : ''}\n\n` +
       `${results.map((r) => `- ${r.kind} ${r.target}: ${r.callsPerSecond.toFixed(0)} calls/s, p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms, server ${r.serverUsPerCall.toFixed(0)} µs, client ${r.clientUsPerCall.toFixed(0)} µs, load ${r.load.toFixed(1)}, steal ${r.stealPct?.toFixed(1) ?? 'n/a'}%`).join('\n')}\n\n` +
       `${table.join('\n')}\n\nmemory: ${memory.join(', ')}\n`,
   );

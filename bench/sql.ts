@@ -14,7 +14,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageDefinition } from '../src/protos.ts';
-import type { BenchServerArgs } from './lib/benchConfig.ts';
+import { syncFlushFlag, type BenchServerArgs } from './lib/benchConfig.ts';
 import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
 import type { LoopResult } from './lib/closedLoop.ts';
 import { measureFrontEnd } from './lib/frontEndCost.ts';
@@ -22,9 +22,8 @@ import { parseDuration, runLoad } from './lib/loadgen.ts';
 import { cpuDelta, cpuSample, type CpuSample } from './lib/procStat.ts';
 import { formatNanoUnit, type GhzReport } from './lib/report.ts';
 import { compileData } from './lib/template.ts';
-import { createTenants, POINT_READ } from './lib/tenants.ts';
+import { createTenants, POINT_READ, POINT_UPDATE } from './lib/tenants.ts';
 
-const UPDATE = 'UPDATE accounts SET balance = balance + 1 WHERE id = ?';
 const KNOWN = ['--quick', '--duration', '--concurrency', '--connections', '--tenants', '--rows', '--shards', '--max-open-dbs', '--sync', '--profile', '--keep-data', '--runtime', '--rps', '--write', '--sync-flush'];
 
 function parseArgs(argv: string[]): Map<string, string> {
@@ -57,7 +56,7 @@ const serverArgs: BenchServerArgs = {
   dataDir: mkdtempSync(join(tmpdir(), 'tenantd-bench-')),
   shards: Number(args.get('--shards') ?? availableParallelism()),
   sync: (args.get('--sync') ?? 'normal') as BenchServerArgs['sync'],
-  ...(args.has('--sync-flush') ? { syncFlush: args.get('--sync-flush') as NonNullable<BenchServerArgs['syncFlush']> } : {}),
+  syncFlush: syncFlushFlag(args.get('--sync-flush')),
   maxOpenDbs: Number(args.get('--max-open-dbs') ?? 1000),
 };
 const resultsDir = new URL('./results/', import.meta.url);
@@ -70,7 +69,7 @@ const pct = (r: GhzReport, p: number) => r.latencyDistribution?.find((l) => l.pe
 
 line(`machine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${availableParallelism()} cores, Node ${process.version}, load average ${loadavg()[0]!.toFixed(1)} at start`);
 line(
-  `plan: ${tenantCount} tenants x ${rows} rows, ${serverArgs.shards} shards, max-open-dbs ${serverArgs.maxOpenDbs}, sync ${serverArgs.sync}; ` +
+  `plan: ${tenantCount} tenants x ${rows} rows, ${serverArgs.shards} shards, max-open-dbs ${serverArgs.maxOpenDbs}, sync ${serverArgs.sync}${serverArgs.sync === 'full' ? ` (--sync-flush ${serverArgs.syncFlush})` : ''}; ` +
     `load: -c ${concurrency} --connections ${connections} -z ${durationMs / 1000}s each after ${warmupMs / 1000}s warm-up`,
 );
 
@@ -98,7 +97,7 @@ try {
   // Same request stream for both servers: point reads with a random id, the
   // tenant key round-robined per request through ghz-style array metadata.
   // --write: single-row UPDATEs instead (the echo server still answers with its canned read).
-  const data = compileData({ sql: args.has('--write') ? UPDATE : POINT_READ, params: [{ integer_value: `{{randomInt 1 ${rows + 1}}}` }] });
+  const data = compileData({ sql: args.has('--write') ? POINT_UPDATE : POINT_READ, params: [{ integer_value: `{{randomInt 1 ${rows + 1}}}` }] });
   const metadata = compileData(tenants.map((t) => ({ authorization: `Bearer ${t.key}` })));
 
   const run = async (name: string, server: ChildServer, rps = 0) => {

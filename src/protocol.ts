@@ -318,8 +318,8 @@ export interface ShardWorkerData {
   shardIndex: number;
   dataDir: string;
   sync: SyncMode;
-  /** --sync-flush per-commit: SQLite's fsync at each commit rather than the shared flush (workers/sharedFlush.ts). */
-  syncPerCommit: boolean;
+  /** --sync-flush: with --sync full, SQLite's fsync at each commit, or the shared flush (workers/sharedFlush.ts). */
+  syncFlush: 'shared' | 'per-commit';
   maxOpenDbs: number;
   /** The shared quota pages that exist when the worker starts. */
   quotaPages: QuotaPageBuffers[];

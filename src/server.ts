@@ -149,7 +149,7 @@ export async function startServer(
         shardIndex: i,
         dataDir,
         sync: config.sync,
-        syncPerCommit: config.syncFlush === 'per-commit',
+        syncFlush: config.syncFlush,
         maxOpenDbs: Math.max(1, Math.ceil(config.maxOpenDbs / config.shards)),
         faultInjection: config.faultInjection,
         groupCommit: config.groupCommit,

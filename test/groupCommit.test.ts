@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
-import { RpcError, rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
+import { RpcError, rowsOf, startTestServer, until, v, type TestServer } from './support/server.ts';
 
 let t: TestServer;
 const UNLIMITED = { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1', concurrent_requests: '-1', shard_ms_per_second: '-1' } };
@@ -9,14 +9,6 @@ beforeAll(async () => {
   t = await startTestServer({ shards: 1, sync: 'full' });
 });
 afterAll(() => t.stop());
-
-async function until(condition: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`condition not met in ${timeoutMs} ms: ${condition}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 async function settle<T>(promises: Promise<T>[]) {
   const results = await Promise.allSettled(promises);

@@ -85,6 +85,8 @@ describe('/metrics', () => {
     // beforeAll wrote twice (CREATE TABLE, INSERT): two commits carrying one call each.
     expect(series(body, 'tenantd_shard_commits_total').reduce((sum, s) => sum + s.value, 0)).toBe(2);
     expect(series(body, 'tenantd_shard_committed_calls_total').reduce((sum, s) => sum + s.value, 0)).toBe(2);
+    // --sync full, per commit (the default): one sync each.
+    expect(series(body, 'tenantd_shard_syncs_total').reduce((sum, s) => sum + s.value, 0)).toBe(2);
     const open = series(body, 'tenantd_shard_open_databases');
     expect(open.reduce((sum, s) => sum + s.value, 0)).toBe(OPEN_TENANTS);
     // Per-tenant series are opt-in.

@@ -10,8 +10,9 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import type { Config } from '../src/config.ts';
-import { rowsOf, startTestServer, v, type TestServer } from './support/server.ts';
+import { rowsOf, startTestServer, until, v, type TestServer } from './support/server.ts';
 import { writeThenCrash } from './support/shardCrash.ts';
+import { TxStream } from './support/transaction.ts';
 
 const UNLIMITED = { quotas: { requests_per_second: '-1', write_bytes_per_second: '-1', concurrent_requests: '-1', shard_ms_per_second: '-1' } };
 const TENANTS = 24;
@@ -19,14 +20,6 @@ const WRITES_PER_TENANT = 10;
 
 const servers: TestServer[] = [];
 afterAll(() => Promise.all(servers.map((s) => s.stop())));
-
-async function until(condition: () => boolean, what: () => string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`not met in ${timeoutMs} ms: ${what()}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** Many tenants on one shard, each written by concurrent single-row INSERTs; returns the shard's counters after. */
 async function writeMany(overrides: Partial<Config>): Promise<{ commits: number; committedCalls: number; syncs: number; t: TestServer; keys: string[] }> {
@@ -68,6 +61,38 @@ describe('--sync full, shared flush', () => {
     const normal = await writeMany({ sync: 'normal' });
     expect(normal.commits).toBe(TENANTS * WRITES_PER_TENANT);
     expect(normal.syncs).toBe(0);
+  }, 60_000);
+
+  it('syncs for commits on every path that writes: a Batch, an interactive Transaction on its own connection, a Query', async () => {
+    const t = await startTestServer({ shards: 1, sync: 'full', syncFlush: 'shared' });
+    servers.push(t);
+    const key = await t.createTenant('paths', UNLIMITED);
+    await t.sql(key, 'CREATE TABLE w (id INTEGER PRIMARY KEY, n INTEGER)');
+    const shard = t.server.router.forTenant('paths');
+    // Each write below is one commit on an otherwise idle shard, so each must bring one sync before its answer.
+    const oneMoreSync = async (what: string, write: () => Promise<unknown>) => {
+      await until(() => shard.syncs >= 1, () => `syncs ${shard.syncs} before ${what}`);
+      const before = shard.syncs;
+      await write();
+      await until(() => shard.syncs === before + 1, () => `${what}: syncs ${shard.syncs}, expected ${before + 1}`);
+    };
+    await oneMoreSync('Batch', () =>
+      t.client.call('SqlService', 'Batch', { statements: [{ sql: 'INSERT INTO w (n) VALUES (1)' }, { sql: 'INSERT INTO w (n) VALUES (2)' }] }, { key }),
+    );
+    await oneMoreSync('Transaction', async () => {
+      const tx = TxStream.open(t.client, { key });
+      await tx.begin('IMMEDIATE');
+      await tx.exec('INSERT INTO w (n) VALUES (3)');
+      expect((await tx.commit()).committed).toEqual({ replayed: false });
+      await tx.closed();
+    });
+    await oneMoreSync('Query', () => t.client.stream('SqlService', 'Query', { sql: 'INSERT INTO w (n) VALUES (4) RETURNING id' }, { key }));
+    // A read commits nothing: no sync.
+    const before = shard.syncs;
+    await t.sql(key, 'SELECT count(*) FROM w');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(shard.syncs).toBe(before);
+    expect(rowsOf(await t.sql(key, 'SELECT count(*) FROM w'))).toEqual([[4n]]);
   }, 60_000);
 
   it('still answers a write that committed when its shard dies in the same turn, its answer held for the sync', async () => {

@@ -50,8 +50,8 @@ export class Replies {
     if (recent === undefined || recent >= HOLD_MS || performance.now() - this.heldSince >= HOLD_MS) this.flush();
   }
 
-  /** Holds the answer of a quick read. */
-  hold(answer: PackedResult): void {
+  /** Holds the answer of a quick read (with the shared flush, also a write's, for the turn's sync). */
+  hold(answer: Answer): void {
     if (this.held.length === 0) this.heldSince = performance.now();
     this.held.push(answer);
     if (this.held.length >= MAX_HELD) this.flush();
@@ -59,10 +59,7 @@ export class Replies {
 
   /** Holds several answers (a group commit's, with the shared flush), posted with the rest. */
   holdAll(answers: readonly Answer[]): void {
-    if (answers.length === 0) return;
-    if (this.held.length === 0) this.heldSince = performance.now();
-    for (const answer of answers) this.held.push(answer);
-    if (this.held.length >= MAX_HELD) this.flush();
+    for (const answer of answers) this.hold(answer);
   }
 
   /** Posts `answer` now, after whatever is held (so that answers keep their order). */
@@ -74,6 +71,15 @@ export class Replies {
     }
     this.held.push(answer);
     this.flush();
+  }
+
+  /**
+   * Posts a Query's chunk now, its bytes transferred, not copied (answers of other calls that are
+   * held may follow it: they are not its own). Through here, so that nothing leaves unsynced.
+   */
+  postChunk(chunk: ShardResponse & { kind: 'chunk' }): void {
+    this.beforePost();
+    this.port.postMessage(chunk, [chunk.chunk.bytes.buffer as ArrayBuffer]);
   }
 
   /** Posts several answers now, in one message with whatever is held. */

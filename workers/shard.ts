@@ -36,7 +36,7 @@ import { isWrite, runGroup, sameGroup, type Outcome, type WriteRequest } from '.
 import { Replies } from './replies.ts';
 import { encodeBatchResponse, encodeExecuteResponse } from './resultWire.ts';
 import { SharedFlush } from './sharedFlush.ts';
-import { commitStats, countCommit, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, setSyncPerCommit, shardClock, withShardSpan } from './telemetry.ts';
+import { countCommit, countSync, reportGroupSpans, reportSpanSince, reportStats, reportSweeps, setSyncPerCommit, shardClock, withShardSpan } from './telemetry.ts';
 import { ShardError } from './shardError.ts';
 import { diskFull, hostFault } from './sqlErrors.ts';
 import Database from 'better-sqlite3';
@@ -53,7 +53,7 @@ const port = parentPort!;
  * (sharedFlush.ts), the tenants' connections committing with synchronous=NORMAL; where that cannot
  * work, and by default, a sync per commit.
  */
-const sharedFlush = data.sync === 'full' && !data.syncPerCommit ? SharedFlush.open(data.dataDir) : null;
+const sharedFlush = data.sync === 'full' && data.syncFlush === 'shared' ? SharedFlush.open(data.dataDir) : null;
 if (sharedFlush !== null && sharedFlush.flush === null) {
   process.stderr.write(
     `${JSON.stringify({ level: 'warn', msg: 'shared flush unavailable: a sync per commit instead', shard: data.shardIndex, reason: sharedFlush.reason })}\n`,
@@ -71,14 +71,13 @@ const pool = new DbPool(data.dataDir, flush === null ? data.sync : 'normal', dat
 function beforeAnswer(): void {
   if (flush === null) return;
   try {
-    flush.beforeAnswer();
+    if (flush.beforeAnswer()) countSync();
   } catch (error) {
     process.stderr.write(
       `${JSON.stringify({ level: 'fatal', msg: 'shared flush failed: the shard stops without answering', shard: data.shardIndex, error: (error as Error).message })}\n`,
     );
     process.exit(70);
   }
-  commitStats.syncs = flush.syncs;
 }
 const quotaPages: QuotaPage[] = data.quotaPages.map(viewPage);
 setRequestWindow(data.idempotencyWindowMs);
@@ -140,11 +139,8 @@ function handle(request: Call): ShardResults[Call['op']] {
     case 'query': {
       const id = request.id;
       const db = pool.get(request.tenantId);
-      const rowCount = db.query(request.statement, request.limits, request.rowsPerChunk, (chunk) => {
-        // Transferred, not copied: the chunk's bytes exist once on each side of the port.
-        beforeAnswer();
-        port.postMessage({ id, kind: 'chunk', chunk } satisfies ShardResponse, [chunk.bytes.buffer as ArrayBuffer]);
-      });
+      // Transferred, not copied: the chunk's bytes exist once on each side of the port.
+      const rowCount = db.query(request.statement, request.limits, request.rowsPerChunk, (chunk) => replies.postChunk({ id, kind: 'chunk', chunk }));
       record(db, request.limits.slot, rowCount, 0);
       return { rowCount };
     }
@@ -281,15 +277,15 @@ function answer(request: Call): void {
 function answerGroup(db: TenantDb, outcomes: Outcome[]): void {
   const succeeded = outcomes.filter((o) => o.error === undefined).length;
   if (db.takeWrote() && succeeded > 0) countCommit(succeeded);
-  (flush === null ? replies.postAll : replies.holdAll).call(replies,
-    outcomes.map(({ request, result, error }): PackedResult | ShardResponse => {
-      if (error !== undefined) return { id: request.id, kind: 'error', error: toWire(request, error) };
-      recordResults(db, request.limits.slot, result!);
-      return request.op === 'execute'
-        ? packResult(request.id, encodeExecuteResponse(result as ExecuteResult))
-        : { id: request.id, kind: 'ok', result: encodeBatchResponse(result as ExecuteResult[]) };
-    }),
-  );
+  const answers = outcomes.map(({ request, result, error }): PackedResult | ShardResponse => {
+    if (error !== undefined) return { id: request.id, kind: 'error', error: toWire(request, error) };
+    recordResults(db, request.limits.slot, result!);
+    return request.op === 'execute'
+      ? packResult(request.id, encodeExecuteResponse(result as ExecuteResult))
+      : { id: request.id, kind: 'ok', result: encodeBatchResponse(result as ExecuteResult[]) };
+  });
+  if (flush === null) replies.postAll(answers);
+  else replies.holdAll(answers);
 }
 
 /**

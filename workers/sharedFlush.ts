@@ -18,12 +18,10 @@ const ENTRY_POINT = 'sqlite3_tenantdflush_init';
 type LoadExtension = (this: Database.Database, path: string, entryPoint?: string) => Database.Database;
 
 export class SharedFlush {
-  /** Syncs that found the thread dirty, since start. */
-  syncs = 0;
   private readonly sync: Database.Statement<[string, number], number>;
 
   private constructor(
-    private readonly db: Database.Database,
+    db: Database.Database,
     private readonly dir: string,
   ) {
     this.sync = db.prepare<[string, number], number>('SELECT tenantd_sync(?, ?)').pluck().safeIntegers(false);
@@ -50,14 +48,11 @@ export class SharedFlush {
 
   /**
    * Makes every commit of this thread so far durable, if there was one since
-   * the last call. Throws when the filesystem cannot be synced: what was
-   * committed may then be lost at power loss, and must not be acknowledged.
+   * the last call; true when it synced. Throws when the filesystem cannot be
+   * synced: what was committed may then be lost at power loss, and must not
+   * be acknowledged. The connection lives as long as the worker.
    */
-  beforeAnswer(): void {
-    if (this.sync.get(this.dir, 0) === 1) this.syncs++;
-  }
-
-  close(): void {
-    this.db.close();
+  beforeAnswer(): boolean {
+    return this.sync.get(this.dir, 0) === 1;
   }
 }

@@ -74,6 +74,11 @@ export function setSyncPerCommit(on: boolean): void {
   syncPerCommit = on;
 }
 
+/** Notes one shared sync (sharedFlush.ts) that made the commits before it durable. */
+export function countSync(): void {
+  commitStats.syncs++;
+}
+
 /** Notes one commit that made `calls` calls' writes durable. */
 export function countCommit(calls: number): void {
   commitStats.commits++;

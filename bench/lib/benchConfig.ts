@@ -28,6 +28,13 @@ export const UNLIMITED_PROTO_QUOTAS = {
   concurrent_transactions: '-1',
 };
 
+/** A bench's --sync-flush value: the server's default (per-commit) when absent. */
+export function syncFlushFlag(value: string | undefined): Config['syncFlush'] {
+  if (value === undefined || value === 'per-commit') return 'per-commit';
+  if (value === 'shared') return 'shared';
+  throw new Error(`--sync-flush: shared or per-commit, not ${value}`);
+}
+
 export interface BenchServerArgs {
   dataDir: string;
   shards: number;

@@ -32,6 +32,8 @@ export function unary(client: grpc.Client, def: PackageDefinition, service: stri
 }
 
 export const POINT_READ = 'SELECT id, name, balance FROM accounts WHERE id = ?';
+/** The single-row write of bench:peer and `bench:sql --write`. */
+export const POINT_UPDATE = 'UPDATE accounts SET balance = balance + 1 WHERE id = ?';
 
 export async function createTenants(
   host: string,

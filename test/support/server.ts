@@ -278,3 +278,12 @@ export function plain(value: any): unknown {
 export function rowsOf(response: any): unknown[][] {
   return response.rows.map((row: any) => row.values.map(plain));
 }
+
+/** Polls `condition` every 10 ms until it holds; throws after `timeoutMs` with what `what` says of the state then. */
+export async function until(condition: () => boolean, what: () => string = () => String(condition), timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`not met in ${timeoutMs} ms: ${what()}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

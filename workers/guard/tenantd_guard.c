@@ -1047,7 +1047,7 @@ static int authorizer(
 }
 
 /* ---------------------------------------------------------------------------
-** Shared flush (--sync full on Linux). Tenant connections then commit with
+** Shared flush (--sync full --sync-flush shared, Linux). Tenant connections then commit with
 ** synchronous=NORMAL: their WAL is written but not synced at each commit.
 ** Every commit on a guarded connection marks the calling thread dirty (a
 ** commit hook, so no path that writes can be missed), and the shard, before
@@ -1055,7 +1055,8 @@ static int authorizer(
 ** of its own: if the thread is dirty, one syncfs(2) of the data directory's
 ** filesystem makes every commit so far durable at once, instead of one
 ** fsync per tenant file and commit. The flag is per thread: a shard's
-** commits all run on its own thread.
+** commits all run on its own thread. The hook is on every guarded
+** connection (one store per commit); only the shared flush reads the flag.
 */
 static __thread int threadDirty = 0;
 
