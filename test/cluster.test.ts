@@ -378,6 +378,24 @@ describe.skipIf(process.env.TENANTD_SKIP_CLUSTER === '1')('a cluster placed thro
     await waitFor('n2 to serve its slot again', async () => (await count(zombie.client, victim)) === before, 20_000);
   }, 90_000);
 
+  it('registers a node again when its key goes while its lease lives (a late put of an abandoned lease, then revoked)', async () => {
+    const node = cluster.nodes.find((n) => n.child.exitCode === null && n.child.signalCode === null && n.id !== cluster.live().id)!;
+    const listed = async () => {
+      const p = await cluster.live().client.call('ClusterService', 'GetPlacement', {}, { key: cluster.adminKey });
+      return p.nodes.some((n: { node_id: string }) => n.node_id === node.id);
+    };
+    await waitFor(`${node.id} to be listed`, listed, 20_000);
+    const etcd = new Etcd3({ hosts: cluster.etcdUrl });
+    try {
+      await etcd.delete().key(`/tenantd/nodes/${node.id}`);
+      await waitFor(`${node.id} to leave the listing`, async () => !(await listed()), 10_000);
+      // Its lease is renewed all along: only the node noticing its key is gone brings it back.
+      await waitFor(`${node.id} to register again`, listed, 20_000);
+    } finally {
+      etcd.close();
+    }
+  }, 60_000);
+
   it('keeps serving from cached placement while etcd restarts, and moves again afterwards', async () => {
     const tenantId = TENANTS[11]!;
     await cluster.stopEtcd();

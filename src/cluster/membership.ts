@@ -26,6 +26,8 @@ export class Membership {
   private renewedAt = -Infinity;
   private stopped = false;
   private regranting: Promise<void> | null = null;
+  /** Watchdog ticks in a row on which this node's key was missing from the placement it watches. */
+  private missingTicks = 0;
 
   constructor(
     private readonly etcd: Etcd3,
@@ -41,9 +43,24 @@ export class Membership {
     // etcd3 reports a lost lease only a whole TTL after the last renewal, by which time this node is
     // fenced. Past half the TTL without a renewal (etcd restarting, or partitioned away), ask for a
     // new lease: the moment etcd answers again, the node is renewed without ever being fenced.
+    //
+    // And the registration must be there while the lease lives: a put that etcd applied after this node
+    // had given up on it (a grant timing out as etcd came back) leaves the key on a lease that is then
+    // revoked, which deletes it, while the new lease is renewed without a key. Missing from the watched
+    // placement on two ticks in a row (one may be the watch catching up), it is put again.
     this.watchdog = setInterval(() => {
+      if (this.stopped || this.regranting !== null) return;
       const staleMs = performance.now() - this.renewedAt;
-      if (!this.stopped && this.regranting === null && staleMs > (this.options.ttlSeconds * 1000) / 2) this.regrant();
+      if (staleMs > (this.options.ttlSeconds * 1000) / 2) {
+        this.regrant();
+        return;
+      }
+      const lease = this.lease;
+      this.missingTicks = lease !== null && this.placement.node(this.self.id) === null ? this.missingTicks + 1 : 0;
+      if (lease === null || this.missingTicks < 2) return;
+      this.missingTicks = 0;
+      this.options.onLog('warn', 'cluster registration missing while its lease lives; registering again', { node: this.self.id });
+      this.register(lease).catch((error: unknown) => this.options.onLog('warn', 'cannot register again yet', { error: String(error) }));
     }, 1000);
     this.watchdog.unref();
   }
@@ -92,7 +109,7 @@ export class Membership {
         new Promise<T>((_, reject) => setTimeout(() => reject(new Error('etcd did not answer in time')), this.options.ttlSeconds * 1000).unref()),
       ]);
     try {
-      await within(Promise.resolve(lease.put(`${NODES}${this.self.id}`).value(JSON.stringify({ grpc: this.self.grpc, internal: this.self.internal }))));
+      await within(this.register(lease));
       // What this node cached may be older than the lease it just got.
       await within(this.placement.reload());
     } catch (error) {
@@ -102,6 +119,11 @@ export class Membership {
     }
     this.renewedAt = performance.now();
     this.options.onLog('info', 'cluster lease granted', { node: this.self.id, ttlSeconds: this.options.ttlSeconds });
+  }
+
+  /** Puts this node's key under `lease`. */
+  private async register(lease: Lease): Promise<void> {
+    await lease.put(`${NODES}${this.self.id}`).value(JSON.stringify({ grpc: this.self.grpc, internal: this.self.internal }));
   }
 
   private regrant(): void {
