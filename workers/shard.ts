@@ -432,7 +432,6 @@ function nextOf(line: TurnLine): Queued | undefined {
   return undefined;
 }
 
-/** After a tenant's turn: back in line for its next one, behind whoever arrived meanwhile. */
 /** A parked call's turn again (a transaction released the write lock): first in its tenant's queue. */
 function requeue(request: Queued): void {
   const queue = queues.get(request.tenantId);
@@ -444,6 +443,7 @@ function requeue(request: Queued): void {
   if (!running) setImmediate(runWaiting);
 }
 
+/** After a tenant's turn: back in line for its next one, behind whoever arrived meanwhile. */
 function endTurn(tenantId: string, ms: number): void {
   if (ms >= LONG_TURN_MS) receiveWaiting();
   const queue = queues.get(tenantId);

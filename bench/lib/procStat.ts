@@ -16,8 +16,18 @@ export function mainThreadCpuMs(): number | null {
 
 /** Milliseconds of CPU one thread of this process (by OS thread id) has used, or null where /proc is missing. */
 export function threadCpuMs(tid: number): number | null {
+  return statCpuMs(`/proc/self/task/${tid}/stat`);
+}
+
+/** Milliseconds of CPU another process (all its threads) has used, or null where it or /proc is missing. */
+export function processCpuMs(pid: number): number | null {
+  return statCpuMs(`/proc/${pid}/stat`);
+}
+
+/** utime + stime of a /proc stat file. */
+function statCpuMs(path: string): number | null {
   try {
-    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    const stat = readFileSync(path, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (Number(fields[11]) + Number(fields[12])) * TICK_MS;

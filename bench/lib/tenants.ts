@@ -42,6 +42,8 @@ export async function createTenants(
   count: number,
   rows: number,
   onProgress?: (done: number) => void,
+  /** Tenant ids are `<prefix><5-digit index>`: distinct prefixes keep the ids of several servers apart. */
+  prefix = 'bench',
 ): Promise<BenchTenant[]> {
   const client = new grpc.Client(host, grpc.credentials.createInsecure());
   const createTenant = unary(client, def, 'tenantd.v1.TenantService', 'CreateTenant');
@@ -50,7 +52,7 @@ export async function createTenants(
   let next = 0;
   let done = 0;
   const one = async (i: number) => {
-    const tenantId = `bench${String(i).padStart(5, '0')}`;
+    const tenantId = `${prefix}${String(i).padStart(5, '0')}`;
     const created = await createTenant(
       { tenant_id: tenantId, tenant: { plan: BENCH_PLAN, quotas: UNLIMITED_PROTO_QUOTAS, display_name: 'bench' } },
       adminKey,
