@@ -17,7 +17,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -28,6 +28,7 @@ import { buildCompiled, startChild, type ChildServer } from './lib/child.ts';
 import { parseDuration } from './lib/loadgen.ts';
 import { processCpuMs } from './lib/procStat.ts';
 import { createTenants, POINT_READ, type BenchTenant } from './lib/tenants.ts';
+import { freePort } from '../test/support/freePort.ts';
 
 const PYTHON = '/usr/bin/python3';
 const METHOD = '/tenantd.v1.SqlService/Execute';
@@ -149,18 +150,6 @@ async function measure(setup: Setup): Promise<Measured> {
 function check(): void {
   const probe = spawnSync(PYTHON, ['-c', 'import grpc'], { encoding: 'utf8' });
   if (probe.status !== 0) throw new Error(`${PYTHON} cannot import grpc (apt-get install python3-grpcio): ${probe.error?.message ?? probe.stderr.trim()}`);
-}
-
-/** A free loopback port (bound, read, released). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 /**

@@ -8,7 +8,6 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -16,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageDefinition } from '../src/protos.ts';
 import { channelCredentials } from '../src/tls/clientCredentials.ts';
 import { freshDataDir, startTestServer, type TestServer } from './support/server.ts';
+import { freePort } from './support/freePort.ts';
 
 const NGINX = process.env.TENANTD_NGINX ?? '/usr/sbin/nginx';
 const CONF = fileURLToPath(new URL('../deploy/nginx-tls.conf', import.meta.url));
@@ -29,17 +29,6 @@ const nodes: TestServer[] = [];
 let nginx: ChildProcess | null = null;
 let tlsPort = 0;
 let plainPort = 0;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function call(port: number, creds: grpc.ChannelCredentials, service: string, method: string, request: object, md: Record<string, string>): Promise<any> {
   const client = new loaded.tenantd.v1[service](`127.0.0.1:${port}`, creds, { 'grpc.ssl_target_name_override': 'localhost' });

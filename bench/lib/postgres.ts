@@ -8,9 +8,9 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '../../test/support/freePort.ts';
 
 /** USER_HZ, the unit of /proc/<pid>/stat times. */
 const TICK_MS = 10;
@@ -30,17 +30,6 @@ export function findPostgresBin(): string {
   const majors = existsSync(root) ? readdirSync(root).filter((d) => existsSync(join(root, d, 'bin', 'postgres'))) : [];
   if (majors.length === 0) throw new Error('PostgreSQL is not installed: apt-get install -y postgresql (Debian: /usr/lib/postgresql/<major>/bin)');
   return join(root, majors.sort((a, b) => Number(b) - Number(a))[0]!, 'bin');
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 function procStat(pid: number): string[] | null {

@@ -6,10 +6,11 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freshDataDir, TestClient } from './server.ts';
+import { freePort } from './freePort.ts';
+export { freePort };
 
 export const ETCD = process.env.TENANTD_ETCD ?? '/usr/bin/etcd';
 export const HAPROXY = process.env.TENANTD_HAPROXY ?? '/usr/sbin/haproxy';
@@ -26,17 +27,6 @@ export function missingTools(): string | null {
     }
   }
   return null;
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 export async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
