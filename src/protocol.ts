@@ -207,9 +207,12 @@ export interface ShardStats {
   committedCalls: number;
   /**
    * Syncs that made commits durable: under --sync full one per commit, or, with the shared flush
-   * (Linux), one syncfs of the data directory's filesystem for all the commits before an answer.
+   * (Linux), one for all the commits before an answer: an fsync of the WAL when they all went to
+   * one tenant's file, else a syncfs of the data directory's filesystem.
    */
   syncs: number;
+  /** Of `syncs`, those that were a syncfs of the whole filesystem (the shared flush only). */
+  filesystemSyncs: number;
   /** The worker's OS thread id (Linux; null elsewhere): its CPU time is /proc/<pid>/task/<id>/stat. */
   osThreadId: number | null;
 }

@@ -71,7 +71,8 @@ const pool = new DbPool(data.dataDir, flush === null ? data.sync : 'normal', dat
 function beforeAnswer(): void {
   if (flush === null) return;
   try {
-    if (flush.beforeAnswer()) countSync();
+    const synced = flush.beforeAnswer();
+    if (synced !== null) countSync(synced);
   } catch (error) {
     process.stderr.write(
       `${JSON.stringify({ level: 'fatal', msg: 'shared flush failed: the shard stops without answering', shard: data.shardIndex, error: (error as Error).message })}\n`,

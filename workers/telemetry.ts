@@ -65,7 +65,7 @@ export function reportGroupSpans(outcomes: readonly { request: ShardRequest }[],
 }
 
 /** Counted by the shard as it commits; read by reportStats. */
-export const commitStats = { commits: 0, committedCalls: 0, syncs: 0 };
+export const commitStats = { commits: 0, committedCalls: 0, syncs: 0, filesystemSyncs: 0 };
 
 /** Whether each commit syncs (--sync full without the shared flush); the shared flush counts its own syncs. */
 let syncPerCommit = false;
@@ -74,9 +74,10 @@ export function setSyncPerCommit(on: boolean): void {
   syncPerCommit = on;
 }
 
-/** Notes one shared sync (sharedFlush.ts) that made the commits before it durable. */
-export function countSync(): void {
+/** Notes one shared sync (sharedFlush.ts) that made the commits before it durable: of one file, or of the filesystem. */
+export function countSync(kind: 'file' | 'filesystem'): void {
   commitStats.syncs++;
+  if (kind === 'filesystem') commitStats.filesystemSyncs++;
 }
 
 /** Notes one commit that made `calls` calls' writes durable. */
@@ -102,7 +103,7 @@ function osThreadId(): number | null {
   }
 }
 
-const reported: ShardStats = { openDatabases: -1, commits: 0, committedCalls: 0, syncs: 0, osThreadId: osThreadId() };
+const reported: ShardStats = { openDatabases: -1, commits: 0, committedCalls: 0, syncs: 0, filesystemSyncs: 0, osThreadId: osThreadId() };
 
 /** Tells the front end the shard's gauges and counters; posts only when something changed. */
 export function reportStats(openDatabases: number): void {
@@ -111,5 +112,6 @@ export function reportStats(openDatabases: number): void {
   reported.commits = commitStats.commits;
   reported.committedCalls = commitStats.committedCalls;
   reported.syncs = commitStats.syncs;
+  reported.filesystemSyncs = commitStats.filesystemSyncs;
   post({ id: 0, kind: 'stats', stats: { ...reported } });
 }

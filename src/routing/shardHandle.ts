@@ -94,6 +94,7 @@ export class ShardHandle implements ObservedShard {
   private retiredCommits = 0;
   private retiredCommittedCalls = 0;
   private retiredSyncs = 0;
+  private retiredFilesystemSyncs = 0;
   /** Requests of this event-loop turn, posted together by flush(). */
   private outbox: (ShardRequest | PackedExecute)[] = [];
   private flushScheduled = false;
@@ -148,6 +149,11 @@ export class ShardHandle implements ObservedShard {
   /** Syncs that made those commits durable: one per commit, or one shared by many (the shared flush). */
   get syncs(): number {
     return this.retiredSyncs + (this.stats?.syncs ?? 0);
+  }
+
+  /** Of `syncs`, those that were a syncfs of the whole filesystem (the shared flush, commits to several tenants). */
+  get filesystemSyncs(): number {
+    return this.retiredFilesystemSyncs + (this.stats?.filesystemSyncs ?? 0);
   }
 
   get restartCount(): number {
@@ -344,7 +350,8 @@ export class ShardHandle implements ObservedShard {
       this.retiredCommits += this.stats.commits;
       this.retiredCommittedCalls += this.stats.committedCalls;
       this.retiredSyncs += this.stats.syncs;
-      this.stats = { openDatabases: 0, commits: 0, committedCalls: 0, syncs: 0, osThreadId: null };
+      this.retiredFilesystemSyncs += this.stats.filesystemSyncs;
+      this.stats = { openDatabases: 0, commits: 0, committedCalls: 0, syncs: 0, filesystemSyncs: 0, osThreadId: null };
     }
     // Calls not yet posted are in `pending` too and fail with the rest.
     this.outbox = [];

@@ -18,6 +18,8 @@ export const ATTR_REQUEST_ID = 'tenantd.request_id';
 export const ATTR_SHARD_OP = 'tenantd.shard.op';
 export const ATTR_QUOTA = 'tenantd.quota';
 export const ATTR_SOURCE = 'tenantd.source';
+/** What a sync made durable: `file` (one tenant file's fsync) or `filesystem` (a syncfs). */
+export const ATTR_SYNC_KIND = 'tenantd.sync.kind';
 
 /** Histogram, ms: time from the handler's start to the status being handed to grpc-js. */
 export const METRIC_RPC_SERVER_DURATION = 'rpc.server.duration';

@@ -18,6 +18,7 @@ import {
   ATTR_RPC_SYSTEM,
   ATTR_SHARD,
   ATTR_SOURCE,
+  ATTR_SYNC_KIND,
   ATTR_TENANT_ID,
   DURATION_BUCKETS_MS,
   METRIC_INTERNAL_ERRORS,
@@ -49,6 +50,8 @@ export interface ObservedShard {
   readonly commits: number;
   readonly committedCalls: number;
   readonly syncs: number;
+  /** Of `syncs`, those that were a syncfs of the whole filesystem. */
+  readonly filesystemSyncs: number;
 }
 
 export interface MetricSources {
@@ -56,13 +59,13 @@ export interface MetricSources {
   storageBytes(): number;
 }
 
-/** The attributes of one method, and of its end with each status code; its calls in flight. */
 /** Calls ended with one set of attributes, counted here and observed when the metrics are collected. */
 interface EndedCount {
   readonly attributes: Attributes;
   count: number;
 }
 
+/** The attributes of one method, and of its end with each status code; its calls in flight. */
 export class MethodAttributes {
   readonly base: Attributes;
   inFlight = 0;
@@ -146,7 +149,9 @@ export class ServerMetrics {
       unit: '{call}',
     });
     const syncs = meter.createObservableCounter(METRIC_SHARD_SYNCS, {
-      description: 'Syncs that made commits durable: one per commit, or one syncfs shared by the commits before an answer (the shared flush)',
+      description:
+        'Syncs that made commits durable: one per commit, or one shared by the commits before an answer (the shared flush); ' +
+        'kind "file" is one tenant file\'s fsync, kind "filesystem" a syncfs of the data directory\'s filesystem',
       unit: '{sync}',
     });
     const storage = meter.createObservableGauge(METRIC_STORAGE_BYTES, {
@@ -159,6 +164,10 @@ export class ServerMetrics {
     });
     const sourceAttributes = INTERNAL_ERROR_SOURCES.map((source) => [source, { [ATTR_SOURCE]: source }] as const);
     const shardAttributes = sources.shards.map((shard) => ({ [ATTR_SHARD]: shard.index }));
+    const syncAttributes = sources.shards.map((shard) => ({
+      file: { [ATTR_SHARD]: shard.index, [ATTR_SYNC_KIND]: 'file' },
+      filesystem: { [ATTR_SHARD]: shard.index, [ATTR_SYNC_KIND]: 'filesystem' },
+    }));
     this.observe = (result) => {
       try {
         for (const method of this.methods) {
@@ -172,7 +181,8 @@ export class ServerMetrics {
           if (shard.openDatabases !== null) result.observe(openDatabases, shard.openDatabases, attributes);
           result.observe(commits, shard.commits, attributes);
           result.observe(committedCalls, shard.committedCalls, attributes);
-          result.observe(syncs, shard.syncs, attributes);
+          result.observe(syncs, shard.syncs - shard.filesystemSyncs, syncAttributes[i]!.file);
+          if (shard.filesystemSyncs > 0) result.observe(syncs, shard.filesystemSyncs, syncAttributes[i]!.filesystem);
         });
         result.observe(storage, sources.storageBytes());
         for (const [source, attributes] of sourceAttributes) result.observe(internalErrors, internalErrorCount(source), attributes);

@@ -160,7 +160,6 @@ export class LoopbackCluster {
     return node;
   }
 
-  /** A node whose process runs. */
   /** Nodes a test has stopped with SIGSTOP (pause()): alive, but they answer nothing. */
   private readonly paused = new Set<Node>();
 
