@@ -208,7 +208,7 @@ describe.skipIf(!canTrace)('--sync-flush shared under strace', () => {
         return key;
       };
       const solo = await create('solo');
-      const crowd = await Promise.all(Array.from({ length: 8 }, (_, i) => create(`crowd${i}`)));
+      const crowd = await Promise.all(Array.from({ length: 12 }, (_, i) => create(`crowd${i}`)));
       for (let n = 0; n < 20; n++) await client.call('SqlService', 'Execute', { sql: 'INSERT INTO w VALUES (?)', params: [v.int(n)] }, { key: solo });
       // Several tenants' writes in flight at once: their commits meet in shard turns.
       await Promise.all(
