@@ -63,6 +63,15 @@ async function writeMany(
   };
 }
 
+/** A one-shard server with the shared flush, and one tenant with a table `w` to write. */
+async function sharedFlushTenant(tenantId: string) {
+  const t = await startTestServer({ shards: 1, sync: 'full', syncFlush: 'shared' });
+  servers.push(t);
+  const key = await t.createTenant(tenantId, UNLIMITED);
+  await t.sql(key, 'CREATE TABLE w (id INTEGER PRIMARY KEY, n INTEGER)');
+  return { t, key, shard: t.server.router.forTenant(tenantId) };
+}
+
 describe('--sync full, shared flush', () => {
   it('makes the commits of many tenants durable with far fewer syncs than commits', async () => {
     const { commits, syncs, filesystemSyncs } = await writeMany({ sync: 'full', syncFlush: 'shared' });
@@ -74,11 +83,7 @@ describe('--sync full, shared flush', () => {
   }, 60_000);
 
   it('syncs a lone writer’s commits by an fsync of its file, not of the whole filesystem', async () => {
-    const t = await startTestServer({ shards: 1, sync: 'full', syncFlush: 'shared' });
-    servers.push(t);
-    const key = await t.createTenant('solo', UNLIMITED);
-    await t.sql(key, 'CREATE TABLE w (id INTEGER PRIMARY KEY, n INTEGER)');
-    const shard = t.server.router.forTenant('solo');
+    const { t, key, shard } = await sharedFlushTenant('solo');
     // The CREATE TABLE's commit reported before counting from here.
     await until(() => shard.committedCalls >= 1, () => `committedCalls ${shard.committedCalls}`);
     const before = { commits: shard.commits, syncs: shard.syncs, filesystemSyncs: shard.filesystemSyncs };
@@ -97,11 +102,7 @@ describe('--sync full, shared flush', () => {
   }, 60_000);
 
   it('syncs for commits on every path that writes: a Batch, an interactive Transaction on its own connection, a Query', async () => {
-    const t = await startTestServer({ shards: 1, sync: 'full', syncFlush: 'shared' });
-    servers.push(t);
-    const key = await t.createTenant('paths', UNLIMITED);
-    await t.sql(key, 'CREATE TABLE w (id INTEGER PRIMARY KEY, n INTEGER)');
-    const shard = t.server.router.forTenant('paths');
+    const { t, key, shard } = await sharedFlushTenant('paths');
     // The shard reports its counters after its turns: the count once it has stayed put for 300 ms.
     const settledSyncs = async (): Promise<number> => {
       for (let last = shard.syncs; ; ) {
