@@ -20,7 +20,7 @@
  * For each phase: its duration and the neighbour's latency (p50, p99, max).
  * `--neighbour write`: the neighbour's calls are durable single-row UPDATEs
  * instead, to see what the heavy work's disk writes cost its commits (under
- * --sync-flush shared, one syncfs writes back all the filesystem's dirty data).
+ * --sync-flush shared, a syncfs for several tenants' commits writes back all the filesystem's dirty data).
  * When the work ran on the shard itself (before), the neighbour's longest
  * call was about the whole duration.
  */

@@ -8,6 +8,8 @@ import { parse as parseYaml } from 'yaml';
 import { readTlsMaterial } from './tls/certificates.ts';
 
 export type SyncMode = 'full' | 'normal';
+/** How --sync full's commits reach the disk (Config.syncFlush). */
+export type SyncFlushMode = 'shared' | 'per-commit';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 
 /** Bytes of Query results that may wait for slow clients (src/grpc/queryOutlet.ts). */
@@ -106,11 +108,12 @@ export interface Config {
   shards: number;
   sync: SyncMode;
   /**
-   * Under --sync full, how commits reach the disk: `shared` (Linux), one syncfs of the data directory's
-   * filesystem for all the commits a shard makes before it answers; `per-commit`, SQLite's fsync of the
-   * tenant's WAL at each commit. Either way no write is acknowledged before it is on disk.
+   * Under --sync full, how commits reach the disk: `shared` (Linux), one sync for all the commits a shard
+   * makes before it answers (an fsync of the WAL when they went to one tenant, else a syncfs of the data
+   * directory's filesystem); `per-commit`, SQLite's fsync of the tenant's WAL at each commit. Either way
+   * no write is acknowledged before it is on disk.
    */
-  syncFlush: 'shared' | 'per-commit';
+  syncFlush: SyncFlushMode;
   maxOpenDbs: number;
   /** null when metrics and the HTTP health endpoints are disabled (`--metrics-listen off`). */
   metricsListen: string | null;
@@ -495,7 +498,7 @@ const OPTION_HELP: Record<string, [value: string, help: string]> = {
   'data-dir': ['DIR', 'catalog, tenant databases and admin.key (default ./data)'],
   shards: ['N', 'worker threads that run SQL (default: one per CPU)'],
   sync: ['full|normal', 'full: a commit is on disk before it is acknowledged (default full)'],
-  'sync-flush': ['shared|per-commit', 'with --sync full: an fsync per commit, or one syncfs for a shard\'s commits before it answers (default per-commit)'],
+  'sync-flush': ['shared|per-commit', 'with --sync full: an fsync per commit, or one sync for a shard\'s commits before it answers (default per-commit)'],
   'max-open-dbs': ['N', 'open tenant databases kept, least recently used closed first (default 256)'],
   'metrics-listen': ['HOST:PORT|off', 'Prometheus /metrics and /healthz, /readyz (default 127.0.0.1:9464)'],
   'log-level': ['debug|info|warn|error|silent', 'JSON log lines on stderr (default info)'],

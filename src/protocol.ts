@@ -6,7 +6,7 @@
  * range), reals number, text string, blobs Uint8Array, NULL null.
  */
 import type { WireError } from './errors.ts';
-import type { SyncMode } from './config.ts';
+import type { SyncFlushMode, SyncMode } from './config.ts';
 import type { QuotaPageBuffers } from './quota/layout.ts';
 
 export type SqlValue = null | bigint | number | string | Uint8Array;
@@ -322,7 +322,7 @@ export interface ShardWorkerData {
   dataDir: string;
   sync: SyncMode;
   /** --sync-flush: with --sync full, SQLite's fsync at each commit, or the shared flush (workers/sharedFlush.ts). */
-  syncFlush: 'shared' | 'per-commit';
+  syncFlush: SyncFlushMode;
   maxOpenDbs: number;
   /** The shared quota pages that exist when the worker starts. */
   quotaPages: QuotaPageBuffers[];

@@ -21,6 +21,7 @@ describe('configuration', () => {
     expect(config.listen).toBe('127.0.0.1:7070');
     expect(config.dataDir).toBe('./data');
     expect(config.sync).toBe('full');
+    expect(config.syncFlush).toBe('per-commit');
     expect(config.metricsListen).toBe('127.0.0.1:9464');
     expect(config.shards).toBeGreaterThanOrEqual(1);
   });
@@ -34,11 +35,16 @@ describe('configuration', () => {
     expect(config.sync).toBe('normal');
     expect(config.maxOpenDbs).toBe(7);
     expect(config.metricsListen).toBeNull();
+    // --sync-flush by each of the three ways.
+    expect(loadConfig(['--config', file('flush.yaml', 'sync_flush: shared\n')], {}).syncFlush).toBe('shared');
+    expect(loadConfig(['--config', file('flush2.yaml', 'sync_flush: shared\n')], { TENANTD_SYNC_FLUSH: 'per-commit' }).syncFlush).toBe('per-commit');
+    expect(loadConfig(['--sync-flush', 'shared'], { TENANTD_SYNC_FLUSH: 'per-commit' }).syncFlush).toBe('shared');
   });
 
   it('names the option and the value in every complaint', () => {
     expect(() => loadConfig(['--shards', 'many'], {})).toThrow(/--shards: expected "many" to be an integer from 1 to 256/);
     expect(() => loadConfig([], { TENANTD_SYNC: 'sometimes' })).toThrow(/TENANTD_SYNC: expected "sometimes" to be one of full, normal/);
+    expect(() => loadConfig(['--sync-flush', 'syncfs'], {})).toThrow(/--sync-flush: expected "syncfs" to be one of shared, per-commit/);
     expect(() => loadConfig(['--listen', 'nowhere'], {})).toThrow(/--listen: expected "nowhere" to be host:port/);
     expect(() => loadConfig(['--bogus', '1'], {})).toThrow(/unknown flag --bogus/);
     expect(() => loadConfig(['--config', file('bad.yaml', 'colour: blue\n')], {})).toThrow(/config file key "colour": unknown/);

@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
+import type { SyncFlushMode, SyncMode } from '../src/config.ts';
 import { freshDataDir, rowsOf, startTestServer, TestClient, v, RpcError } from './support/server.ts';
 
 const BIN = fileURLToPath(new URL('../bin/tenantd.js', import.meta.url));
@@ -12,7 +13,7 @@ afterEach(() => {
 });
 
 /** `tenantd serve` as a child process; resolves once it prints its port. */
-function serveChild(dataDir: string, sync: 'full' | 'normal', syncFlush: 'shared' | 'per-commit' = 'per-commit'): Promise<{ child: ChildProcess; port: number; adminKey: string }> {
+function serveChild(dataDir: string, sync: SyncMode, syncFlush: SyncFlushMode = 'per-commit'): Promise<{ child: ChildProcess; port: number; adminKey: string }> {
   const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--metrics-listen', 'off', '--sync', sync, '--sync-flush', syncFlush, '--shards', '2', '--log-level', 'warn'];
   const child = spawn(process.execPath, [BIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -87,6 +87,9 @@ describe('/metrics', () => {
     expect(series(body, 'tenantd_shard_committed_calls_total').reduce((sum, s) => sum + s.value, 0)).toBe(2);
     // --sync full, per commit (the default): one sync each.
     expect(series(body, 'tenantd_shard_syncs_total').reduce((sum, s) => sum + s.value, 0)).toBe(2);
+    // Each of them one tenant file's fsync (SQLite's, at its commit), none of the whole filesystem.
+    expect(series(body, 'tenantd_shard_syncs_total', { tenantd_sync_kind: 'file' }).reduce((sum, s) => sum + s.value, 0)).toBe(2);
+    expect(series(body, 'tenantd_shard_syncs_total', { tenantd_sync_kind: 'filesystem' })).toEqual([]);
     const open = series(body, 'tenantd_shard_open_databases');
     expect(open.reduce((sum, s) => sum + s.value, 0)).toBe(OPEN_TENANTS);
     // Per-tenant series are opt-in.

@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import type { Config } from '../src/config.ts';
 import { BIN } from './support/cluster.ts';
@@ -174,6 +174,7 @@ const canTrace = process.platform === 'linux' && spawnSync('strace', ['-f', '-qq
 describe.skipIf(!canTrace)('--sync-flush shared under strace', () => {
   it('fsyncs the lone writer’s own WAL and directory for each of its commits, and uses syncfs for several tenants’ at once', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'tenantd-flush-strace-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const dataDir = join(dir, 'data');
     const keyFile = join(dir, 'admin.key');
     const traceFile = join(dir, 'trace.txt');
@@ -226,7 +227,6 @@ describe.skipIf(!canTrace)('--sync-flush shared under strace', () => {
       await exited;
     }
     const trace = readFileSync(traceFile, 'utf8').split('\n');
-    rmSync(dir, { recursive: true, force: true });
     const soloDir = join(dataDir, 'tenants', 'solo');
     const walFsyncs = trace.filter((l) => /^\d+\s+fsync\(/.test(l) && l.includes(`<${join(soloDir, 'db.sqlite-wal')}>`) && /= 0$/.test(l));
     const dirFsyncs = trace.filter((l) => /^\d+\s+fsync\(/.test(l) && l.includes(`<${soloDir}>`) && /= 0$/.test(l));

@@ -49,7 +49,7 @@ import { afterCommit } from './requestLog.ts';
 const data = workerData as ShardWorkerData;
 const port = parentPort!;
 /**
- * --sync full --sync-flush shared: one syncfs for the commits of many tenants before their answers
+ * --sync full --sync-flush shared: one sync for the commits of a turn's tenants before their answers
  * (sharedFlush.ts), the tenants' connections committing with synchronous=NORMAL; where that cannot
  * work, and by default, a sync per commit.
  */

@@ -1,5 +1,5 @@
 /** The tenantd configuration the benchmarks run: nothing in it limits the load. */
-import { defaultConfig, type Config, type QuotaValues, type SyncMode } from '../../src/config.ts';
+import { defaultConfig, type Config, type QuotaValues, type SyncFlushMode, type SyncMode } from '../../src/config.ts';
 
 export const BENCH_PLAN = 'bench';
 
@@ -29,7 +29,7 @@ export const UNLIMITED_PROTO_QUOTAS = {
 };
 
 /** A bench's --sync-flush value: the server's default (per-commit) when absent. */
-export function syncFlushFlag(value: string | undefined): Config['syncFlush'] {
+export function syncFlushFlag(value: string | undefined): SyncFlushMode {
   if (value === undefined || value === 'per-commit') return 'per-commit';
   if (value === 'shared') return 'shared';
   throw new Error(`--sync-flush: shared or per-commit, not ${value}`);
@@ -40,7 +40,7 @@ export interface BenchServerArgs {
   shards: number;
   sync: SyncMode;
   /** --sync-flush; the server's default (per-commit) when absent. */
-  syncFlush?: Config['syncFlush'];
+  syncFlush?: SyncFlushMode;
   maxOpenDbs: number;
 }
 

@@ -6,7 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { getHeapStatistics } from 'node:v8';
-import { defaultConfig, type Config, type SyncMode } from '../../src/config.ts';
+import { defaultConfig, type Config, type SyncFlushMode, type SyncMode } from '../../src/config.ts';
 import { createLogger } from '../../src/log.ts';
 import { startServer } from '../../src/server.ts';
 import { failToParent, serveParent } from '../lib/child.ts';
@@ -15,7 +15,7 @@ export interface ServerArgs {
   dataDir: string;
   shards?: number;
   sync?: SyncMode;
-  syncFlush?: 'shared' | 'per-commit';
+  syncFlush?: SyncFlushMode;
   maxOpenDbs?: number;
 }
 
